@@ -1,0 +1,201 @@
+"""PyTorch on the CPU or a CUDA GPU: torch.export `.pt2` (preferred) and TorchScript `.pt`.
+
+Neither loader unpickles arbitrary Python objects: `.pt2` is a serialized graph with tensor data,
+and TorchScript's loader rebuilds only tensors and scripted code. A plain `torch.save` pickle
+is refused because it is not a TorchScript archive.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from appliance.config import ModelConfig
+from appliance.runtimes.artifacts import resolve_artifact
+from appliance.runtimes.base import (
+    ArtifactError,
+    DeviceUnavailable,
+    ModelExecutionError,
+    Runtime,
+)
+from appliance.tensors import Signature, TensorSpec
+
+TORCH_TO_DATATYPE: dict[torch.dtype, str] = {
+    torch.bool: "BOOL",
+    torch.uint8: "UINT8",
+    torch.uint16: "UINT16",
+    torch.uint32: "UINT32",
+    torch.uint64: "UINT64",
+    torch.int8: "INT8",
+    torch.int16: "INT16",
+    torch.int32: "INT32",
+    torch.int64: "INT64",
+    torch.float16: "FP16",
+    torch.float32: "FP32",
+    torch.float64: "FP64",
+    torch.bfloat16: "BF16",
+}
+
+
+def to_tensor(array: np.ndarray, datatype: str) -> torch.Tensor:
+    """A torch view of `array` (no copy where numpy and torch share the layout)."""
+    if datatype == "BF16":
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    if array.dtype == np.object_:
+        raise ArtifactError("BYTES tensors cannot be fed to a PyTorch model")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()
+
+
+def _spec_from_meta(name: str, value: Any) -> TensorSpec:
+    """A TensorSpec from an exported graph node's fake tensor (symbolic dims become -1)."""
+    if not isinstance(value, torch.Tensor):
+        raise ArtifactError(f"{name}: exported programs must take and return tensors only")
+    try:
+        datatype = TORCH_TO_DATATYPE[value.dtype]
+    except KeyError:
+        raise ArtifactError(f"{name}: dtype {value.dtype} has no protocol datatype") from None
+    shape = tuple(dim if isinstance(dim, int) else -1 for dim in value.shape)
+    return TensorSpec(name, datatype, shape)
+
+
+def exported_signature(program: torch.export.ExportedProgram) -> Signature:
+    """Inputs and outputs of a torch.export program, by its placeholder and output nodes."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    inputs = []
+    outputs: list[TensorSpec] = []
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            inputs.append(_spec_from_meta(node.name, node.meta.get("val")))
+        elif node.op == "output":
+            values = node.args[0]
+            for index, out in enumerate(values):
+                outputs.append(_spec_from_meta(f"output__{index}", out.meta.get("val")))
+    return Signature(tuple(inputs), tuple(outputs))
+
+
+def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Signature:
+    """The artifact's signature, named and checked by the config's declaration where given."""
+    merged = []
+    for kind, have, declared in (
+        ("inputs", found.inputs, config.inputs),
+        ("outputs", found.outputs, config.outputs),
+    ):
+        if not declared:
+            merged.append(have)
+            continue
+        if have and len(have) != len(declared):
+            raise ArtifactError(
+                f"{artifact}: config declares {len(declared)} {kind}, the model has {len(have)}"
+            )
+        for spec, actual in zip(declared, have):
+            if actual.datatype != spec.datatype:
+                raise ArtifactError(
+                    f"{artifact}: {kind} {spec.name!r} is declared {spec.datatype}, "
+                    f"the model takes {actual.datatype}"
+                )
+        merged.append(declared)
+    return Signature(*merged)
+
+
+class TorchRuntime(Runtime):
+    name = "torch"
+
+    def __init__(self, config: ModelConfig, artifact: Path, device: str | None = None) -> None:
+        super().__init__(config, artifact)
+        self._device_name = device or config.device
+        self._forward: Callable[..., Any] | None = None
+        self._torch_device = torch.device("cpu")
+
+    def load(self) -> None:
+        path = resolve_artifact(self.artifact)
+        self._torch_device = self._open_device()
+        self.device = str(self._torch_device)
+        if path.suffix == ".pt2":
+            module, found = self._load_exported(path)
+        else:
+            module, found = self._load_torchscript(path), Signature((), ())
+        self.signature = merge_signature(found, self.config, path.name)
+        self._check_batch_dims(path.name)
+        self._forward = module
+
+    def _open_device(self) -> torch.device:
+        if self._device_name == "cuda":
+            if not torch.cuda.is_available():
+                raise DeviceUnavailable("device 'cuda': no CUDA GPU is visible to this process")
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def _load_exported(self, path: Path) -> tuple[torch.nn.Module, Signature]:
+        try:
+            program = torch.export.load(str(path))
+        except Exception as error:
+            raise ArtifactError(f"{path.name}: not a loadable torch.export program ({error})") from None
+        signature = exported_signature(program)
+        module = program.module().to(self._torch_device)
+        return module, signature
+
+    def _load_torchscript(self, path: Path) -> torch.jit.ScriptModule:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=self._torch_device)
+        except Exception as error:
+            raise ArtifactError(
+                f"{path.name}: not a TorchScript archive ({type(error).__name__}); "
+                "plain pickles are never loaded - save with torch.export (.pt2) or torch.jit.save"
+            ) from None
+        return module.eval()
+
+    def _check_batch_dims(self, artifact: str) -> None:
+        assert self.signature is not None
+        for spec in (*self.signature.inputs, *self.signature.outputs):
+            if spec.shape and spec.shape[0] != -1 and self.config.max_batch_size > 1:
+                raise ArtifactError(
+                    f"{artifact}: {spec.name!r} has a fixed batch dimension {spec.shape[0]}; "
+                    "export with a dynamic first dimension (torch.export.Dim)"
+                )
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._forward is not None and self.signature is not None, "load() first"
+        args = [
+            to_tensor(inputs[spec.name], spec.datatype).to(self._torch_device, non_blocking=True)
+            for spec in self.signature.inputs
+        ]
+        try:
+            with torch.no_grad():
+                result = self._forward(*args)
+        except Exception as error:
+            raise ModelExecutionError(f"{type(error).__name__}: {error}") from error
+        return self._name_outputs(result)
+
+    def _name_outputs(self, result: Any) -> dict[str, np.ndarray]:
+        assert self.signature is not None
+        specs = self.signature.outputs
+        if isinstance(result, torch.Tensor):
+            values: Sequence[Any] = (result,)
+        elif isinstance(result, dict):
+            values = [result[spec.name] for spec in specs]
+        else:
+            values = tuple(result)
+        if len(values) != len(specs):
+            raise ModelExecutionError(
+                f"the model returned {len(values)} outputs, the signature names {len(specs)}"
+            )
+        return {spec.name: to_numpy(value) for spec, value in zip(specs, values)}
+
+    def close(self) -> None:
+        self._forward = None
+        if self._torch_device.type == "cuda":
+            torch.cuda.empty_cache()
