@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit lint clean
+.PHONY: venv demo test test-unit test-xla test-e2e lint clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,14 @@ lint: venv
 
 test-unit: venv
 	$(PY) -m pytest -q tests
+
+# The XLA tier: its own venv with the pinned torch/torch-xla pair, PJRT_DEVICE=CPU.
+test-xla: venv
+	bash tests/xla/run_tier.sh
+
+# The deploy tier: a booted systemd container, deployed over ssh by ansible-playbook (root).
+test-e2e: venv
+	bash tests/e2e/run_tier.sh
 
 test: lint test-unit
 

@@ -34,11 +34,14 @@ class ModelExecutionError(RuntimeFailure):
 
 @dataclass
 class RuntimeStats:
-    """Counters a runtime may expose for metrics; device runtimes fill in compile figures."""
+    """What a runtime reports for metrics at scrape time; compiling runtimes fill in the rest."""
 
     compilations: int = 0
-    compile_seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    compilations_after_warmup: int = 0
+    cached_compilations: int = 0
+    compile_seconds: tuple[float, ...] = ()
+    execute_seconds: float = 0.0
+    fallback_ops: dict[str, int] = field(default_factory=dict)
 
 
 class Runtime(abc.ABC):
