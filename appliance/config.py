@@ -100,7 +100,9 @@ def _tensor_specs(key: str, value: object) -> tuple[TensorSpec, ...]:
             raise ConfigError(f"{item_key}.shape", "must be a non-empty list of integers")
         for dim in shape:
             if isinstance(dim, bool) or not isinstance(dim, int) or (dim < 1 and dim != -1):
-                raise ConfigError(f"{item_key}.shape", f"dimensions must be >= 1 or -1, got {dim!r}")
+                raise ConfigError(
+                    f"{item_key}.shape", f"dimensions must be >= 1 or -1, got {dim!r}"
+                )
         if shape[0] != -1:
             raise ConfigError(
                 f"{item_key}.shape", "the first dimension is the batch dimension and must be -1"
@@ -126,7 +128,7 @@ def default_buckets(max_batch_size: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """How to load, batch and serve one model version (the `[[models]]` table, less name/version)."""
+    """How to load, batch and serve a model version: a `[[models]]` table less name, version."""
 
     model_path: str
     runtime: str = "torch"
@@ -299,7 +301,9 @@ def _model_from_table(index: int, table: object) -> DeclaredModel:
         version = str(version)
     version = _check_str(f"{prefix}.version", version)
     if not version or "/" in version:
-        raise ConfigError(f"{prefix}.version", f"must be a non-empty string without '/', got {version!r}")
+        raise ConfigError(
+            f"{prefix}.version", f"must be a non-empty string without '/', got {version!r}"
+        )
     rest = {key: value for key, value in table.items() if key not in ("name", "version")}
     return DeclaredModel(name, version, _build(ModelConfig, rest, prefix))
 
@@ -321,7 +325,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> AppConfi
         for index, model in enumerate(models):
             if (model.name, model.version) in seen:
                 raise ConfigError(
-                    f"models[{index}]", f"model {model.name!r} version {model.version!r} is declared twice"
+                    f"models[{index}]",
+                    f"model {model.name!r} version {model.version!r} is declared twice",
                 )
             seen.add((model.name, model.version))
     except ConfigError as error:

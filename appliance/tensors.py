@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# BF16 has no numpy dtype; it travels as its raw 16-bit pattern and only the runtime reinterprets it.
+# BF16 has no numpy dtype: it travels as its raw 16-bit pattern; only the runtime reinterprets it.
 DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -61,11 +61,13 @@ def datatype_of(array: np.ndarray) -> str:
     try:
         return NUMPY_TO_DATATYPE[array.dtype]
     except KeyError:
-        raise ValueError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
+        raise ValueError(
+            f"numpy dtype {array.dtype} has no Open Inference Protocol datatype"
+        ) from None
 
 
 def shape_matches(spec_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     """True when `shape` fits `spec_shape`, where -1 in the spec accepts any size."""
     if len(spec_shape) != len(shape):
         return False
-    return all(want in (-1, got) for want, got in zip(spec_shape, shape))
+    return all(want in (-1, got) for want, got in zip(spec_shape, shape, strict=True))

@@ -5,11 +5,33 @@ Histograms, not summaries, so that latency aggregates across replicas of a fleet
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from appliance.runtimes.base import RuntimeStats
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1,
-    0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 COMPILE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
@@ -24,61 +46,179 @@ class Metrics:
         r = self.registry
         model = ("model", "version")
         self.requests = Counter(
-            "aegis_inference_requests", "Inference requests by final HTTP status.",
-            (*model, "code"), registry=r,
+            "aegis_inference_requests",
+            "Inference requests by final HTTP status.",
+            (*model, "code"),
+            registry=r,
         )
         self.request_duration = Histogram(
             "aegis_inference_request_duration_seconds",
             "Time from a request's arrival to its response, queue wait included.",
-            model, buckets=LATENCY_BUCKETS, registry=r,
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_duration = Histogram(
-            "aegis_queue_duration_seconds", "Time a request waited before its batch started.",
-            model, buckets=LATENCY_BUCKETS, registry=r,
+            "aegis_queue_duration_seconds",
+            "Time a request waited before its batch started.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.compute_duration = Histogram(
-            "aegis_compute_duration_seconds", "Time the runtime took for one batch.",
-            model, buckets=LATENCY_BUCKETS, registry=r,
+            "aegis_compute_duration_seconds",
+            "Time the runtime took for one batch.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "aegis_batch_size", "Rows of real requests in each batch run (before padding).",
-            model, buckets=BATCH_SIZE_BUCKETS, registry=r,
+            "aegis_batch_size",
+            "Rows of real requests in each batch run (before padding).",
+            model,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
         )
         self.padded_rows = Counter(
-            "aegis_batch_padding_rows", "Rows added to reach a batch bucket.", model, registry=r,
+            "aegis_batch_padding_rows",
+            "Rows added to reach a batch bucket.",
+            model,
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "aegis_queue_depth", "Requests waiting for a batch.", model, registry=r,
+            "aegis_queue_depth",
+            "Requests waiting for a batch.",
+            model,
+            registry=r,
         )
         self.model_ready = Gauge(
-            "aegis_model_ready", "1 when the model version is loaded and warm.",
-            (*model, "device"), registry=r,
-        )
-        self.xla_compile_seconds = Histogram(
-            "aegis_xla_compile_seconds", "XLA compile time, per compilation.",
-            model, buckets=COMPILE_BUCKETS, registry=r,
-        )
-        self.xla_compilations = Counter(
-            "aegis_xla_compilations", "XLA compilations, by phase (warmup or serving).",
-            (*model, "phase"), registry=r,
+            "aegis_model_ready",
+            "1 when the model version is loaded and warm.",
+            (*model, "device"),
+            registry=r,
         )
         self.cpu_fallback_requests = Counter(
-            "aegis_cpu_fallback_requests", "Requests served by a CPU fallback replica.",
-            model, registry=r,
+            "aegis_cpu_fallback_requests",
+            "Requests served by a CPU fallback replica.",
+            model,
+            registry=r,
         )
         self.artifact_sync_bytes = Counter(
-            "aegis_artifact_sync_bytes", "Bytes downloaded while syncing model artifacts.",
-            model, registry=r,
+            "aegis_artifact_sync_bytes",
+            "Bytes downloaded while syncing model artifacts.",
+            model,
+            registry=r,
         )
         self.artifact_sync_seconds = Histogram(
-            "aegis_artifact_sync_seconds", "Time to sync one model version's artifacts.",
-            model, buckets=SYNC_BUCKETS, registry=r,
+            "aegis_artifact_sync_seconds",
+            "Time to sync one model version's artifacts.",
+            model,
+            buckets=SYNC_BUCKETS,
+            registry=r,
         )
         self.artifact_stale = Gauge(
             "aegis_artifact_stale",
             "1 when a model is served from its last good local copy because the source failed.",
-            model, registry=r,
+            model,
+            registry=r,
         )
+
+    def watch_runtimes(self, source: Callable[[], Iterable[RuntimeSample]]) -> None:
+        """Export the runtimes' own counters (XLA compiles, CPU-fallback ops) at scrape time."""
+        self.registry.register(_RuntimeStatsCollector(source))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSample:
+    name: str
+    version: str
+    device: str
+    stats: RuntimeStats
+
+
+class _RuntimeStatsCollector(Collector):
+    """Reads RuntimeStats when scraped: compile figures live in the runtime, not on the hot path."""
+
+    def __init__(self, source: Callable[[], Iterable[RuntimeSample]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "version", "device"]
+        compiles = CounterMetricFamily(
+            "aegis_xla_compilations",
+            "XLA graph compilations, by phase: warmup, or serving (a shape warmup missed).",
+            labels=[*labels, "phase"],
+        )
+        cached = CounterMetricFamily(
+            "aegis_xla_cached_compilations", "Compilations answered from the XLA cache.", labels
+        )
+        execute = CounterMetricFamily(
+            "aegis_xla_execute_seconds", "Time spent executing compiled XLA graphs.", labels
+        )
+        fallback = CounterMetricFamily(
+            "aegis_xla_cpu_fallback_ops",
+            "Operations that XLA could not lower and ran on the CPU (aten::* counters).",
+            labels=[*labels, "op"],
+        )
+        seconds = HistogramMetricFamily(
+            "aegis_xla_compile_seconds", "XLA compile time, per compilation.", labels=labels
+        )
+        for sample in self._source():
+            key = [sample.name, sample.version, sample.device]
+            stats = sample.stats
+            serving = stats.compilations_after_warmup
+            compiles.add_metric([*key, "warmup"], stats.compilations - serving)
+            compiles.add_metric([*key, "serving"], serving)
+            cached.add_metric(key, stats.cached_compilations)
+            execute.add_metric(key, stats.execute_seconds)
+            for op, count in sorted(stats.fallback_ops.items()):
+                fallback.add_metric([*key, op], count)
+            buckets = [
+                (str(bound), sum(1 for value in stats.compile_seconds if value <= bound))
+                for bound in COMPILE_BUCKETS
+            ]
+            buckets.append(("+Inf", len(stats.compile_seconds)))
+            seconds.add_metric(key, buckets, sum_value=sum(stats.compile_seconds))
+        yield from (compiles, cached, execute, fallback, seconds)
+
+
+class ModelMetrics:
+    """One model version's metric children, bound once so the hot path skips label lookups."""
+
+    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
+        self._metrics = metrics
+        self.name = name
+        self.version = version
+        labels = (name, version)
+        self.request_duration = metrics.request_duration.labels(*labels)
+        self.queue_duration = metrics.queue_duration.labels(*labels)
+        self.compute_duration = metrics.compute_duration.labels(*labels)
+        self.batch_size = metrics.batch_size.labels(*labels)
+        self.padded_rows = metrics.padded_rows.labels(*labels)
+        self.queue_depth = metrics.queue_depth.labels(*labels)
+        self.cpu_fallback_requests = metrics.cpu_fallback_requests.labels(*labels)
+        self._requests: dict[int, Counter] = {}
+
+    def count_request(self, code: int) -> None:
+        child = self._requests.get(code)
+        if child is None:
+            child = self._metrics.requests.labels(self.name, self.version, str(code))
+            self._requests[code] = child
+        child.inc()
+
+    def observe_batch(self, rows: int, bucket: int, compute_s: float) -> None:
+        self.batch_size.observe(rows)
+        self.compute_duration.observe(compute_s)
+        if bucket > rows:
+            self.padded_rows.inc(bucket - rows)
+
+    def set_ready(self, device: str, ready: bool) -> None:
+        self._metrics.model_ready.labels(self.name, self.version, device).set(1 if ready else 0)
+
+    def remove(self, device: str) -> None:
+        """Forget this version's ready gauge once it is unloaded."""
+        self.set_ready(device, False)
+        self.queue_depth.set(0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from appliance.config import ModelConfig
+from appliance.config import ModelConfig, XlaConfig
 from appliance.runtimes.base import (
     ArtifactError,
     DeviceUnavailable,
@@ -48,10 +48,16 @@ def runtime_class(runtime: str) -> type[Runtime]:
         module = importlib.import_module(module_name)
     except ImportError as error:
         hint = _MISSING_PACKAGE_HINT.get(runtime, "")
-        raise DeviceUnavailable(f"runtime {runtime!r} cannot be imported ({error}); {hint}") from None
+        raise DeviceUnavailable(
+            f"runtime {runtime!r} cannot be imported ({error}); {hint}"
+        ) from None
     return getattr(module, class_name)
 
 
-def create_runtime(config: ModelConfig, artifact: Path) -> Runtime:
+def create_runtime(config: ModelConfig, artifact: Path, xla: XlaConfig | None = None) -> Runtime:
     """An unloaded runtime for `config`; call `load()` on it (it blocks)."""
-    return runtime_class(config.runtime)(config, artifact)
+    cls = runtime_class(config.runtime)
+    if config.runtime == "tpu":
+        cache = xla.compilation_cache_dir if xla is not None else None
+        return cls(config, artifact, compilation_cache_dir=cache or None)
+    return cls(config, artifact)

@@ -16,7 +16,9 @@ def resolve_artifact(path: Path) -> Path:
         return path
     if path.is_dir():
         found = sorted(
-            child for child in path.rglob("*") if child.is_file() and child.suffix in ARTIFACT_SUFFIXES
+            child
+            for child in path.rglob("*")
+            if child.is_file() and child.suffix in ARTIFACT_SUFFIXES
         )
         if len(found) == 1:
             return found[0]

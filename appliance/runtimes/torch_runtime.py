@@ -99,7 +99,7 @@ def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Sig
             raise ArtifactError(
                 f"{artifact}: config declares {len(declared)} {kind}, the model has {len(have)}"
             )
-        for spec, actual in zip(declared, have):
+        for spec, actual in zip(declared, have, strict=False):
             if actual.datatype != spec.datatype:
                 raise ArtifactError(
                     f"{artifact}: {kind} {spec.name!r} is declared {spec.datatype}, "
@@ -141,7 +141,9 @@ class TorchRuntime(Runtime):
         try:
             program = torch.export.load(str(path))
         except Exception as error:
-            raise ArtifactError(f"{path.name}: not a loadable torch.export program ({error})") from None
+            raise ArtifactError(
+                f"{path.name}: not a loadable torch.export program ({error})"
+            ) from None
         signature = exported_signature(program)
         module = program.module().to(self._torch_device)
         return module, signature
@@ -193,7 +195,7 @@ class TorchRuntime(Runtime):
             raise ModelExecutionError(
                 f"the model returned {len(values)} outputs, the signature names {len(specs)}"
             )
-        return {spec.name: to_numpy(value) for spec, value in zip(specs, values)}
+        return {spec.name: to_numpy(value) for spec, value in zip(specs, values, strict=True)}
 
     def close(self) -> None:
         self._forward = None

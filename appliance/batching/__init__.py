@@ -1,0 +1,11 @@
+"""Dynamic batching with padding to fixed buckets, bounded queues and deadlines."""
+
+from appliance.batching.batcher import (
+    BatchingPolicy,
+    BatchObserver,
+    BatchResult,
+    DynamicBatcher,
+    assemble,
+)
+
+__all__ = ["BatchObserver", "BatchResult", "BatchingPolicy", "DynamicBatcher", "assemble"]

@@ -1,0 +1,307 @@
+"""The dynamic batcher: one per served model replica.
+
+Requests wait in a bounded FIFO. When one of `max_concurrency` execution slots is free, the batcher
+takes the oldest request and gathers more (same inner shapes) until the batch is full or
+`max_queue_delay_ms` has passed since that oldest request arrived. The batch is padded to the
+nearest bucket (static shapes for XLA, fewer distinct shapes everywhere) and run on a worker thread;
+each caller gets exactly its own rows back.
+
+Deadlines are timers on the event loop, so a request whose deadline passes fails at that moment,
+not when a running batch ends; if it had not started it is dropped and never computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from appliance.errors import DeadlineExceeded, ModelFailed, ModelNotReady, QueueFull
+
+Tensors = dict[str, np.ndarray]
+RunBatch = Callable[[Tensors], Tensors]
+
+
+class _State(enum.Enum):
+    QUEUED = 1
+    RUNNING = 2
+    DONE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """A caller's rows of the batch outputs, with how its request was served."""
+
+    outputs: Tensors
+    batch_size: int
+    queue_s: float
+    compute_s: float
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    inputs: Tensors
+    rows: int
+    shape_key: tuple[tuple[str, tuple[int, ...], str], ...]
+    enqueued: float
+    future: asyncio.Future[BatchResult]
+    state: _State = _State.QUEUED
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class BatchObserver:
+    """Where the batcher reports what it did; the default discards everything."""
+
+    on_batch: Callable[[int, int, float], None] = lambda rows, bucket, compute_s: None
+    on_dequeue: Callable[[float], None] = lambda queue_s: None
+    on_depth: Callable[[int], None] = lambda depth: None
+
+
+@dataclass(slots=True)
+class BatchingPolicy:
+    max_batch_size: int
+    buckets: tuple[int, ...]
+    max_queue_delay_s: float
+    max_concurrency: int
+    max_queue_size: int
+
+    def bucket_for(self, rows: int) -> int:
+        for bucket in self.buckets:
+            if bucket >= rows:
+                return bucket
+        return self.max_batch_size
+
+
+def _shape_key(inputs: Tensors) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
+
+
+def assemble(parts: list[Tensors], rows: int, bucket: int) -> Tensors:
+    """Stack the callers' inputs into one batch of `bucket` rows; the padding rows are zeros."""
+    batch: Tensors = {}
+    for name, first in parts[0].items():
+        if first.dtype == np.object_:
+            out = np.full((bucket, *first.shape[1:]), b"", dtype=np.object_)
+        else:
+            out = np.zeros((bucket, *first.shape[1:]), dtype=first.dtype)
+        offset = 0
+        for part in parts:
+            array = part[name]
+            out[offset : offset + array.shape[0]] = array
+            offset += array.shape[0]
+        batch[name] = out
+    return batch
+
+
+class DynamicBatcher:
+    """Queues requests for one model replica and runs them in padded batches."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        policy: BatchingPolicy,
+        executor: Executor,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._policy = policy
+        self._executor = executor
+        self._observer = observer or BatchObserver()
+        self._queue: deque[_Pending] = deque()
+        self._waiting = 0
+        self._running: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(policy.max_concurrency)
+        self._closed = False
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    @property
+    def has_room(self) -> bool:
+        return self._waiting < self._policy.max_queue_size
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self._batch_loop(), name="aegis-batcher"
+            )
+
+    async def submit(self, inputs: Tensors, rows: int, deadline: float) -> BatchResult:
+        """Queue `inputs` (`rows` rows each) and wait for their outputs until `deadline`.
+
+        `deadline` is on the event loop's clock. Cancelling the awaiting task (a client that went
+        away) withdraws the request if its batch has not started.
+        """
+        if self._closed:
+            raise ModelNotReady("the model is being unloaded")
+        if self._waiting >= self._policy.max_queue_size:
+            raise QueueFull(f"queue full ({self._policy.max_queue_size} requests waiting)")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(inputs, rows, _shape_key(inputs), loop.time(), loop.create_future())
+        pending.timer = loop.call_at(deadline, self._expire, pending)
+        self._queue.append(pending)
+        self._set_waiting(self._waiting + 1)
+        self._wakeup.set()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self._withdraw(pending)
+            raise
+
+    def _set_waiting(self, value: int) -> None:
+        self._waiting = value
+        self._observer.on_depth(value)
+
+    def _withdraw(self, pending: _Pending) -> None:
+        if pending.state is _State.QUEUED:
+            pending.state = _State.DONE
+            self._set_waiting(self._waiting - 1)
+        if pending.timer is not None:
+            pending.timer.cancel()
+
+    def _expire(self, pending: _Pending) -> None:
+        started = pending.state is _State.RUNNING
+        self._withdraw(pending)
+        if not pending.future.done():
+            when = "while its batch was running" if started else "before its batch started"
+            pending.future.set_exception(DeadlineExceeded(f"deadline passed {when}"))
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            batch = await self._collect()
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _pop_live(self) -> _Pending | None:
+        while self._queue and self._queue[0].state is not _State.QUEUED:
+            self._queue.popleft()
+        return self._queue[0] if self._queue else None
+
+    async def _collect(self) -> list[_Pending]:
+        """Wait for the oldest request, then gather a batch for it. Holds an execution slot."""
+        loop = asyncio.get_running_loop()
+        head = self._pop_live()
+        while head is None:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+            head = self._pop_live()
+        policy = self._policy
+        window_end = head.enqueued + policy.max_queue_delay_s
+        batch: list[_Pending] = []
+        rows = 0
+        while True:
+            candidate = self._pop_live()
+            while candidate is not None and candidate.shape_key == head.shape_key:
+                if rows + candidate.rows > policy.max_batch_size:
+                    break
+                self._queue.popleft()
+                batch.append(candidate)
+                rows += candidate.rows
+                candidate = self._pop_live()
+            if rows >= policy.max_batch_size or candidate is not None:
+                break
+            remaining = window_end - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            live = [pending for pending in batch if pending.state is _State.QUEUED]
+            if not live:
+                return
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            rows = 0
+            for pending in live:
+                pending.state = _State.RUNNING
+                rows += pending.rows
+                self._observer.on_dequeue(started - pending.enqueued)
+            self._set_waiting(self._waiting - len(live))
+            bucket = self._policy.bucket_for(rows)
+            parts = [pending.inputs for pending in live]
+            try:
+                outputs, compute_s = await loop.run_in_executor(
+                    self._executor, self._run_padded, parts, rows, bucket
+                )
+            except Exception as error:
+                self._fail(live, ModelFailed(f"the model failed on a batch of {rows}: {error}"))
+                return
+            self._observer.on_batch(rows, bucket, compute_s)
+            offset = 0
+            for pending in live:
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                end = offset + pending.rows
+                if not pending.future.done():
+                    mine = {name: array[offset:end] for name, array in outputs.items()}
+                    queue_s = started - pending.enqueued
+                    pending.future.set_result(BatchResult(mine, rows, queue_s, compute_s))
+                pending.state = _State.DONE
+                offset = end
+        finally:
+            self._slots.release()
+
+    def _run_padded(self, parts: list[Tensors], rows: int, bucket: int) -> tuple[Tensors, float]:
+        """Worker thread: assemble, run and time one batch."""
+        batch = assemble(parts, rows, bucket)
+        started = time.perf_counter()
+        outputs = self._run_batch(batch)
+        compute_s = time.perf_counter() - started
+        for name, array in outputs.items():
+            if array.shape[:1] != (bucket,):
+                raise ValueError(
+                    f"output {name!r} has {array.shape[:1]} rows for a batch of {bucket}"
+                )
+        return outputs, compute_s
+
+    @staticmethod
+    def _fail(live: list[_Pending], error: Exception) -> None:
+        for pending in live:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            pending.state = _State.DONE
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new requests, let queued and running ones finish (up to `timeout_s`), stop."""
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while (self._waiting or self._running) and loop.time() < end:
+            await asyncio.sleep(0.01)
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop now: requests still waiting fail with ModelNotReady."""
+        self._closed = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        leftover = [pending for pending in self._queue if pending.state is _State.QUEUED]
+        self._queue.clear()
+        for pending in leftover:
+            self._withdraw(pending)
+            if not pending.future.done():
+                pending.future.set_exception(ModelNotReady("the model was unloaded"))
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)

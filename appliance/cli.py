@@ -1,0 +1,82 @@
+"""The `aegis` command: serve, demo, check-config, sync."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from appliance.config import DEFAULT_CONFIG_PATH, AppConfig, ConfigError, load_config
+from appliance.logs import configure_logging
+
+EXIT_INVALID_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aegis", description="Aegis inference appliance")
+    parser.add_argument("--log-level", default=os.environ.get("AEGIS_LOG_LEVEL", "info"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    config_help = f"config file (default: $AEGIS_CONFIG or {DEFAULT_CONFIG_PATH})"
+    serve = commands.add_parser("serve", help="sync, load, warm and serve the configured models")
+    serve.add_argument("--config", help=config_help)
+    serve.add_argument("--bind", action="append", help="HOST:PORT, overrides [server].bind")
+    demo = commands.add_parser("demo", help="serve the built-in demo model on the CPU")
+    demo.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default %(default)s)")
+    check = commands.add_parser("check-config", help="validate a config file: exit 0, or 2")
+    check.add_argument("path")
+    sync = commands.add_parser("sync", help="pull and verify model artifacts, then exit")
+    sync.add_argument("--config", help=config_help)
+    return parser
+
+
+def _config_path(given: str | None) -> str:
+    return given or os.environ.get("AEGIS_CONFIG") or str(DEFAULT_CONFIG_PATH)
+
+
+def _with_registry(config: AppConfig) -> AppConfig:
+    """The config file's models plus those declared through the Python API."""
+    from dataclasses import replace
+
+    from appliance.registry import registry
+
+    extra = tuple(
+        m
+        for m in registry.models()
+        if (m.name, m.version) not in {(d.name, d.version) for d in config.models}
+    )
+    return replace(config, models=config.models + extra) if extra else config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        if args.command == "check-config":
+            config = load_config(args.path)
+            print(f"{args.path}: valid ({len(config.models)} model(s))")
+            return 0
+        if args.command == "demo":
+            from appliance.demo import demo_config
+            from appliance.lifecycle.server import run
+
+            return run(demo_config(args.bind))
+        path = _config_path(args.config)
+        config = load_config(path)
+        if args.command == "sync":
+            from appliance.storage import run_sync_command
+
+            return run_sync_command(config)
+        from appliance.lifecycle.server import run
+
+        return run(_with_registry(config), args.bind, lambda: _with_registry(load_config(path)))
+    except ConfigError as error:
+        print(f"aegis: invalid configuration: {error}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    except (OSError, ValueError) as error:
+        print(f"aegis: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Process lifecycle: startup, readiness, systemd notification, reload and drain."""

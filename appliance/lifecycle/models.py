@@ -1,0 +1,215 @@
+"""Bringing model versions up (sync -> load -> warm -> serve), swapping and removing them.
+
+Blocking steps (downloads, loading, XLA compilation) run on worker threads so the event loop
+keeps answering health checks and, during a reload, inference on the old versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from appliance.config import AppConfig, DeclaredModel
+from appliance.errors import InferenceError, LoadFailed, ModelNotFound
+from appliance.lifecycle.notify import SystemdNotifier
+from appliance.metrics import Metrics, ModelMetrics, RuntimeSample
+from appliance.repository import ModelRepository, ServedModel, load_runtimes, make_replica, warm_up
+from appliance.runtimes import RuntimeFailure
+from appliance.storage import ArtifactStore, SyncError
+
+log = structlog.get_logger("aegis.lifecycle")
+
+
+class StartupFailed(Exception):
+    """A model could not be brought up at start: the process must exit non-zero."""
+
+
+def fingerprint(path: Path) -> str:
+    """Identifies an artifact's content cheaply (names, sizes, modification times)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        stat = file.stat()
+        digest.update(
+            f"{file.relative_to(path.parent)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode()
+        )
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    name: str
+    version: str
+    error: str | None
+
+
+class ModelLifecycle:
+    """Owns the repository's contents; implements the HTTP layer's `RepositoryControl`."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        repository: ModelRepository,
+        metrics: Metrics,
+        notifier: SystemdNotifier,
+        reread_config: Callable[[], AppConfig] | None = None,
+    ) -> None:
+        self._config = config
+        self._repository = repository
+        self._metrics = metrics
+        self._notifier = notifier
+        self._reread_config = reread_config
+        self._store = ArtifactStore(config.storage, metrics)
+        self._declared = {(m.name, m.version): m for m in config.models}
+        # One change at a time: a SIGHUP during an admin load waits for it.
+        self._changing = asyncio.Lock()
+        metrics.watch_runtimes(self._runtime_samples)
+
+    def _runtime_samples(self) -> Iterable[RuntimeSample]:
+        for model in list(self._repository):
+            for replica in model.replicas():
+                runtime = replica.runtime
+                yield RuntimeSample(model.name, model.version, runtime.device, runtime.stats())
+
+    async def start(self) -> None:
+        """Bring every declared model up; raises StartupFailed on the first that cannot be."""
+        for model in self._declared.values():
+            self._repository.expect(model.name, model.version)
+        async with self._changing:
+            for model in self._declared.values():
+                try:
+                    served = await self._bring_up(model)
+                except (SyncError, RuntimeFailure, OSError) as error:
+                    raise StartupFailed(
+                        f"model {model.name!r} version {model.version!r}: {error}"
+                    ) from None
+                self._repository.put(served)
+
+    async def _bring_up(
+        self, model: DeclaredModel, unchanged: str | None = None
+    ) -> ServedModel | None:
+        """Sync, load and warm `model`; None when its artifact's fingerprint equals `unchanged`."""
+        label = f"{model.name}:{model.version}"
+        self._notifier.status(f"syncing {label}")
+        synced = await asyncio.to_thread(
+            self._store.sync, model.name, model.version, model.config.model_path
+        )
+        artifact_print = await asyncio.to_thread(fingerprint, synced.path)
+        if artifact_print == unchanged:
+            return None
+        self._notifier.status(f"loading {label}")
+        log.info(
+            "loading model", model=model.name, version=model.version, artifact=synced.path.name
+        )
+        loaded = await asyncio.to_thread(load_runtimes, model, synced.path, self._config.xla)
+        config = model.config
+        self._notifier.status(f"warming {label} ({len(config.batch_buckets)} buckets)")
+        for runtime in (loaded.primary, loaded.overflow):
+            if runtime is not None:
+                await asyncio.to_thread(warm_up, runtime, config.batch_buckets, config.warmup_iters)
+        metrics = ModelMetrics(self._metrics, model.name, model.version)
+        primary = make_replica(model.name, loaded.primary, config, metrics)
+        overflow = (
+            make_replica(model.name, loaded.overflow, config, metrics) if loaded.overflow else None
+        )
+        served = ServedModel(
+            model.name, model.version, config, primary, metrics, overflow, artifact_print
+        )
+        metrics.set_ready(served.device, True)
+        log.info(
+            "model ready",
+            model=model.name,
+            version=model.version,
+            device=served.device,
+            fallback=loaded.fallback_reason,
+            stale_artifact=synced.stale,
+        )
+        return served
+
+    async def _swap_in(self, model: DeclaredModel) -> _Outcome:
+        """Bring up a new copy beside the serving one and switch; the old one drains."""
+        try:
+            current: ServedModel | None = self._repository.get(model.name, model.version)
+        except InferenceError:
+            current = None
+        unchanged = (
+            current.fingerprint if current is not None and current.config == model.config else None
+        )
+        self._repository.expect(model.name, model.version)
+        try:
+            served = await self._bring_up(model, unchanged)
+        except (SyncError, RuntimeFailure, OSError) as error:
+            log.error(
+                "reload failed, keeping the serving version",
+                model=model.name,
+                version=model.version,
+                reason=str(error),
+            )
+            return _Outcome(model.name, model.version, str(error))
+        if served is not None:
+            previous = self._repository.put(served)
+            if previous is not None:
+                await previous.retire(self._config.server.shutdown_grace_s)
+            log.info("model swapped in", model=model.name, version=model.version)
+        return _Outcome(model.name, model.version, None)
+
+    async def _retire(self, name: str, version: str) -> None:
+        model = self._repository.remove(name, version)
+        if model is not None:
+            await model.retire(self._config.server.shutdown_grace_s)
+            log.info("model unloaded", model=name, version=version)
+
+    async def reload(self) -> list[_Outcome]:
+        """SIGHUP: re-read the model list, re-sync, swap changed versions, remove dropped ones."""
+        async with self._changing:
+            self._notifier.reloading()
+            if self._reread_config is not None:
+                try:
+                    fresh = self._reread_config()
+                except Exception as error:
+                    log.error(
+                        "reload: config not reloaded, keeping the current one", reason=str(error)
+                    )
+                    self._notifier.ready("serving; last reload failed: config invalid")
+                    return []
+                if fresh.server != self._config.server or fresh.storage != self._config.storage:
+                    log.warning("reload: [server] and [storage] changes take effect on restart")
+                self._declared = {(m.name, m.version): m for m in fresh.models}
+            for model in list(self._repository):
+                if (model.name, model.version) not in self._declared:
+                    await self._retire(model.name, model.version)
+            outcomes = [await self._swap_in(model) for model in self._declared.values()]
+            failed = [o for o in outcomes if o.error]
+            status = f"serving; reload failed for {len(failed)} model(s)" if failed else "serving"
+            self._notifier.ready(status)
+            return outcomes
+
+    async def load(self, name: str) -> None:
+        """Admin `load`: re-sync every declared version of `name` and swap changed ones in."""
+        async with self._changing:
+            models = [m for m in self._declared.values() if m.name == name]
+            if not models:
+                raise ModelNotFound(f"model {name!r} is not in the configuration")
+            for model in models:
+                outcome = await self._swap_in(model)
+                if outcome.error:
+                    raise LoadFailed(
+                        f"load of {name!r} failed, the serving version stays: {outcome.error}"
+                    )
+
+    async def unload(self, name: str) -> None:
+        async with self._changing:
+            versions = self._repository.versions(name)
+            if not versions:
+                raise ModelNotFound(f"unknown model {name!r}")
+            for version in versions:
+                await self._retire(name, version)
+
+    async def close(self) -> None:
+        for model in list(self._repository):
+            await self._retire(model.name, model.version)

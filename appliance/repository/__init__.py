@@ -1,0 +1,16 @@
+"""Served model versions: loading onto devices, warmup, lookup and swapping."""
+
+from appliance.repository.loader import LoadedRuntimes, load_runtimes, warm_up
+from appliance.repository.model import ModelState, Replica, ServedModel, make_replica
+from appliance.repository.repository import ModelRepository
+
+__all__ = [
+    "LoadedRuntimes",
+    "ModelRepository",
+    "ModelState",
+    "Replica",
+    "ServedModel",
+    "load_runtimes",
+    "make_replica",
+    "warm_up",
+]

@@ -1,0 +1,62 @@
+"""Loading a model version onto its device, the CPU fallback policy, and warmup. Blocking code:
+the lifecycle runs it on a worker thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from appliance.config import DeclaredModel, XlaConfig
+from appliance.runtimes import DeviceUnavailable, Runtime, create_runtime, runtime_class
+from appliance.runtimes.artifacts import resolve_artifact
+
+log = structlog.get_logger("aegis.loader")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedRuntimes:
+    primary: Runtime
+    overflow: Runtime | None
+    fallback_reason: str | None
+
+
+def _cpu_runtime(model: DeclaredModel, artifact: Path) -> Runtime:
+    """The same artifact on the CPU: ONNX stays on onnxruntime, everything else runs on torch."""
+    name = "onnx" if model.config.runtime == "onnx" else "torch"
+    runtime = runtime_class(name)(model.config, artifact, device="cpu")
+    runtime.load()
+    return runtime
+
+
+def load_runtimes(model: DeclaredModel, location: Path, xla: XlaConfig) -> LoadedRuntimes:
+    """Load `model` from `location` (file or folder), applying its `cpu_fallback` policy."""
+    artifact = resolve_artifact(location)
+    config = model.config
+    runtime = create_runtime(config, artifact, xla)
+    try:
+        runtime.load()
+    except DeviceUnavailable as error:
+        if config.cpu_fallback == "off" or config.device == "cpu":
+            raise
+        log.warning(
+            "device unavailable, serving on the CPU",
+            model=model.name,
+            version=model.version,
+            device=config.device,
+            reason=str(error),
+        )
+        return LoadedRuntimes(_cpu_runtime(model, artifact), None, str(error))
+    overflow = None
+    if config.cpu_fallback == "overflow" and runtime.device != "cpu":
+        overflow = _cpu_runtime(model, artifact)
+    return LoadedRuntimes(runtime, overflow, None)
+
+
+def warm_up(runtime: Runtime, buckets: tuple[int, ...], iterations: int) -> None:
+    """Run every bucket `iterations` times so serving compiles and allocates nothing new."""
+    for bucket in buckets:
+        for _ in range(iterations):
+            runtime.warmup(bucket)
+    runtime.finish_warmup()

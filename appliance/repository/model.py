@@ -1,0 +1,215 @@
+"""A served model version: its runtimes, batchers, readiness and the checks its requests pass."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from appliance.batching import BatchingPolicy, BatchObserver, BatchResult, DynamicBatcher
+from appliance.config import ModelConfig
+from appliance.errors import InvalidInput, ModelNotReady, QueueFull
+from appliance.metrics import ModelMetrics
+from appliance.runtimes import Runtime
+from appliance.tensors import Signature, TensorSpec, shape_matches
+
+_PLATFORMS = {".pt2": "pytorch_export", ".pt": "pytorch_torchscript", ".onnx": "onnxruntime_onnx"}
+_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """A loaded runtime with its own batcher and worker threads."""
+
+    runtime: Runtime
+    batcher: DynamicBatcher
+    executor: ThreadPoolExecutor
+
+
+def _policy(config: ModelConfig) -> BatchingPolicy:
+    return BatchingPolicy(
+        max_batch_size=config.max_batch_size,
+        buckets=config.batch_buckets,
+        max_queue_delay_s=config.max_queue_delay_ms / 1000.0,
+        max_concurrency=config.max_concurrency,
+        max_queue_size=config.max_queue_size,
+    )
+
+
+def make_replica(
+    name: str, runtime: Runtime, config: ModelConfig, metrics: ModelMetrics
+) -> Replica:
+    """A batcher in front of `runtime`; call from the event loop."""
+    executor = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix=f"aegis-{name}")
+    observer = BatchObserver(
+        on_batch=metrics.observe_batch,
+        on_dequeue=metrics.queue_duration.observe,
+        on_depth=metrics.queue_depth.set,
+    )
+    batcher = DynamicBatcher(runtime.run, _policy(config), executor, observer)
+    batcher.start()
+    return Replica(runtime, batcher, executor)
+
+
+class ServedModel:
+    """One version of one model, as the HTTP layer sees it."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        config: ModelConfig,
+        primary: Replica,
+        metrics: ModelMetrics,
+        overflow: Replica | None = None,
+        fingerprint: str = "",
+    ) -> None:
+        assert primary.runtime.signature is not None, "replicas hold loaded runtimes"
+        self.name = name
+        self.version = version
+        self.config = config
+        self.primary = primary
+        self.overflow = overflow
+        self.metrics = metrics
+        self.fingerprint = fingerprint
+        self.signature: Signature = primary.runtime.signature
+        self.state = ModelState.READY
+        self.successor: ServedModel | None = None
+        self._inputs = {spec.name: spec for spec in self.signature.inputs}
+        self._outputs = {spec.name: spec for spec in self.signature.outputs}
+
+    @property
+    def device(self) -> str:
+        return self.primary.runtime.device
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def output_spec(self, name: str) -> TensorSpec:
+        try:
+            return self._outputs[name]
+        except KeyError:
+            known = ", ".join(self._outputs)
+            raise InvalidInput(
+                f"model {self.name!r} has no output {name!r} (outputs: {known})"
+            ) from None
+
+    def check_inputs(self, inputs: dict[str, np.ndarray], datatypes: dict[str, str]) -> int:
+        """Check `inputs` against the signature; returns the request's batch rows."""
+        for name in inputs:
+            if name not in self._inputs:
+                known = ", ".join(self._inputs)
+                raise InvalidInput(f"model {self.name!r} has no input {name!r} (inputs: {known})")
+        rows = -1
+        for spec in self.signature.inputs:
+            array = inputs.get(spec.name)
+            if array is None:
+                raise InvalidInput(f"input {spec.name!r} is missing")
+            if datatypes[spec.name] != spec.datatype:
+                raise InvalidInput(
+                    f"input {spec.name!r} must be {spec.datatype}, got {datatypes[spec.name]}"
+                )
+            if not shape_matches(spec.shape, array.shape):
+                raise InvalidInput(
+                    f"input {spec.name!r} has shape {list(array.shape)}, "
+                    f"the model takes {list(spec.shape)} (-1: any size)"
+                )
+            if rows not in (-1, array.shape[0]):
+                raise InvalidInput(
+                    f"input {spec.name!r} has {array.shape[0]} rows, other inputs have {rows}"
+                )
+            rows = array.shape[0]
+        if rows < 1:
+            raise InvalidInput("the batch dimension must be at least 1")
+        if rows > self.config.max_batch_size:
+            raise InvalidInput(
+                f"the request has {rows} rows, max_batch_size of {self.name!r} "
+                f"is {self.config.max_batch_size}"
+            )
+        return rows
+
+    async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float) -> BatchResult:
+        """Queue the request on the primary replica, or on the CPU overflow replica when full."""
+        model: ServedModel = self
+        while model.state is ModelState.UNLOADING and model.successor is not None:
+            # Swapped out after the caller looked it up: the new version takes the request.
+            model = model.successor
+        if model.state is not ModelState.READY:
+            raise ModelNotReady(f"model {self.name!r} version {self.version!r} is not ready")
+        try:
+            return await model.primary.batcher.submit(inputs, rows, deadline)
+        except QueueFull:
+            if model.overflow is None:
+                raise
+            model.metrics.cpu_fallback_requests.inc()
+            return await model.overflow.batcher.submit(inputs, rows, deadline)
+
+    def replicas(self) -> list[Replica]:
+        return [self.primary] + ([self.overflow] if self.overflow else [])
+
+    async def retire(self, grace_s: float) -> None:
+        """Stop taking requests, let queued ones finish (bounded by `grace_s`), free the device."""
+        self.state = ModelState.UNLOADING
+        self.metrics.remove(self.device)
+        for replica in self.replicas():
+            await replica.batcher.drain(grace_s)
+        for replica in self.replicas():
+            replica.executor.shutdown(wait=False)
+            await asyncio.to_thread(replica.runtime.close)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [spec.to_json() for spec in self.signature.inputs],
+            "outputs": [spec.to_json() for spec in self.signature.outputs],
+            "parameters": {"device": self.device, "runtime": self.primary.runtime.name},
+        }
+
+    @property
+    def platform(self) -> str:
+        if self.primary.runtime.name == "tpu":
+            return "pytorch_xla"
+        return _PLATFORMS.get(self.primary.runtime.artifact.suffix, self.primary.runtime.name)
+
+    def triton_config(self) -> dict[str, Any]:
+        """The subset of Triton's model config that tritonclient and perf_analyzer read."""
+
+        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": spec.name,
+                    "data_type": _TRITON_TYPES.get(spec.datatype, f"TYPE_{spec.datatype}"),
+                    "dims": list(spec.shape[1:]),
+                }
+                for spec in specs
+            ]
+
+        gpu = self.device.startswith("cuda")
+        return {
+            "name": self.name,
+            "platform": self.platform,
+            "backend": self.primary.runtime.name,
+            "max_batch_size": self.config.max_batch_size,
+            "input": tensors(self.signature.inputs),
+            "output": tensors(self.signature.outputs),
+            "dynamic_batching": {
+                "preferred_batch_size": list(self.config.batch_buckets),
+                "max_queue_delay_microseconds": int(self.config.max_queue_delay_ms * 1000),
+            },
+            "instance_group": [
+                {"count": self.config.max_concurrency, "kind": "KIND_GPU" if gpu else "KIND_CPU"}
+            ],
+        }

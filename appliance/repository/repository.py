@@ -1,0 +1,100 @@
+"""The set of served model versions, looked up by the HTTP layer and changed by the lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from appliance.errors import ModelNotFound, ModelNotReady
+from appliance.repository.model import ServedModel
+
+
+def _version_order(version: str) -> tuple[int, int, str]:
+    """Numeric versions sort numerically and above named ones, so "10" beats "9"."""
+    return (1, int(version), "") if version.isdigit() else (0, 0, version)
+
+
+class ModelRepository:
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, ServedModel]] = {}
+        self._expected: set[tuple[str, str]] = set()
+
+    def expect(self, name: str, version: str) -> None:
+        """Declare a version that readiness must wait for."""
+        self._expected.add((name, version))
+
+    def forget(self, name: str, version: str) -> None:
+        self._expected.discard((name, version))
+
+    @property
+    def ready(self) -> bool:
+        """True when every expected version is loaded and warm."""
+        return all(
+            (model := self._models.get(name, {}).get(version)) is not None and model.ready
+            for name, version in self._expected
+        )
+
+    def pending(self) -> list[tuple[str, str]]:
+        """Expected versions not served yet, as (name, version)."""
+        return sorted(
+            (name, version)
+            for name, version in self._expected
+            if version not in self._models.get(name, {})
+        )
+
+    def put(self, model: ServedModel) -> ServedModel | None:
+        """Serve `model`; returns the version object it replaces, if any."""
+        versions = self._models.setdefault(model.name, {})
+        previous = versions.get(model.version)
+        versions[model.version] = model
+        if previous is not None:
+            previous.successor = model
+        return previous
+
+    def remove(self, name: str, version: str) -> ServedModel | None:
+        versions = self._models.get(name, {})
+        model = versions.pop(version, None)
+        if not versions:
+            self._models.pop(name, None)
+        self.forget(name, version)
+        return model
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        versions = self._models.get(name)
+        if not versions:
+            if any(expected == name for expected, _ in self._expected):
+                raise ModelNotReady(f"model {name!r} is still loading")
+            raise ModelNotFound(f"unknown model {name!r}")
+        if version is None:
+            return versions[max(versions, key=_version_order)]
+        try:
+            return versions[version]
+        except KeyError:
+            if (name, version) in self._expected:
+                raise ModelNotReady(
+                    f"model {name!r} version {version!r} is still loading"
+                ) from None
+            known = ", ".join(sorted(versions, key=_version_order))
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r} (versions: {known})"
+            ) from None
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self._models.get(name, {}), key=_version_order)
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        for versions in self._models.values():
+            yield from versions.values()
+
+    def index(self) -> list[dict[str, str]]:
+        """Triton's repository index: every known version and its state."""
+        rows = [
+            {
+                "name": model.name,
+                "version": model.version,
+                "state": "READY" if model.ready else "UNAVAILABLE",
+            }
+            for model in self
+        ]
+        for name, version in self.pending():
+            rows.append({"name": name, "version": version, "state": "LOADING"})
+        return sorted(rows, key=lambda row: (row["name"], row["version"]))

@@ -1,0 +1,5 @@
+"""The HTTP layer: Open Inference Protocol v2 over Starlette. Knows nothing of torch."""
+
+from appliance.rest.app import AppContext, HttpSettings, Readiness, RepositoryControl, create_app
+
+__all__ = ["AppContext", "HttpSettings", "Readiness", "RepositoryControl", "create_app"]

@@ -1,0 +1,108 @@
+"""The Starlette application: Open Inference Protocol v2 routes, health, metrics and admin.
+
+It sees models only through the repository (numpy tensors in and out) and the lifecycle only
+through the `Readiness` and `RepositoryControl` protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from appliance.metrics import Metrics
+from appliance.repository import ModelRepository
+from appliance.rest import admin, health, inference
+from appliance.rest.errors import error_response
+
+log = structlog.get_logger("aegis.http")
+
+
+class Readiness(Protocol):
+    def is_ready(self) -> bool: ...
+
+    def not_ready_reason(self) -> str: ...
+
+
+class RepositoryControl(Protocol):
+    async def load(self, name: str) -> None: ...
+
+    async def unload(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    max_request_bytes: int = 64 * 1024 * 1024
+    admin_token: str | None = None
+    server_name: str = "aegis"
+    server_version: str = "0"
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """What every handler may use; stored on `app.state.aegis`."""
+
+    repository: ModelRepository
+    metrics: Metrics
+    settings: HttpSettings
+    readiness: Readiness
+    control: RepositoryControl | None
+
+
+def create_app(
+    context: AppContext,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]] | None = None,
+) -> Starlette:
+    model = "/v2/models/{model_name:str}"
+    version = model + "/versions/{model_version:str}"
+    routes = [
+        Route("/v2/health/live", health.live, methods=["GET"]),
+        Route("/v2/health/ready", health.ready, methods=["GET"]),
+        Route("/healthz", health.live, methods=["GET"]),
+        Route("/readyz", health.ready, methods=["GET"]),
+        Route("/v2", health.server_metadata, methods=["GET"]),
+        Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/openapi.json", health.openapi, methods=["GET"]),
+        Route("/v2/repository/index", admin.index, methods=["POST"]),
+        Route("/v2/repository/models/{model_name:str}/load", admin.load, methods=["POST"]),
+        Route("/v2/repository/models/{model_name:str}/unload", admin.unload, methods=["POST"]),
+    ]
+    for prefix in (model, version):
+        routes += [
+            Route(prefix, inference.model_metadata, methods=["GET"]),
+            Route(prefix + "/ready", inference.model_ready, methods=["GET"]),
+            Route(prefix + "/config", inference.model_config, methods=["GET"]),
+            Route(prefix + "/infer", inference.infer, methods=["POST"]),
+        ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            404: _not_found,
+            405: _method_not_allowed,
+            Exception: _internal_error,
+        },
+    )
+    app.state.aegis = context
+    return app
+
+
+async def _not_found(request: Request, _exc: Exception) -> Response:
+    return error_response(404, f"no endpoint {request.url.path}")
+
+
+async def _method_not_allowed(request: Request, _exc: Exception) -> Response:
+    return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # The client gets no trace and no paths; the log gets both.
+    log.error("unhandled error", path=request.url.path, exc_info=exc)
+    return error_response(500, "internal server error")

@@ -1,0 +1,315 @@
+"""Open Inference Protocol v2 bodies <-> numpy, JSON tensors and Triton's binary tensor extension.
+
+Binary tensors are decoded as read-only views into the request body (no copy); the batcher copies
+each request once, into its padded batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from appliance.errors import InvalidInput
+from appliance.tensors import DATATYPE_TO_NUMPY
+
+# JSON data of these datatypes must parse to one of these numpy kinds.
+_ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
+_RESERVED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_LENGTH_PREFIX = np.dtype("<u4")
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(slots=True)
+class DecodedRequest:
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+    outputs: list[RequestedOutput] | None
+    binary_output: bool
+    timeout_us: int | None = None
+
+
+def _little_endian(datatype: str) -> np.dtype:
+    return DATATYPE_TO_NUMPY[datatype].newbyteorder("<")
+
+
+def _parameters(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be an object")
+    for reserved in _RESERVED_PARAMETERS:
+        if reserved in value:
+            raise InvalidInput(f"{where}: shared-memory tensors are not supported ({reserved})")
+    return value
+
+
+def _shape(value: object, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
+    for dim in value:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
+    return tuple(value)
+
+
+def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        flat = _flatten_bytes(data, where)
+        if len(flat) != count:
+            raise InvalidInput(
+                f"{where}: shape {list(shape)} needs {count} elements, got {len(flat)}"
+            )
+        array = np.empty(count, dtype=np.object_)
+        array[:] = flat
+        return array.reshape(shape)
+    if datatype == "BF16":
+        raise InvalidInput(f"{where}: BF16 tensors travel as binary data only")
+    try:
+        parsed = np.asarray(data)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{where}: 'data' is not a rectangular array of numbers") from None
+    if parsed.size != count:
+        raise InvalidInput(
+            f"{where}: shape {list(shape)} needs {count} elements, 'data' has {parsed.size}"
+        )
+    target = _little_endian(datatype)
+    if parsed.size and parsed.dtype.kind not in _ACCEPTED_KINDS[target.kind]:
+        raise InvalidInput(f"{where}: 'data' holds {_kind_name(parsed)}, not {datatype} values")
+    converted = parsed.astype(target, copy=False)
+    if target.kind in "iu" and parsed.size and not np.array_equal(converted, parsed):
+        raise InvalidInput(f"{where}: 'data' has values out of range for {datatype}")
+    return converted.reshape(shape)
+
+
+def _kind_name(array: np.ndarray) -> str:
+    return {
+        "b": "booleans",
+        "f": "floating-point numbers",
+        "i": "integers",
+        "u": "integers",
+        "U": "strings",
+        "O": "mixed values",
+    }.get(array.dtype.kind, str(array.dtype))
+
+
+def _flatten_bytes(data: object, where: str) -> list[bytes]:
+    flat: list[bytes] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            flat.append(item.encode())
+        else:
+            raise InvalidInput(f"{where}: BYTES data must be strings")
+    return flat
+
+
+def _binary_tensor(
+    chunk: memoryview, datatype: str, shape: tuple[int, ...], where: str
+) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _binary_bytes(chunk, count, where).reshape(shape)
+    dtype = _little_endian(datatype)
+    if chunk.nbytes != count * dtype.itemsize:
+        raise InvalidInput(
+            f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
+            f"binary_data_size is {chunk.nbytes}"
+        )
+    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
+
+
+def _binary_bytes(chunk: memoryview, count: int, where: str) -> np.ndarray:
+    elements = []
+    offset = 0
+    size = chunk.nbytes
+    while offset < size:
+        if offset + 4 > size:
+            raise InvalidInput(f"{where}: BYTES element length prefix cut short")
+        (length,) = np.frombuffer(chunk[offset : offset + 4], dtype=_LENGTH_PREFIX)
+        offset += 4
+        if offset + int(length) > size:
+            raise InvalidInput(f"{where}: BYTES element of {length} bytes runs past its tensor")
+        elements.append(bytes(chunk[offset : offset + int(length)]))
+        offset += int(length)
+        if len(elements) > count:
+            break
+    if len(elements) != count:
+        raise InvalidInput(f"{where}: shape needs {count} BYTES elements, got {len(elements)}")
+    array = np.empty(count, dtype=np.object_)
+    array[:] = elements
+    return array
+
+
+def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
+    """Parse an infer request body; `header_length` is the binary extension's header, if sent."""
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length is {header_length}, "
+                f"but the body has {len(body)} bytes"
+            )
+        view = memoryview(body)
+        header, binary = view[:header_length], view[header_length:]
+    try:
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("request body must be a JSON object")
+    parameters = _parameters(document.get("parameters"), "request")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list")
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    offset = 0
+    for index, raw in enumerate(raw_inputs):
+        if not isinstance(raw, dict):
+            raise InvalidInput(f"inputs[{index}] must be an object")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"inputs[{index}]: 'name' must be a non-empty string")
+        where = f"input {name!r}"
+        if name in inputs:
+            raise InvalidInput(f"{where} is given twice")
+        datatype = raw.get("datatype")
+        if datatype not in DATATYPE_TO_NUMPY:
+            raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
+        shape = _shape(raw.get("shape"), where)
+        input_parameters = _parameters(raw.get("parameters"), where)
+        size = input_parameters.get("binary_data_size")
+        if size is not None:
+            if "data" in raw:
+                raise InvalidInput(f"{where}: has both 'data' and binary_data_size")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
+            if offset + size > binary.nbytes:
+                raise InvalidInput(
+                    f"{where}: binary_data_size {size} runs past the body "
+                    f"({binary.nbytes - offset} binary bytes left)"
+                )
+            array = _binary_tensor(binary[offset : offset + size], datatype, shape, where)
+            offset += size
+        elif "data" in raw:
+            array = _json_tensor(raw["data"], datatype, shape, where)
+        else:
+            raise InvalidInput(f"{where}: has neither 'data' nor binary_data_size")
+        inputs[name] = array
+        datatypes[name] = datatype
+    if offset != binary.nbytes:
+        raise InvalidInput(
+            f"{binary.nbytes - offset} bytes of binary data follow the last tensor; "
+            "binary_data_size values do not add up to the body"
+        )
+    binary_output = parameters.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise InvalidInput("'binary_data_output' must be true or false")
+    outputs = _requested_outputs(document.get("outputs"), binary_output)
+    timeout = parameters.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0
+    ):
+        raise InvalidInput("'timeout' must be a positive integer (microseconds)")
+    return DecodedRequest(
+        request_id, parameters, inputs, datatypes, outputs, binary_output, timeout
+    )
+
+
+def _requested_outputs(raw: object, binary_default: bool) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise InvalidInput("'outputs' must be a list")
+    outputs = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"outputs[{index}] must be an object with a 'name'")
+        parameters = _parameters(item.get("parameters"), f"output {item['name']!r}")
+        binary = parameters.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise InvalidInput(f"output {item['name']!r}: binary_data must be true or false")
+        outputs.append(RequestedOutput(item["name"], binary))
+    return outputs
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    array: np.ndarray
+    binary: bool
+
+
+def _bytes_payload(array: np.ndarray) -> bytes:
+    parts = []
+    for element in array.reshape(-1):
+        raw = element if isinstance(element, bytes) else str(element).encode()
+        parts.append(len(raw).to_bytes(4, "little"))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _json_data(tensor: OutputTensor) -> object:
+    flat = tensor.array.reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [
+            element.decode("utf-8", "replace") if isinstance(element, bytes) else str(element)
+            for element in flat
+        ]
+    return np.ascontiguousarray(flat)
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: list[OutputTensor],
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when any output is binary."""
+    described = []
+    chunks: list[bytes] = []
+    for tensor in outputs:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.array.shape),
+        }
+        if tensor.binary or tensor.datatype == "BF16":
+            if tensor.datatype == "BYTES":
+                payload = _bytes_payload(tensor.array)
+            else:
+                array = tensor.array.astype(tensor.array.dtype.newbyteorder("<"), copy=False)
+                payload = np.ascontiguousarray(array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(payload)}
+            chunks.append(payload)
+        else:
+            entry["data"] = _json_data(tensor)
+        described.append(entry)
+    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        document["id"] = request_id
+    document["outputs"] = described
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return b"".join((header, *chunks)), len(header)

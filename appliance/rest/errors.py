@@ -1,0 +1,62 @@
+"""Error responses: every failure is a non-2xx status with `{"error": "<what and why>"}`."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
+
+from appliance.errors import (
+    DeadlineExceeded,
+    InferenceError,
+    InvalidInput,
+    ModelFailed,
+    ModelNotFound,
+    ModelNotReady,
+    QueueFull,
+)
+
+_STATUS: dict[type[InferenceError], int] = {
+    InvalidInput: 400,
+    ModelNotFound: 404,
+    ModelNotReady: 503,
+    QueueFull: 503,
+    DeadlineExceeded: 504,
+    ModelFailed: 500,
+}
+
+
+class HTTPFailure(Exception):
+    """A failure that only the HTTP layer knows about (413, 401, 415...)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def status_of(error: InferenceError) -> int:
+    for cls in type(error).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"error": message}),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def failure_response(error: Exception) -> Response:
+    """The response for an expected failure; the message is safe to show to the client."""
+    if isinstance(error, HTTPFailure):
+        return error_response(error.status, str(error), error.headers)
+    assert isinstance(error, InferenceError)
+    headers = None
+    if isinstance(error, (QueueFull, ModelNotReady)):
+        retry = error.retry_after_s if isinstance(error, QueueFull) else 1
+        headers = {"Retry-After": str(retry)}
+    return error_response(status_of(error), str(error), headers)

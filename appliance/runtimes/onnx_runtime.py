@@ -1,0 +1,100 @@
+"""ONNX models through onnxruntime (the `onnx` extra); the signature comes from the model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from appliance.config import ModelConfig
+from appliance.runtimes.base import ArtifactError, DeviceUnavailable, ModelExecutionError, Runtime
+from appliance.runtimes.torch_runtime import merge_signature
+from appliance.tensors import Signature, TensorSpec
+
+_ONNX_TO_DATATYPE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _spec(node: onnxruntime.NodeArg) -> TensorSpec:
+    try:
+        datatype = _ONNX_TO_DATATYPE[node.type]
+    except KeyError:
+        raise ArtifactError(f"{node.name}: ONNX type {node.type} is not supported") from None
+    shape = tuple(dim if isinstance(dim, int) and dim > 0 else -1 for dim in node.shape)
+    return TensorSpec(node.name, datatype, shape)
+
+
+class OnnxRuntime(Runtime):
+    name = "onnx"
+
+    def __init__(self, config: ModelConfig, artifact: Path, device: str | None = None) -> None:
+        super().__init__(config, artifact)
+        self._device_name = device or config.device
+        self._session: onnxruntime.InferenceSession | None = None
+        self._feed_names: dict[str, str] = {}
+        self._fetch_names: list[str] = []
+
+    def _providers(self) -> list[str]:
+        if self._device_name == "cuda":
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise DeviceUnavailable(
+                    "device 'cuda': this onnxruntime build has no CUDA provider"
+                )
+            return ["CUDAExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def load(self) -> None:
+        options = onnxruntime.SessionOptions()
+        # Concurrency comes from max_concurrency batches in flight; one op thread each is stable.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        providers = self._providers()
+        try:
+            session = onnxruntime.InferenceSession(
+                str(self.artifact), sess_options=options, providers=providers
+            )
+        except Exception as error:
+            raise ArtifactError(
+                f"{self.artifact.name}: not a loadable ONNX model ({error})"
+            ) from None
+        found = Signature(
+            tuple(_spec(node) for node in session.get_inputs()),
+            tuple(_spec(node) for node in session.get_outputs()),
+        )
+        self.signature = merge_signature(found, self.config, self.artifact.name)
+        # Declared names may differ from the graph's: feed and fetch by position.
+        self._feed_names = {
+            spec.name: node.name
+            for spec, node in zip(self.signature.inputs, session.get_inputs(), strict=True)
+        }
+        self._fetch_names = [node.name for node in session.get_outputs()]
+        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+        self._session = session
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._session is not None and self.signature is not None, "load() first"
+        feed = {self._feed_names[name]: array for name, array in inputs.items()}
+        try:
+            values = self._session.run(self._fetch_names, feed)
+        except Exception as error:
+            raise ModelExecutionError(f"{type(error).__name__}: {error}") from error
+        return {
+            spec.name: value for spec, value in zip(self.signature.outputs, values, strict=True)
+        }
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,218 @@
+"""The dynamic batcher: own rows back, padding to buckets, bounded queue, deadlines, withdrawal."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from appliance.batching import BatchingPolicy, BatchObserver, DynamicBatcher
+from appliance.errors import DeadlineExceeded, ModelFailed, QueueFull
+
+
+def policy(**overrides: float) -> BatchingPolicy:
+    values = dict(
+        max_batch_size=8,
+        buckets=(1, 2, 4, 8),
+        max_queue_delay_s=0.005,
+        max_concurrency=1,
+        max_queue_size=64,
+    )
+    values.update(overrides)
+    return BatchingPolicy(**values)  # type: ignore[arg-type]
+
+
+class Recorder:
+    """A real batch function (x -> x * 10) that records the batch shapes it saw."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.shapes: list[int] = []
+        self.delay_s = delay_s
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.release.wait(10)
+        time.sleep(self.delay_s)
+        self.shapes.append(batch["x"].shape[0])
+        return {"y": batch["x"] * 10}
+
+
+def run(coroutine: object) -> object:
+    return asyncio.run(coroutine)  # type: ignore[arg-type]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=1, max_value=8), min_size=1, max_size=40))
+def test_every_caller_gets_exactly_its_own_rows(sizes: list[int]) -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            batcher = DynamicBatcher(recorder, policy(max_concurrency=2), executor)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            requests = []
+            start = 0
+            for size in sizes:
+                rows = np.arange(start, start + size, dtype=np.float32).reshape(size, 1)
+                requests.append(rows)
+                start += size
+            results = await asyncio.gather(
+                *(batcher.submit({"x": rows}, len(rows), loop.time() + 10) for rows in requests)
+            )
+            for rows, result in zip(requests, results, strict=True):
+                np.testing.assert_array_equal(result.outputs["y"], rows * 10)
+            await batcher.close()
+
+    run(scenario())
+    assert all(shape in (1, 2, 4, 8) for shape in recorder.shapes)
+
+
+def test_concurrent_requests_share_a_batch_padded_to_a_bucket() -> None:
+    recorder = Recorder()
+    seen: list[tuple[int, int]] = []
+    observer = BatchObserver(on_batch=lambda rows, bucket, _s: seen.append((rows, bucket)))
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(recorder, policy(max_queue_delay_s=0.05), executor, observer)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            inputs = [np.full((1, 1), i, dtype=np.float32) for i in range(3)]
+            results = await asyncio.gather(
+                *(batcher.submit({"x": x}, 1, loop.time() + 5) for x in inputs)
+            )
+            assert [r.batch_size for r in results] == [3, 3, 3]
+            await batcher.close()
+
+    run(scenario())
+    assert seen == [(3, 4)]
+    assert recorder.shapes == [4]
+
+
+def test_full_queue_refuses_at_once() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(
+                recorder, policy(max_queue_size=2, max_batch_size=1, buckets=(1,)), executor
+            )
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            x = {"x": np.zeros((1, 1), dtype=np.float32)}
+            running = asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10))
+            await asyncio.sleep(0.05)  # the first request is now in the (blocked) model
+            queued = [
+                asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10)) for _ in range(2)
+            ]
+            await asyncio.sleep(0)
+            started = time.perf_counter()
+            with pytest.raises(QueueFull):
+                await batcher.submit(x, 1, loop.time() + 10)
+            assert time.perf_counter() - started < 0.05
+            recorder.release.set()
+            await asyncio.gather(running, *queued)
+            await batcher.close()
+
+    run(scenario())
+
+
+def test_deadline_fails_a_waiting_request_while_a_long_batch_runs() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(recorder, policy(max_batch_size=1, buckets=(1,)), executor)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            long = asyncio.ensure_future(
+                batcher.submit({"x": np.full((1, 1), 1, np.float32)}, 1, loop.time() + 30)
+            )
+            await asyncio.sleep(0.05)
+            started = loop.time()
+            with pytest.raises(DeadlineExceeded, match="before its batch started"):
+                await batcher.submit({"x": np.full((1, 1), 2, np.float32)}, 1, started + 0.1)
+            waited = loop.time() - started
+            assert 0.09 <= waited < 0.5, waited
+            assert not long.done()
+            recorder.release.set()
+            await long
+            await batcher.close()
+
+    run(scenario())
+    # The expired request was never computed: only the long one reached the model.
+    assert recorder.shapes == [1]
+
+
+def test_cancelled_request_is_dropped_before_its_batch_starts() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(recorder, policy(max_batch_size=1, buckets=(1,)), executor)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            x = {"x": np.zeros((1, 1), np.float32)}
+            first = asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10))
+            await asyncio.sleep(0.05)
+            gone = asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10))
+            await asyncio.sleep(0.01)
+            assert batcher.queue_depth == 1
+            gone.cancel()
+            await asyncio.sleep(0.01)
+            assert batcher.queue_depth == 0
+            recorder.release.set()
+            await first
+            await batcher.close()
+
+    run(scenario())
+    assert recorder.shapes == [1]
+
+
+def test_a_failing_batch_fails_only_its_own_requests() -> None:
+    def flaky(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (batch["x"] < 0).any():
+            raise ValueError("negative input")
+        return {"y": batch["x"] * 10}
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(flaky, policy(max_batch_size=1, buckets=(1,)), executor)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            with pytest.raises(ModelFailed, match="negative input"):
+                await batcher.submit({"x": np.full((1, 1), -1, np.float32)}, 1, loop.time() + 5)
+            good = await batcher.submit({"x": np.full((1, 1), 2, np.float32)}, 1, loop.time() + 5)
+            assert good.outputs["y"].tolist() == [[20.0]]
+            await batcher.close()
+
+    run(scenario())
+
+
+def test_requests_with_different_inner_shapes_are_not_mixed() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(recorder, policy(max_queue_delay_s=0.02), executor)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            narrow = batcher.submit({"x": np.ones((1, 2), np.float32)}, 1, loop.time() + 5)
+            wide = batcher.submit({"x": np.ones((1, 3), np.float32)}, 1, loop.time() + 5)
+            a, b = await asyncio.gather(narrow, wide)
+            assert a.outputs["y"].shape == (1, 2) and b.outputs["y"].shape == (1, 3)
+            await batcher.close()
+
+    run(scenario())
+    assert recorder.shapes == [1, 1]

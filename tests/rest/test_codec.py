@@ -1,0 +1,202 @@
+"""JSON and binary tensor decoding/encoding, and the errors bad bodies get."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import orjson
+import pytest
+
+from appliance.errors import InvalidInput
+from appliance.rest.codec import OutputTensor, decode_request, encode_response
+
+
+def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, int]:
+    head = orjson.dumps(header)
+    return head + b"".join(chunks), len(head)
+
+
+def test_json_tensors_decode_nested_or_flat() -> None:
+    body = orjson.dumps(
+        {
+            "id": "r1",
+            "inputs": [
+                {"name": "a", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4.5]]},
+                {"name": "b", "datatype": "INT64", "shape": [2], "data": [7, -8]},
+                {"name": "c", "datatype": "BOOL", "shape": [1, 2], "data": [True, False]},
+            ],
+        }
+    )
+    decoded = decode_request(body, None)
+    assert decoded.id == "r1"
+    assert decoded.inputs["a"].dtype == np.float32
+    assert decoded.inputs["a"].tolist() == [[1, 2], [3, 4.5]]
+    assert decoded.inputs["b"].tolist() == [7, -8]
+    assert decoded.inputs["c"].tolist() == [[True, False]]
+
+
+def test_binary_tensors_are_views_of_the_body() -> None:
+    values = np.arange(6, dtype="<f4")
+    flags = np.array([1, 0, 1], dtype=np.uint8)
+    header = {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": [2, 3],
+                "parameters": {"binary_data_size": 24},
+            },
+            {"name": "f", "datatype": "BOOL", "shape": [3], "parameters": {"binary_data_size": 3}},
+        ],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+    }
+    body, length = binary_body(header, values.tobytes(), flags.tobytes())
+    decoded = decode_request(body, length)
+    assert decoded.inputs["x"].tolist() == values.reshape(2, 3).tolist()
+    assert decoded.inputs["f"].tolist() == [True, False, True]
+    assert decoded.outputs is not None and decoded.outputs[0].binary
+
+
+def test_bytes_tensors_binary_and_json() -> None:
+    raw = b"".join(struct.pack("<I", len(s)) + s for s in (b"ab", b"", b"xyz"))
+    header = {
+        "inputs": [
+            {
+                "name": "s",
+                "datatype": "BYTES",
+                "shape": [3],
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ]
+    }
+    body, length = binary_body(header, raw)
+    assert decode_request(body, length).inputs["s"].tolist() == [b"ab", b"", b"xyz"]
+    body = orjson.dumps(
+        {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2], "data": ["hé", "x"]}]}
+    )
+    assert decode_request(body, None).inputs["s"].tolist() == ["hé".encode(), b"x"]
+
+
+@pytest.mark.parametrize(
+    ("body", "header_length", "message"),
+    [
+        (b"{not json", None, "not valid JSON"),
+        (b"[]", None, "must be a JSON object"),
+        (b'{"inputs": []}', None, "non-empty list"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP33", "shape": [1], "data": [1]}]}',
+            None,
+            "unknown datatype",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}',
+            None,
+            "needs 3 elements",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}',
+            None,
+            "non-negative integers",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}]}',
+            None,
+            "floating-point numbers, not INT32",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}]}',
+            None,
+            "out of range",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, "a"]}]}',
+            None,
+            "not FP32",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}]}',
+            None,
+            "rectangular",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}',
+            None,
+            "neither 'data' nor binary_data_size",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]},'
+            b' {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+            None,
+            "given twice",
+        ),
+        (b"{}", 99, "but the body has 2 bytes"),
+    ],
+)
+def test_bad_bodies_get_a_clear_message(body: bytes, header_length: int | None, message: str):
+    with pytest.raises(InvalidInput, match=message):
+        decode_request(body, header_length)
+
+
+def test_binary_size_past_the_body_is_refused() -> None:
+    header = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [4], "parameters": {"binary_data_size": 16}}
+        ]
+    }
+    body, length = binary_body(header, b"\0" * 8)
+    with pytest.raises(InvalidInput, match="runs past the body"):
+        decode_request(body, length)
+
+
+def test_trailing_binary_bytes_are_refused() -> None:
+    header = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}
+        ]
+    }
+    body, length = binary_body(header, b"\0" * 8)
+    with pytest.raises(InvalidInput, match="4 bytes of binary data follow"):
+        decode_request(body, length)
+
+
+def test_bytes_element_longer_than_its_tensor_is_refused() -> None:
+    raw = struct.pack("<I", 1000) + b"abc"
+    header = {
+        "inputs": [
+            {
+                "name": "s",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ]
+    }
+    body, length = binary_body(header, raw)
+    with pytest.raises(InvalidInput, match="runs past its tensor"):
+        decode_request(body, length)
+
+
+def test_huge_shapes_do_not_allocate() -> None:
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**62, 2**62], "data": [1]}]}
+    )
+    with pytest.raises(InvalidInput, match="needs"):
+        decode_request(body, None)
+
+
+def test_response_json_and_binary() -> None:
+    y = np.array([[1.5, 2.0]], dtype=np.float32)
+    body, length = encode_response("m", "1", "abc", [OutputTensor("y", "FP32", y, False)])
+    assert length is None
+    assert orjson.loads(body) == {
+        "model_name": "m",
+        "model_version": "1",
+        "id": "abc",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [1.5, 2.0]}],
+    }
+    body, length = encode_response("m", "1", None, [OutputTensor("y", "FP32", y, True)])
+    assert length is not None
+    header = orjson.loads(body[:length])
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 8}
+    assert np.frombuffer(body[length:], "<f4").tolist() == [1.5, 2.0]

@@ -1,0 +1,120 @@
+"""Starting the real server (`python -m appliance serve`, Hypercorn on loopback) for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """host:port, as tritonclient wants it."""
+        return f"{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    def wait_ready(self, timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                if self.status("/v2/health/ready") == 200:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log()}")
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout_s`; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def start_server(
+    config_path: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+) -> ServerProcess:
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                python,
+                "-m",
+                "appliance",
+                "serve",
+                "--config",
+                str(config_path),
+                "--bind",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    return ServerProcess(process, "127.0.0.1", port, log_path)
+
+
+@contextlib.contextmanager
+def running_server(
+    config_text: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 120.0,
+    python: str = sys.executable,
+) -> Iterator[ServerProcess]:
+    """A served config, ready; stopped (and killed if need be) on exit, even on failure."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "aegis.toml"
+    config_path.write_text(config_text)
+    server = start_server(config_path, workdir / "server.log", env, python)
+    try:
+        server.wait_ready(ready_timeout_s)
+        yield server
+    finally:
+        server.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)

@@ -1,0 +1,159 @@
+"""The config file of the contract: the example parses, and every bad value names file, key, why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.config import ConfigError, ModelConfig, load_config
+
+CONTRACT_EXAMPLE = """
+[server]
+bind = ["0.0.0.0:8080"]
+certfile = ""
+keyfile = ""
+max_request_bytes = 67108864
+shutdown_grace_s = 30
+admin_token_file = ""
+
+[storage]
+cache_dir = "/var/lib/aegis/models"
+download_concurrency = 8
+
+[xla]
+compilation_cache_dir = "/var/cache/aegis/xla"
+
+[[models]]
+name = "heavy_model"
+version = "1"
+model_path = "gs://bucket/models/heavy_model/1/model.pt2"
+runtime = "tpu"
+device = "tpu"
+max_batch_size = 64
+batch_buckets = [1, 8, 16, 32, 64]
+max_queue_delay_ms = 2.0
+max_concurrency = 2
+max_queue_size = 1024
+timeout_ms = 5000
+warmup_iters = 2
+cpu_fallback = "unavailable"
+[[models.inputs]]
+name = "input__0"
+datatype = "FP32"
+shape = [-1, 64]
+[[models.outputs]]
+name = "output__0"
+datatype = "FP32"
+shape = [-1, 10]
+"""
+
+MINIMAL_MODEL = """
+[[models]]
+name = "m"
+model_path = "/models/m.pt2"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "aegis.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_contract_example_is_valid(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, CONTRACT_EXAMPLE))
+    (model,) = config.models
+    assert (model.name, model.version) == ("heavy_model", "1")
+    assert model.config.batch_buckets == (1, 8, 16, 32, 64)
+    assert model.config.inputs[0].shape == (-1, 64)
+    assert config.server.bind == ("0.0.0.0:8080",)
+
+
+def test_buckets_default_to_powers_of_two_up_to_max_batch_size(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL_MODEL + "max_batch_size = 24\n"))
+    assert config.models[0].config.batch_buckets == (1, 2, 4, 8, 16, 24)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        (MINIMAL_MODEL + "max_batch_size = 0\n", "models[0].max_batch_size", "must be >= 1"),
+        (MINIMAL_MODEL + 'runtime = "tensorflow"\n', "models[0].runtime", "must be one of"),
+        (MINIMAL_MODEL + "batch_buckets = [4, 2]\n", "models[0].batch_buckets", "increasing"),
+        (
+            MINIMAL_MODEL + "max_batch_size = 8\nbatch_buckets = [1, 4]\n",
+            "models[0].batch_buckets",
+            "must equal max_batch_size",
+        ),
+        (MINIMAL_MODEL + "max_queue_size = -3\n", "models[0].max_queue_size", "must be >= 1"),
+        (MINIMAL_MODEL + "timeout_ms = 0\n", "models[0].timeout_ms", "must be > 0"),
+        (MINIMAL_MODEL + "max_batch_sise = 8\n", "models[0].max_batch_sise", "unknown key"),
+        (MINIMAL_MODEL + 'device = "tpu"\n', "models[0].device", "needs runtime = 'tpu'"),
+        (
+            '[[models]]\nname = "m"\nmodel_path = "/m.pt"\n',
+            "models[0].inputs",
+            "TorchScript (.pt) artifacts carry no signature",
+        ),
+        (
+            '[[models]]\nname = "m"\nmodel_path = "/m.bin"\n',
+            "models[0].model_path",
+            "must end in one of",
+        ),
+        ('[[models]]\nname = "m"\n', "models[0].model_path", "is required"),
+        ('[server]\nbind = ["nope"]\n', "server.bind", "HOST:PORT"),
+        ('[server]\ncertfile = "/c.pem"\n', "server.certfile", "both certfile and keyfile"),
+        ("[storage]\ndownload_concurrency = 0\n", "storage.download_concurrency", ">= 1"),
+        ("[serve]\n", "serve", "unknown section"),
+        (MINIMAL_MODEL + MINIMAL_MODEL, "models[1]", "declared twice"),
+        (
+            MINIMAL_MODEL + '[[models.inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [3]\n',
+            "models[0].inputs[0].shape",
+            "batch dimension",
+        ),
+        ("[server\n", "(syntax)", "not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_file_key_and_reason(tmp_path: Path, text: str, key: str, reason: str):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.file == str(path)
+    assert caught.value.key == key
+    assert reason in caught.value.reason
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_python_api_validates_too() -> None:
+    with pytest.raises(ConfigError, match="max_concurrency"):
+        ModelConfig(model_path="/m.pt2", max_concurrency=0)
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_config_exits_0_when_valid(tmp_path: Path) -> None:
+    result = check_config(write(tmp_path, CONTRACT_EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_check_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL_MODEL + 'max_concurrency = "two"\n')
+    result = check_config(path)
+    assert result.returncode == 2
+    assert str(path) in result.stderr
+    assert "models[0].max_concurrency" in result.stderr
+    assert "Traceback" not in result.stderr
