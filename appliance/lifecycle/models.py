@@ -74,6 +74,8 @@ class ModelLifecycle:
         for model in list(self._repository):
             for replica in model.replicas():
                 runtime = replica.runtime
+                if runtime.name != "tpu":
+                    continue
                 yield RuntimeSample(model.name, model.version, runtime.device, runtime.stats())
 
     async def start(self) -> None:

@@ -153,10 +153,14 @@ class _RuntimeStatsCollector(Collector):
             labels=[*labels, "phase"],
         )
         cached = CounterMetricFamily(
-            "aegis_xla_cached_compilations", "Compilations answered from the XLA cache.", labels
+            "aegis_xla_cached_compilations",
+            "Compilations answered from the XLA cache.",
+            labels=labels,
         )
         execute = CounterMetricFamily(
-            "aegis_xla_execute_seconds", "Time spent executing compiled XLA graphs.", labels
+            "aegis_xla_execute_seconds",
+            "Time spent executing compiled XLA graphs.",
+            labels=labels,
         )
         fallback = CounterMetricFamily(
             "aegis_xla_cpu_fallback_ops",

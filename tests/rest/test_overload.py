@@ -1,0 +1,88 @@
+"""A full queue is refused at once with 503 + Retry-After; a passed deadline is 504 at once."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+from tests.conftest import model_table, tensor_table
+
+
+def slow_request(rounds: int, timeout_us: int | None = None) -> bytes:
+    body: dict = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [rounds]}]}
+    if timeout_us is not None:
+        body["parameters"] = {"timeout": timeout_us}
+    return json.dumps(body).encode()
+
+
+def post(server, body: bytes, timeout: float = 60):
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
+    try:
+        connection.request("POST", "/v2/models/slow/infer", body=body)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def slow_model(extra: str) -> str:
+    return (
+        model_table("slow", "{slow}", "max_batch_size = 1\nwarmup_iters = 0\n" + extra)
+        + tensor_table("inputs", "x", "FP32", [-1, 1])
+        + tensor_table("outputs", "y", "FP32", [-1, 1])
+    )
+
+
+def in_background(server, body: bytes) -> tuple[threading.Thread, list]:
+    results: list = []
+    thread = threading.Thread(target=lambda: results.append(post(server, body)), daemon=True)
+    thread.start()
+    return thread, results
+
+
+def rounds_for(seconds: float, server) -> int:
+    """How many matmul rounds take about `seconds` on this machine right now."""
+    started = time.perf_counter()
+    status, _, _ = post(server, slow_request(200))
+    assert status == 200
+    per_round = (time.perf_counter() - started) / 200
+    return max(200, int(seconds / max(per_round, 1e-6)))
+
+
+def test_full_queue_is_refused_at_once_with_retry_after(serve, artifacts) -> None:
+    server = serve(
+        slow_model("max_queue_size = 1\ntimeout_ms = 60000").format(slow=artifacts["slow.pt"])
+    )
+    rounds = rounds_for(2.0, server)
+    running, _ = in_background(server, slow_request(rounds))
+    time.sleep(0.3)
+    queued, queued_result = in_background(server, slow_request(1))
+    time.sleep(0.3)
+    started = time.perf_counter()
+    status, headers, payload = post(server, slow_request(1))
+    elapsed = time.perf_counter() - started
+    assert status == 503, payload
+    assert headers["retry-after"] == "1"
+    assert "queue full" in json.loads(payload)["error"]
+    assert elapsed < 0.25, elapsed
+    running.join(60)
+    queued.join(60)
+    assert queued_result[0][0] == 200
+
+
+def test_deadline_gives_504_while_a_long_batch_still_runs(serve, artifacts) -> None:
+    server = serve(slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]))
+    rounds = rounds_for(3.0, server)
+    running, running_result = in_background(server, slow_request(rounds))
+    time.sleep(0.3)
+    started = time.perf_counter()
+    status, _, payload = post(server, slow_request(1, timeout_us=300_000))
+    elapsed = time.perf_counter() - started
+    assert status == 504, payload
+    assert "deadline passed before its batch started" in json.loads(payload)["error"]
+    assert 0.25 <= elapsed < 1.5, elapsed
+    assert running.is_alive(), "the long batch should still be running"
+    running.join(60)
+    assert running_result[0][0] == 200
