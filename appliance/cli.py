@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from appliance.config import DEFAULT_CONFIG_PATH, AppConfig, ConfigError, load_config
+from appliance.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from appliance.logs import configure_logging
 
 EXIT_INVALID_CONFIG = 2
@@ -34,20 +34,6 @@ def _config_path(given: str | None) -> str:
     return given or os.environ.get("AEGIS_CONFIG") or str(DEFAULT_CONFIG_PATH)
 
 
-def _with_registry(config: AppConfig) -> AppConfig:
-    """The config file's models plus those declared through the Python API."""
-    from dataclasses import replace
-
-    from appliance.registry import registry
-
-    extra = tuple(
-        m
-        for m in registry.models()
-        if (m.name, m.version) not in {(d.name, d.version) for d in config.models}
-    )
-    return replace(config, models=config.models + extra) if extra else config
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
@@ -62,14 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run(demo_config(args.bind))
         path = _config_path(args.config)
-        config = load_config(path)
         if args.command == "sync":
             from appliance.storage import run_sync_command
 
-            return run_sync_command(config)
-        from appliance.lifecycle.server import run
+            return run_sync_command(load_config(path))
+        from appliance.api import serve
 
-        return run(_with_registry(config), args.bind, lambda: _with_registry(load_config(path)))
+        return serve(path, args.bind)
     except ConfigError as error:
         print(f"aegis: invalid configuration: {error}", file=sys.stderr)
         return EXIT_INVALID_CONFIG

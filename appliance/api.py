@@ -1,0 +1,42 @@
+"""Serving from Python: models declared with `registry.register(...)`, with or without a file.
+
+from appliance import ModelConfig, registry, serve
+registry.register("heavy_model", "v1", ModelConfig(model_path="/models/heavy_model.pt2"))
+serve(bind=["127.0.0.1:8080"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from appliance.config import AppConfig, load_config
+from appliance.registry import ModelRegistry, registry
+
+
+def with_registered_models(config: AppConfig, models: ModelRegistry = registry) -> AppConfig:
+    """`config` plus the registry's model versions that the config does not declare itself."""
+    declared = {(model.name, model.version) for model in config.models}
+    extra = tuple(m for m in models.models() if (m.name, m.version) not in declared)
+    return replace(config, models=config.models + extra) if extra else config
+
+
+def serve(
+    config: AppConfig | str | Path | None = None,
+    bind: list[str] | None = None,
+    models: ModelRegistry = registry,
+) -> int:
+    """Serve until SIGTERM; returns the exit code. A path is re-read on SIGHUP."""
+    from appliance.lifecycle.server import run
+
+    if isinstance(config, (str, Path)):
+        path = config
+        return run(
+            with_registered_models(load_config(path), models),
+            bind,
+            lambda: with_registered_models(load_config(path), models),
+        )
+    base = config or AppConfig()
+    return run(
+        with_registered_models(base, models), bind, lambda: with_registered_models(base, models)
+    )

@@ -1,0 +1,184 @@
+"""Hot reload: SIGHUP and the admin endpoints swap a changed model in without a failed request."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import model_table
+from tests.support.models import Mlp, mlp_pt2
+
+TOKEN = "s3cret-token-for-tests-only"
+
+
+def infer(server, x: np.ndarray, model: str = "m") -> tuple[int, dict]:
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+    )
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        connection.request("POST", f"/v2/models/{model}/infer", body=body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def admin(server, path: str, token: str | None = TOKEN) -> tuple[int, object]:
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=120)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        connection.request("POST", path, body=b"", headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def expected(x: np.ndarray, seed: int) -> np.ndarray:
+    with torch.no_grad():
+        return Mlp(seed=seed)(torch.from_numpy(x)).numpy()
+
+
+def replace_model(path: Path, seed: int) -> None:
+    staging = path.with_name("staging.pt2")
+    mlp_pt2(staging, seed=seed)
+    staging.replace(path)
+
+
+class Client(threading.Thread):
+    """Sends requests back to back, bounded in count and time, and records every answer."""
+
+    def __init__(self, server, x: np.ndarray, limit_s: float = 90, limit_count: int = 20000):
+        super().__init__(daemon=True)
+        self.server, self.x = server, x
+        self.limit_s, self.limit_count = limit_s, limit_count
+        self.results: list[tuple[int, list[float]]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        end = time.monotonic() + self.limit_s
+        while (
+            not self.stop.is_set()
+            and time.monotonic() < end
+            and len(self.results) < self.limit_count
+        ):
+            status, body = infer(self.server, self.x)
+            data = body["outputs"][0]["data"] if status == 200 else [body.get("error")]
+            self.results.append((status, data))
+
+
+def wait_for_output(client: Client, wanted: np.ndarray, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if client.results and np.allclose(client.results[-1][1], wanted.ravel(), atol=1e-5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"the new version's outputs never arrived; last: {client.results[-1:]}")
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "models" / "m.pt2"
+    path.parent.mkdir()
+    mlp_pt2(path, seed=1)
+    return path
+
+
+def test_sighup_swaps_a_changed_model_without_failed_requests(serve, model_file: Path) -> None:
+    server = serve(model_table("m", model_file, "max_batch_size = 8"))
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
+    client = Client(server, x)
+    client.start()
+    try:
+        time.sleep(0.5)
+        replace_model(model_file, seed=2)
+        os.kill(server.process.pid, signal.SIGHUP)
+        wait_for_output(client, expected(x, seed=2), timeout_s=60)
+        time.sleep(0.3)
+    finally:
+        client.stop.set()
+        client.join(30)
+    statuses = {status for status, _ in client.results}
+    assert statuses == {200}, [r for r in client.results if r[0] != 200][:3]
+    outputs = [np.asarray(data) for _, data in client.results]
+    old, new = expected(x, 1).ravel(), expected(x, 2).ravel()
+    # Every answer is one version's whole output, and the switch happens once.
+    kinds = ["old" if np.allclose(o, old, atol=1e-5) else "new" for o in outputs]
+    assert all(np.allclose(o, old, atol=1e-5) or np.allclose(o, new, atol=1e-5) for o in outputs)
+    assert kinds == sorted(kinds, key=lambda k: k == "new")
+    assert kinds[0] == "old" and kinds[-1] == "new"
+
+
+def test_failed_reload_keeps_the_serving_version(serve, model_file: Path) -> None:
+    server = serve(model_table("m", model_file, "max_batch_size = 8"))
+    x = np.ones((1, 8), dtype=np.float32)
+    model_file.write_bytes(b"not a model")
+    os.kill(server.process.pid, signal.SIGHUP)
+    end = time.monotonic() + 30
+    while "reload failed" not in server.log() and time.monotonic() < end:
+        time.sleep(0.1)
+    assert "reload failed, keeping the serving version" in server.log()
+    status, body = infer(server, x)
+    assert status == 200
+    np.testing.assert_allclose(body["outputs"][0]["data"], expected(x, 1).ravel(), atol=1e-5)
+    assert server.status("/v2/health/ready") == 200
+
+
+def token_file(tmp_path: Path, mode: int = 0o600) -> Path:
+    path = tmp_path / "admin.token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(mode)
+    return path
+
+
+def test_repository_endpoints_need_the_token(serve, model_file: Path, tmp_path: Path) -> None:
+    server = serve(
+        model_table("m", model_file, "max_batch_size = 8"),
+        f'admin_token_file = "{token_file(tmp_path)}"',
+    )
+    assert admin(server, "/v2/repository/index", token=None)[0] == 401
+    assert admin(server, "/v2/repository/index", token="wrong-token-of-some-length")[0] == 401
+    status, index = admin(server, "/v2/repository/index")
+    assert status == 200
+    assert index == [{"name": "m", "version": "1", "state": "READY"}]
+
+
+def test_unload_then_load_through_the_admin_api(serve, model_file: Path, tmp_path: Path) -> None:
+    server = serve(
+        model_table("m", model_file, "max_batch_size = 8"),
+        f'admin_token_file = "{token_file(tmp_path)}"',
+    )
+    x = np.ones((1, 8), dtype=np.float32)
+    assert admin(server, "/v2/repository/models/m/unload") == (200, {})
+    assert infer(server, x)[0] == 404
+    replace_model(model_file, seed=3)
+    assert admin(server, "/v2/repository/models/m/load") == (200, {})
+    status, body = infer(server, x)
+    assert status == 200
+    np.testing.assert_allclose(body["outputs"][0]["data"], expected(x, 3).ravel(), atol=1e-5)
+    assert admin(server, "/v2/repository/models/other/load")[0] == 404
+
+
+def test_admin_endpoints_are_off_without_a_token_file(serve, model_file: Path) -> None:
+    server = serve(model_table("m", model_file, "max_batch_size = 8"))
+    status, body = admin(server, "/v2/repository/index")
+    assert status == 403 and "admin_token_file" in body["error"]
