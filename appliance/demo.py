@@ -55,7 +55,7 @@ def export_demo_model(path: Path) -> Path:
         (torch.zeros(2, DEMO_INPUTS),),
         dynamic_shapes=({0: batch},),
     )
-    staging = path.with_suffix(".tmp")
+    staging = path.with_name(f".{path.stem}.partial.pt2")
     torch.export.save(program, str(staging))
     staging.replace(path)
     return path
