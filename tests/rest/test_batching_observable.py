@@ -1,4 +1,4 @@
-"""Under concurrent load the server batches (aegis_batch_size > 1) and every caller gets its rows."""
+"""Under concurrent load the server batches (aegis_batch_size > 1); every caller gets its rows."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import model_table, server_config
-from tests.support.server import running_server
 from tests.support.models import Mlp
+from tests.support.server import running_server
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import model_table, server_config, tensor_table
-from tests.support.server import running_server
 from tests.support.models import Mlp
+from tests.support.server import running_server
 
 
 @pytest.fixture(scope="module")
