@@ -19,6 +19,9 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 
@@ -42,6 +45,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def admin_client(url: str) -> storage.Client:
+    """A client for the test's own uploads, pinned to `url` whatever STORAGE_EMULATOR_HOST says."""
+    return storage.Client(
+        project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": url}
+    )
 
 
 def wait_http_ok(url: str, timeout_s: float) -> None:

@@ -1,0 +1,324 @@
+"""Syncing one model version: compare, download in parallel ranges, verify, switch atomically."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from google.api_core import exceptions as api_exceptions
+
+from appliance.config import AppConfig, StorageConfig
+from appliance.metrics import Metrics
+from appliance.storage.cache import CachedObject, Manifest, Snapshot, VersionCache
+from appliance.storage.checksums import file_mismatch
+from appliance.storage.errors import SourceUnavailable, SyncError
+from appliance.storage.gcs import Cancelled, GcsClient, RemoteObject
+from appliance.storage.progress import SyncProgress
+from appliance.storage.retry import RetryPolicy
+from appliance.storage.sources import GcsSource, LocalSource, parse_source, relative_path
+
+log = structlog.get_logger("appliance.storage")
+
+MiB = 1024 * 1024
+# Objects above this are fetched as ranges in parallel; a failed range is retried on its own.
+RANGED_THRESHOLD = 32 * MiB
+PART_SIZE = 16 * MiB
+# Free space kept beyond the download: the larger of 64 MiB and 5% of what is fetched.
+DISK_RESERVE = 64 * MiB
+
+
+@dataclass(frozen=True)
+class SyncedArtifact:
+    name: str
+    version: str
+    source: str
+    path: Path
+    downloaded_bytes: int
+    stale: bool
+
+
+@dataclass(frozen=True)
+class _Planned:
+    remote: RemoteObject
+    path: str  # relative to the snapshot's data folder
+
+    def cached(self) -> CachedObject:
+        r = self.remote
+        return CachedObject(self.path, r.name, r.generation, r.size, r.crc32c, r.md5)
+
+    def same_as(self, old: CachedObject) -> bool:
+        r = self.remote
+        return (old.name, old.generation, old.size) == (r.name, r.generation, r.size) and (
+            (old.crc32c, old.md5) == (r.crc32c, r.md5)
+        )
+
+
+class _Download:
+    """One object being fetched: its open file and how many of its ranges are still to come."""
+
+    def __init__(self, planned: _Planned, path: Path, parts: int) -> None:
+        self.planned = planned
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.remaining = parts
+        self.lock = threading.Lock()
+
+    def part_done(self) -> bool:
+        """True for the caller that finished the last range."""
+        with self.lock:
+            self.remaining -= 1
+            return self.remaining == 0
+
+
+def _spans(size: int) -> list[tuple[int, int]]:
+    if size <= RANGED_THRESHOLD:
+        return [(0, size)]
+    return [(start, min(start + PART_SIZE, size)) for start in range(0, size, PART_SIZE)]
+
+
+class ArtifactStore:
+    """Syncs model versions from their sources into the local cache (layout: see the package)."""
+
+    def __init__(
+        self,
+        config: StorageConfig,
+        metrics: Metrics | None = None,
+        progress: SyncProgress | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._root = Path(config.cache_dir)
+        self._concurrency = config.download_concurrency
+        self._metrics = metrics
+        self._progress = progress or SyncProgress()
+        self._gcs = GcsClient(retry or RetryPolicy())
+
+    def sync(self, name: str, version: str, source: str) -> SyncedArtifact:
+        """Bring model `name` version `version` up to date with `source`; blocks until done."""
+        what = f"model {name!r} version {version!r}"
+        try:
+            parsed = parse_source(source)
+        except ValueError as error:
+            raise SyncError(f"{what}: {error}") from None
+        if isinstance(parsed, LocalSource):
+            if not parsed.path.exists():
+                raise SyncError(f"{what}: {parsed.path} does not exist")
+            return SyncedArtifact(name, version, source, parsed.path, 0, stale=False)
+        try:
+            cache = VersionCache(self._root, name, version)
+        except ValueError as error:
+            raise SyncError(f"{what}: cannot be cached: the name {error}") from None
+        started = time.monotonic()
+        with cache.locked():
+            cache.clean_staging()
+            current = cache.current()
+            try:
+                snapshot, downloaded = self._update(name, version, parsed, cache, current)
+            except SourceUnavailable as error:
+                return self._last_good(what, name, version, source, current, str(error))
+            except SyncError as error:
+                raise SyncError(f"{what}: {error}") from None
+            except (api_exceptions.GoogleAPICallError, OSError) as error:
+                raise SyncError(f"{what}: {type(error).__name__}: {error}") from None
+        if self._metrics is not None:
+            self._metrics.artifact_stale.labels(name, version).set(0)
+            self._metrics.artifact_sync_bytes.labels(name, version).inc(downloaded)
+            self._metrics.artifact_sync_seconds.labels(name, version).observe(
+                time.monotonic() - started
+            )
+        log.info(
+            "artifact_synced",
+            model=name,
+            version=version,
+            source=source,
+            path=str(snapshot.artifact),
+            downloaded_bytes=downloaded,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return SyncedArtifact(name, version, source, snapshot.artifact, downloaded, stale=False)
+
+    def _last_good(
+        self,
+        what: str,
+        name: str,
+        version: str,
+        source: str,
+        current: Snapshot | None,
+        why: str,
+    ) -> SyncedArtifact:
+        if current is None or not current.intact():
+            raise SyncError(
+                f"{what}: the source is unreachable ({why}) and there is no verified local copy "
+                "to serve instead"
+            )
+        log.warning(
+            "artifact_source_unreachable",
+            model=name,
+            version=version,
+            source=source,
+            error=why,
+            serving=str(current.artifact),
+            serving_source=current.manifest.source,
+        )
+        if self._metrics is not None:
+            self._metrics.artifact_stale.labels(name, version).set(1)
+        return SyncedArtifact(name, version, source, current.artifact, 0, stale=True)
+
+    def _plan(self, source: GcsSource, remote: list[RemoteObject]) -> list[_Planned]:
+        planned: list[_Planned] = []
+        for obj in remote:
+            if source.is_folder:
+                if obj.name.endswith("/") and obj.size == 0:
+                    continue  # a "folder" placeholder, as the Cloud Console creates
+                relative = obj.name[len(source.name) :]
+            else:
+                relative = obj.name.rsplit("/", 1)[-1]
+            try:
+                path = relative_path(relative)
+            except ValueError as error:
+                raise SyncError(
+                    f"refusing object {obj.name!r} in gs://{obj.bucket}: the name {error}"
+                ) from None
+            if obj.content_encoding == "gzip":
+                raise SyncError(
+                    f"{obj.uri} is stored gzip-encoded; upload artifacts without Content-Encoding"
+                )
+            planned.append(_Planned(obj, path.as_posix()))
+        if not planned:
+            raise SyncError(f"no objects under {source.uri}")
+        paths = {item.path for item in planned}
+        for item in planned:
+            parent = item.path.rpartition("/")[0]
+            while parent:
+                if parent in paths:
+                    raise SyncError(f"{source.uri}{parent} is both an object and a folder")
+                parent = parent.rpartition("/")[0]
+        return planned
+
+    def _update(
+        self,
+        name: str,
+        version: str,
+        source: GcsSource,
+        cache: VersionCache,
+        current: Snapshot | None,
+    ) -> tuple[Snapshot, int]:
+        planned = self._plan(source, self._gcs.list_objects(source))
+        manifest = Manifest(
+            source.uri, source.bucket, source.is_folder, tuple(p.cached() for p in planned)
+        )
+        reusable: dict[str, CachedObject] = {}
+        if current is not None and current.manifest.bucket == source.bucket:
+            if current.intact():
+                if current.manifest == manifest:
+                    return current, 0
+                reusable = {obj.path: obj for obj in current.manifest.objects}
+            else:
+                log.warning(
+                    "storage_snapshot_damaged",
+                    model=name,
+                    version=version,
+                    path=str(current.folder),
+                )
+        keep = [p for p in planned if p.path in reusable and p.same_as(reusable[p.path])]
+        fetch = [p for p in planned if p not in keep]
+        self._check_space(cache.folder, fetch)
+        staging = cache.new_staging()
+        self._progress.begin(name, version, [(p.remote.name, p.remote.size) for p in fetch])
+        try:
+            for item in keep:
+                # Unchanged: a hard link into the new snapshot, no copy, no download.
+                target = staging / "data" / item.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(current.data / item.path, target)  # type: ignore[union-attr]
+            self._download_all(staging / "data", fetch)
+            snapshot = cache.commit(staging, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            self._progress.end(0, stale=False)
+            raise
+        downloaded = sum(p.remote.size for p in fetch)
+        self._progress.end(downloaded, stale=False)
+        return snapshot, downloaded
+
+    def _check_space(self, folder: Path, fetch: list[_Planned]) -> None:
+        needed = sum(p.remote.size for p in fetch)
+        free = shutil.disk_usage(folder).free
+        wanted = needed + max(DISK_RESERVE, needed // 20)
+        if wanted > free:
+            raise SyncError(
+                f"not enough disk space in {folder}: {needed / MiB:.1f} MiB to download "
+                f"(plus {(wanted - needed) / MiB:.0f} MiB reserve), {free / MiB:.1f} MiB free"
+            )
+
+    def _download_all(self, data: Path, fetch: list[_Planned]) -> None:
+        cancel = threading.Event()
+        downloads: list[_Download] = []
+        jobs: list[tuple[_Download, tuple[int, int]]] = []
+        try:
+            for item in fetch:
+                target = data / item.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                spans = _spans(item.remote.size)
+                download = _Download(item, target, len(spans))
+                downloads.append(download)
+                jobs.extend((download, span) for span in spans)
+            # Largest ranges first, so one big object does not finish last on a single thread.
+            jobs.sort(key=lambda job: job[1][0] - job[1][1])
+            with ThreadPoolExecutor(self._concurrency, thread_name_prefix="aegis-sync") as pool:
+                futures = [
+                    pool.submit(self._fetch, download, span, cancel) for download, span in jobs
+                ]
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = [f for f in done if f.exception() is not None]
+                if failed:
+                    cancel.set()
+                    wait(futures)
+                    errors = [f.exception() for f in futures if f.exception() is not None]
+                    real = [e for e in errors if not isinstance(e, Cancelled)]
+                    raise (real or errors)[0]  # type: ignore[misc]
+        finally:
+            for download in downloads:
+                os.close(download.fd)
+
+    def _fetch(self, download: _Download, span: tuple[int, int], cancel: threading.Event) -> None:
+        remote = download.planned.remote
+        if remote.size:
+            advance = functools.partial(self._progress.advance, remote.name)
+            self._gcs.download_range(remote, download.fd, span, advance, cancel)
+        if not download.part_done():
+            return
+        os.fsync(download.fd)
+        why = file_mismatch(download.path, remote.crc32c, remote.md5)
+        if why is not None:
+            raise SyncError(
+                f"{remote.uri} (generation {remote.generation}) failed verification: {why}"
+            )
+        os.chmod(download.path, 0o444)  # verified content: read-only from now on
+        self._progress.object_done(remote.name)
+
+
+def sync_all(
+    config: AppConfig,
+    metrics: Metrics | None = None,
+    progress: SyncProgress | None = None,
+) -> list[SyncedArtifact]:
+    """Sync every declared model; one SyncError lists every model that failed."""
+    store = ArtifactStore(config.storage, metrics, progress)
+    results: list[SyncedArtifact] = []
+    failures: list[str] = []
+    for model in config.models:
+        try:
+            results.append(store.sync(model.name, model.version, model.config.model_path))
+        except SyncError as error:
+            failures.append(str(error))
+    if failures:
+        raise SyncError("; ".join(failures))
+    return results

@@ -1,0 +1,82 @@
+"""Fixtures for the storage tests: one fake-gcs-server for the session, a bucket per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from google.cloud import storage
+
+from appliance.config import StorageConfig
+from appliance.metrics import Metrics
+from appliance.storage import ArtifactStore, RetryPolicy
+from tests.support.gcs import admin_client, emulator, free_port
+
+# Short waits: a test of an unreachable source should take well under a second.
+FAST_RETRY = RetryPolicy(attempts=4, initial_backoff_s=0.02, max_backoff_s=0.1, deadline_s=5.0)
+BIG_SIZE = 50 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def gcs_url() -> Iterator[str]:
+    # The memory backend: the filesystem one writes objects named a/../../x outside its root.
+    with emulator("memory") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def admin(gcs_url: str) -> storage.Client:
+    return admin_client(gcs_url)
+
+
+@pytest.fixture
+def bucket(admin: storage.Client) -> storage.Bucket:
+    return admin.create_bucket(f"aegis-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def big_object(admin: storage.Client) -> tuple[str, bytes]:
+    """A 50 MB object (above the ranged-read threshold), uploaded once: (gs:// URI, bytes)."""
+    data = os.urandom(BIG_SIZE)
+    big = admin.create_bucket(f"aegis-big-{uuid.uuid4().hex[:8]}")
+    big.blob("models/big/1/model.pt2").upload_from_string(data)
+    return f"gs://{big.name}/models/big/1/model.pt2", data
+
+
+@pytest.fixture
+def use_endpoint(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Point the code under test (the real client, via STORAGE_EMULATOR_HOST) at `url`."""
+    return lambda url: monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+
+
+@pytest.fixture(autouse=True)
+def _emulator_env(use_endpoint: Callable[[str], None], gcs_url: str) -> None:
+    use_endpoint(gcs_url)
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A loopback URL nothing listens on: connections are refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def make_store(cache_dir: Path, metrics: Metrics) -> Callable[..., ArtifactStore]:
+    def make(concurrency: int = 4) -> ArtifactStore:
+        config = StorageConfig(cache_dir=str(cache_dir), download_concurrency=concurrency)
+        return ArtifactStore(config, metrics, retry=FAST_RETRY)
+
+    return make
