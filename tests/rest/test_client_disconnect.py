@@ -1,0 +1,52 @@
+"""A client that goes away before its batch starts is dropped: never computed, counted as 499."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.request
+
+from tests.rest.test_overload import in_background, rounds_for, slow_model, slow_request
+
+
+def metric(server, pattern: str) -> float:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(pattern, text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_disconnected_request_is_not_computed(serve, artifacts) -> None:
+    server = serve(slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]))
+    rounds = rounds_for(2.0, server)
+    batches_before = metric(server, r'aegis_batch_size_count\{model="slow",version="1"\} (\S+)')
+    running, result = in_background(server, slow_request(rounds))
+    time.sleep(0.3)
+    body = slow_request(rounds)
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        time.sleep(0.3)
+    running.join(60)
+    assert result[0][0] == 200
+    end = time.monotonic() + 10
+    while (
+        time.monotonic() < end
+        and metric(
+            server, r'aegis_inference_requests_total\{code="499",model="slow",version="1"\} (\S+)'
+        )
+        < 1
+    ):
+        time.sleep(0.1)
+    assert (
+        metric(
+            server, r'aegis_inference_requests_total\{code="499",model="slow",version="1"\} (\S+)'
+        )
+        == 1
+    )
+    batches = metric(server, r'aegis_batch_size_count\{model="slow",version="1"\} (\S+)')
+    assert batches - batches_before == 1, "the abandoned request reached the model"
