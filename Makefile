@@ -33,7 +33,7 @@ test-xla: venv
 test-e2e: venv
 	bash tests/e2e/run_tier.sh
 
-test: lint test-unit
+test: lint test-unit test-xla
 
 clean:
 	rm -rf $(VENV) .aegis-demo

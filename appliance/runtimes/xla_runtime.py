@@ -1,0 +1,345 @@
+"""The `tpu` runtime: PyTorch/XLA on a Cloud TPU, or on the CPU (XLA:CPU) with PJRT_DEVICE=CPU.
+
+It is the torch runtime with an XLA device: the same artifact rules, signature and output naming,
+plus what XLA needs. Every distinct input shape compiles a program, so the batcher pads batches to
+the configured buckets and warmup compiles each bucket once; a compilation after `finish_warmup`
+is logged with the shapes that caused it and counted. Compilations, compile times and the ops that
+fell back to the CPU come from `torch_xla.debug.metrics`, attributed to the runtime that ran.
+
+torch_xla is imported only here, and only in `load`: a host without it can import this module, and
+a missing or mismatched torch_xla surfaces as `DeviceUnavailable` for the CPU-fallback policy.
+
+The PJRT device type is process-wide: PJRT_DEVICE from the environment when set (the XLA test tier
+runs PJRT_DEVICE=CPU), otherwise TPU. It is set explicitly because torch_xla would otherwise quietly
+pick XLA:CPU on a host without a TPU, and a `tpu` model would run there as if nothing were wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import structlog
+import torch
+
+from appliance.config import ModelConfig
+from appliance.runtimes.base import DeviceUnavailable, ModelExecutionError, RuntimeStats
+from appliance.runtimes.torch_runtime import TorchRuntime, to_tensor
+from appliance.tensors import Signature
+
+log = structlog.get_logger(__name__)
+
+# One lock for the process's XLA device, shared by every XlaRuntime, held while a batch is traced,
+# compiled, executed and copied back. Why not let batches overlap:
+# - `torch_xla.sync()` materialises every pending lazy tensor of the device, not just the caller's:
+#   two threads tracing at once would cut each other's graphs at arbitrary points, giving programs
+#   that warmup never compiled (recompiles while serving) and outputs computed in a foreign graph.
+# - torch_xla's metrics are process-wide; holding the lock makes a counter delta taken around one
+#   batch belong to that batch and model.
+# A TPU runs one program at a time anyway; host work (decoding, padding, numpy conversion) still
+# overlaps, because it happens outside the lock.
+_DEVICE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _XlaDevice:
+    """The opened XLA device of this process, and the torch_xla modules that drive it."""
+
+    torch_xla: ModuleType
+    xr: ModuleType  # torch_xla.runtime
+    metrics: ModuleType
+    device: torch.device
+    label: str  # what `Runtime.device` reports, e.g. "xla:tpu:0" or "xla:cpu:0"
+
+
+_opened: _XlaDevice | None = None
+_cache_configured = False
+
+
+def _pjrt_device() -> str:
+    # The config only allows device = "tpu" with runtime = "tpu"; PJRT_DEVICE=CPU runs XLA:CPU.
+    return os.environ.get("PJRT_DEVICE", "TPU").upper()
+
+
+def _open_device(pjrt_device: str) -> _XlaDevice:
+    """Import torch_xla and open the process's XLA device; call with `_DEVICE_LOCK` held."""
+    global _opened
+    if _opened is not None:
+        return _opened
+    # torch_xla picks its device type at import: name it first.
+    os.environ.setdefault("PJRT_DEVICE", pjrt_device)
+    try:
+        import torch_xla
+        import torch_xla.debug.metrics
+        import torch_xla.runtime
+        from torch_xla._internal import tpu
+    except Exception as error:  # ImportError, or an undefined symbol against the wrong torch
+        raise DeviceUnavailable(
+            f"torch_xla cannot be imported ({type(error).__name__}: {error}); install the matching "
+            "torch, torch-xla and libtpu of requirements/tpu.txt"
+        ) from None
+    if pjrt_device == "TPU":
+        # Without a TPU, libtpu retries the GCE metadata server for many minutes before it gives
+        # up (seen: over 5 min): check for the chips first, the way torch_xla does to pick a device.
+        if not torch_xla._found_libtpu:
+            raise DeviceUnavailable("PJRT_DEVICE=TPU, but libtpu is not installed")
+        if tpu.num_available_chips() == 0:
+            raise DeviceUnavailable("PJRT_DEVICE=TPU, but this host has no TPU chip on its PCI bus")
+    try:
+        device = torch_xla.device()
+        real = torch_xla.real_devices()[0]
+    except Exception as error:  # PJRT client creation: busy TPU, wrong topology, missing plugin
+        raise DeviceUnavailable(f"the XLA device {pjrt_device} cannot be opened: {error}") from None
+    _opened = _XlaDevice(
+        torch_xla, torch_xla.runtime, torch_xla.debug.metrics, device, f"xla:{real.lower()}"
+    )
+    log.info(
+        "xla device opened",
+        device=_opened.label,
+        pjrt_device=pjrt_device,
+        torch_xla=torch_xla.__version__,
+    )
+    return _opened
+
+
+def _configure_cache(xla: _XlaDevice, base: str | None) -> None:
+    """Point the persistent compilation cache at this process's folder; `_DEVICE_LOCK` held.
+
+    XLA reads the setting once, before its first compilation, so only the first call counts.
+    The folder is one per device type and ordinal (two processes never share one TPU chip) and per
+    torch_xla version (executables do not carry across versions), and stable across restarts,
+    which is what the cache is for. XLA:CPU writes entries but cannot read them back.
+    """
+    global _cache_configured
+    if _cache_configured or not base:
+        return
+    _cache_configured = True
+    if xla.torch_xla._XLAC._xla_computation_cache_is_initialized():
+        log.warning("xla compilation cache not configured: XLA compiled before the first tpu model")
+        return
+    folder = Path(base) / (
+        f"torch_xla-{xla.torch_xla.__version__}-"
+        f"{xla.xr.device_type().lower()}-{xla.xr.global_ordinal()}"
+    )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        log.warning("xla compilation cache disabled", folder=str(folder), reason=str(error))
+        return
+    xla.xr.initialize_cache(str(folder), readonly=False)
+    log.info("xla compilation cache", folder=str(folder))
+
+
+@dataclass(frozen=True)
+class _Counters:
+    """The process-wide torch_xla counters this runtime attributes to itself, at one moment."""
+
+    uncached: int
+    cached: int
+    compile_samples: int
+    fallback_ops: dict[str, int]
+
+    @classmethod
+    def read(cls, metrics: ModuleType) -> _Counters:
+        compile_time = metrics.metric_data("CompileTime")  # None until the first compilation
+        return cls(
+            uncached=metrics.counter_value("UncachedCompile") or 0,
+            cached=metrics.counter_value("CachedCompile") or 0,
+            compile_samples=compile_time[0] if compile_time else 0,
+            fallback_ops={
+                name: metrics.counter_value(name)
+                for name in metrics.counter_names()
+                if name.startswith("aten::")
+            },
+        )
+
+
+def _compile_seconds_since(metrics: ModuleType, samples_before: int) -> tuple[float, ...]:
+    """Durations of the compilations after the first `samples_before` (CompileTime is in ns)."""
+    compile_time = metrics.metric_data("CompileTime")
+    if not compile_time or compile_time[0] <= samples_before:
+        return ()
+    total, _accumulated, samples = compile_time
+    # The metric keeps its latest samples in a ring far larger than one batch's compilations.
+    return tuple(value / 1e9 for _when, value in samples[-(total - samples_before) :])
+
+
+class XlaRuntime(TorchRuntime):
+    name = "tpu"
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        artifact: Path,
+        *,
+        compilation_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(config, artifact)
+        self._compilation_cache_dir = compilation_cache_dir
+        self._xla: _XlaDevice | None = None
+        self._totals = RuntimeStats()
+        self._totals_lock = threading.Lock()  # scrapes must not wait behind a long compilation
+        self._warm = False
+        self._fallback_reported: set[str] = set()
+
+    def load(self) -> None:
+        with _DEVICE_LOCK:
+            self._xla = _open_device(_pjrt_device())
+            _configure_cache(self._xla, self._compilation_cache_dir)
+        # The artifact is read on the CPU by the torch runtime's rules; only the move to the device
+        # holds the device lock, so a reload stalls the models being served as little as it can.
+        super().load()
+        self.device = self._xla.label
+
+    def _open_device(self) -> torch.device:
+        assert self._xla is not None
+        return self._xla.device
+
+    def _load_exported(self, path: Path) -> tuple[torch.nn.Module, Signature]:
+        module, signature = self._cpu_loader()._load_exported(path)
+        with self._moving_to_device():
+            module = module.to(self._torch_device)
+        return module, signature
+
+    def _load_torchscript(self, path: Path) -> torch.jit.ScriptModule:
+        module = self._cpu_loader()._load_torchscript(path)
+        # torch.jit.load onto an XLA device fails (pytorch/pytorch#96448), map_location included,
+        # and so does ScriptModule.to(xla): re-home every parameter and buffer, module by module.
+        with self._moving_to_device():
+            for submodule in module.modules():
+                tensors = [
+                    *submodule.named_parameters(recurse=False),
+                    *submodule.named_buffers(recurse=False),
+                ]
+                for name, tensor in tensors:
+                    submodule._c.setattr(name, tensor.detach().to(self._torch_device))
+        return module
+
+    def _cpu_loader(self) -> TorchRuntime:
+        return TorchRuntime(self.config, self.artifact, device="cpu")
+
+    @contextmanager
+    def _moving_to_device(self) -> Iterator[None]:
+        """Hold the device while weights move, then sync: nothing the move left pending may join
+        another batch's graph. Anything it compiled is counted, like any compilation."""
+        assert self._xla is not None
+        with _DEVICE_LOCK, self._measured({}):
+            yield
+            self._xla.torch_xla.sync()
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._forward is not None and self.signature is not None, "load() first"
+        assert self._xla is not None
+        specs = self.signature.inputs
+        host = [to_tensor(inputs[spec.name], spec.datatype) for spec in specs]
+        shapes = {spec.name: tuple(inputs[spec.name].shape) for spec in specs}
+        with _DEVICE_LOCK, self._measured(shapes), torch.no_grad():
+            try:
+                result = self._forward(*(tensor.to(self._torch_device) for tensor in host))
+                # One program per batch, outputs included: compile (or reuse) and execute it now.
+                self._xla.torch_xla.sync()
+            except Exception as error:
+                raise ModelExecutionError(f"{type(error).__name__}: {error}") from error
+            return self._name_outputs(result)
+
+    def warmup(self, batch_size: int) -> None:
+        with self._totals_lock:
+            compiled_before = len(self._totals.compile_seconds)
+        super().warmup(batch_size)
+        with self._totals_lock:
+            seconds = self._totals.compile_seconds[compiled_before:]
+        log.info(
+            "xla warmup",
+            artifact=self.artifact.name,
+            batch_size=batch_size,
+            compilations=len(seconds),
+            compile_seconds=round(sum(seconds), 4),
+        )
+
+    def finish_warmup(self) -> None:
+        with self._totals_lock:
+            self._warm = True
+        totals = self.stats()
+        log.info(
+            "xla warm",
+            artifact=self.artifact.name,
+            device=self.device,
+            compilations=totals.compilations,
+            compile_seconds=round(sum(totals.compile_seconds), 4),
+            fallback_ops=totals.fallback_ops,
+        )
+
+    def stats(self) -> RuntimeStats:
+        with self._totals_lock:
+            return dataclasses.replace(self._totals, fallback_ops=dict(self._totals.fallback_ops))
+
+    @contextmanager
+    def _measured(self, shapes: dict[str, tuple[int, ...]]) -> Iterator[None]:
+        """Attribute what XLA compiled, executed and fell back on inside the block to this runtime.
+
+        Call with `_DEVICE_LOCK` held. Accounts even when the block fails: a compilation is never
+        silent. Execute time is the block's wall time less its compile time: upload, run, download.
+        """
+        assert self._xla is not None
+        metrics = self._xla.metrics
+        before = _Counters.read(metrics)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            after = _Counters.read(metrics)
+            self._account(
+                before,
+                after,
+                _compile_seconds_since(metrics, before.compile_samples),
+                elapsed,
+                shapes,
+            )
+
+    def _account(
+        self,
+        before: _Counters,
+        after: _Counters,
+        compile_seconds: tuple[float, ...],
+        elapsed: float,
+        shapes: dict[str, tuple[int, ...]],
+    ) -> None:
+        compiled = after.uncached - before.uncached
+        fell_back = {
+            name: count - before.fallback_ops.get(name, 0)
+            for name, count in after.fallback_ops.items()
+            if count > before.fallback_ops.get(name, 0)
+        }
+        with self._totals_lock:
+            totals = self._totals
+            totals.compilations += compiled
+            totals.cached_compilations += after.cached - before.cached
+            totals.compile_seconds += compile_seconds
+            totals.execute_seconds += max(0.0, elapsed - sum(compile_seconds))
+            for name, count in fell_back.items():
+                totals.fallback_ops[name] = totals.fallback_ops.get(name, 0) + count
+            after_warmup = compiled if self._warm else 0
+            totals.compilations_after_warmup += after_warmup
+        if after_warmup:
+            log.warning(
+                "xla compiled after warmup: warmup did not cover this batch",
+                artifact=self.artifact.name,
+                input_shapes={name: list(shape) for name, shape in shapes.items()},
+                compilations=after_warmup,
+                compile_seconds=round(sum(compile_seconds), 4),
+            )
+        new_fallbacks = sorted(fell_back.keys() - self._fallback_reported)
+        if new_fallbacks:
+            self._fallback_reported.update(new_fallbacks)
+            log.warning(
+                "xla ops fall back to the CPU", artifact=self.artifact.name, ops=new_fallbacks
+            )

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The XLA tier (`make test-xla`): the `tpu` runtime on PyTorch/XLA's real code path, on the CPU.
+#
+# torch-xla only imports against the torch it was built with (2.9.0), while the main venv runs a newer
+# torch, so the tier has its own venv, .venv-xla, holding the set pinned in requirements/tpu.txt plus
+# the appliance (editable) and its other dependencies at the versions of constraints.txt.
+#
+# uv installs it (pip takes about three times as long for the 4 GB CUDA build of torch that PyPI
+# serves). uv keeps its download cache across runs (UV_CACHE_DIR, default ~/.cache/uv), and a stamp
+# keyed on every input of the install makes a second run install nothing at all.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PYTHON=${PYTHON:-python3}
+UV_VERSION=0.13.9
+VENV=.venv-xla
+PY=$VENV/bin/python
+STAMP=$VENV/.installed
+started=$SECONDS
+
+inputs=(requirements/tpu.txt constraints.txt pyproject.toml tests/xla/run_tier.sh)
+key=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
+
+if [[ ! -f $STAMP || $(<"$STAMP") != "$key" ]]; then
+    echo "xla tier: installing $VENV (inputs changed or first run)"
+    # A venv from an older run is reused: uv only adds or changes what differs.
+    [[ -x $PY ]] || "$PYTHON" -m venv "$VENV"
+    "$PY" -m pip install --quiet "uv==$UV_VERSION"
+    # The appliance's own requirements and its dev extra, less torch (requirements/tpu.txt pins it),
+    # resolved together with the pinned set so nothing can move torch off 2.9.0.
+    "$PY" - >"$VENV/appliance-deps.txt" <<'EOF'
+import tomllib
+
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    if not requirement.lower().startswith("torch"):
+        print(requirement)
+EOF
+    grep -v -i -E '^torch([=<>!~ ;]|$)' constraints.txt >"$VENV/constraints-no-torch.txt"
+    "$VENV/bin/uv" pip install --python "$PY" \
+        -r requirements/tpu.txt -r "$VENV/appliance-deps.txt" -c "$VENV/constraints-no-torch.txt"
+    "$VENV/bin/uv" pip install --python "$PY" --no-deps -e .
+    echo "$key" >"$STAMP"
+    echo "xla tier: install took $((SECONDS - started)) s"
+else
+    echo "xla tier: $VENV is up to date"
+fi
+
+tests_started=$SECONDS
+status=0
+PJRT_DEVICE=CPU "$PY" -m pytest -m xla tests/xla "$@" || status=$?
+echo "xla tier: tests took $((SECONDS - tests_started)) s, tier $((SECONDS - started)) s"
+if [[ $status -eq 5 ]]; then
+    echo "xla tier: FAILED - pytest collected no xla tests" >&2
+    exit 1
+fi
+exit "$status"
