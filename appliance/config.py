@@ -286,7 +286,15 @@ def _build(cls: type, table: object, prefix: str) -> Any:
         raise error.within(prefix) from None
 
 
-def _model_from_table(index: int, table: object) -> DeclaredModel:
+def _anchored(model_path: object, base: Path | None) -> object:
+    """A relative local model_path, taken relative to the config file's folder."""
+    if base is None or not isinstance(model_path, str) or "://" in model_path:
+        return model_path
+    path = Path(model_path)
+    return model_path if path.is_absolute() or not model_path else str(base / path)
+
+
+def _model_from_table(index: int, table: object, base: Path | None) -> DeclaredModel:
     prefix = f"models[{index}]"
     if not isinstance(table, Mapping):
         raise ConfigError(prefix, "must be a table")
@@ -305,6 +313,7 @@ def _model_from_table(index: int, table: object) -> DeclaredModel:
             f"{prefix}.version", f"must be a non-empty string without '/', got {version!r}"
         )
     rest = {key: value for key, value in table.items() if key not in ("name", "version")}
+    rest["model_path"] = _anchored(rest["model_path"], base)
     return DeclaredModel(name, version, _build(ModelConfig, rest, prefix))
 
 
@@ -320,7 +329,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> AppConfi
         tables = data.get("models", [])
         if not isinstance(tables, list):
             raise ConfigError("models", "must be an array of tables ([[models]])")
-        models = tuple(_model_from_table(index, table) for index, table in enumerate(tables))
+        base = Path(source).resolve().parent if source else None
+        models = tuple(_model_from_table(index, table, base) for index, table in enumerate(tables))
         seen: set[tuple[str, str]] = set()
         for index, model in enumerate(models):
             if (model.name, model.version) in seen:

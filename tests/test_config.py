@@ -157,3 +157,8 @@ def test_check_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
     assert str(path) in result.stderr
     assert "models[0].max_concurrency" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_relative_model_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[[models]]\nname = "m"\nmodel_path = "models/m.pt2"\n'))
+    assert config.models[0].config.model_path == str(tmp_path.resolve() / "models" / "m.pt2")
