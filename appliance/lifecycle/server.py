@@ -1,18 +1,26 @@
 """Running the appliance: Hypercorn serving the app, with the startup, reload and drain lifecycle.
 
 Start: Hypercorn binds at once (liveness answers), models come up in the background, readiness
-turns 200 and systemd hears READY=1 only when every model is warm. SIGHUP reloads. SIGTERM
-turns readiness to 503, stops accepting, lets accepted requests finish within
-`shutdown_grace_s`, then exits.
+turns 200 and systemd hears READY=1 only when every model is warm. SIGHUP reloads.
+
+SIGTERM, all within `shutdown_grace_s`: readiness turns 503 at once while the listeners stay open
+for a short unready window (probes and load balancers see 503; what arrives is still served),
+then Hypercorn stops accepting and waits for accepted requests, then the models close, then the
+process exits, abandoning model threads that are stuck in a hung model. A second SIGTERM or
+SIGINT skips the window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import stat
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
 
@@ -30,12 +38,35 @@ from appliance.rest import AppContext, HttpSettings, create_app
 
 log = structlog.get_logger("aegis.server")
 
+# Hypercorn's keep-alive timeout; also the least a silent connection is given (see read_timeout).
+KEEP_ALIVE_S = 75.0
+# How long the worker threads get to finish once the event loop has stopped.
+THREAD_JOIN_S = 0.5
+
+
+def drain_budget(grace_s: float) -> tuple[float, float]:
+    """(unready window, HTTP drain) in seconds; the rest of `grace_s` is for closing the models.
+
+    The window lets probes see 503 before connections are refused. Closing the models gets a
+    reserve of its own, small because accepted requests are done by then.
+    """
+    window = min(1.0, grace_s * 0.2)
+    reserve = min(1.0, grace_s * 0.2)
+    return window, max(grace_s - window - reserve, 0.0)
+
 
 def server_version() -> str:
     try:
         return version("aegis-appliance")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def check_key_file(path: str) -> None:
+    """Refuse a TLS private key that every user could read (group-readable, as Debian's
+    ssl-cert group has it, is fine)."""
+    if path and os.stat(path).st_mode & stat.S_IRWXO:
+        raise PermissionError(f"server.keyfile {path} is readable by others: chmod o-rwx it")
 
 
 def read_admin_token(path: str) -> str | None:
@@ -76,7 +107,9 @@ class Appliance:
         self._started = False
         self._draining = False
         self._stop = asyncio.Event()
+        self._stop_deadline: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        check_key_file(config.server.keyfile)
         settings = HttpSettings(
             max_request_bytes=config.server.max_request_bytes,
             admin_token=read_admin_token(config.server.admin_token_file),
@@ -125,19 +158,37 @@ class Appliance:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.models.close()
+            await self._close_models()
+
+    async def _close_models(self) -> None:
+        """Close the models within what is left of the grace period (all of it, if not stopping)."""
+        grace_s = self.config.server.shutdown_grace_s
+        left = grace_s
+        if self._stop_deadline is not None:
+            left = self._stop_deadline - asyncio.get_running_loop().time()
+        try:
+            # Leave THREAD_JOIN_S of the grace period for the threads after the loop stops.
+            await asyncio.wait_for(self.models.close(), timeout=max(left - THREAD_JOIN_S, 0.1))
+        except (TimeoutError, asyncio.TimeoutError):
+            log.error("models did not close within the grace period", grace_s=grace_s)
 
     def request_reload(self) -> None:
         log.info("reload requested")
         self._spawn(self.models.reload())
 
     def request_stop(self) -> None:
-        """Readiness turns 503 at once; Hypercorn then stops accepting and drains."""
-        if not self._draining:
-            log.info("shutting down", grace_s=self.config.server.shutdown_grace_s)
-            self.notifier.stopping()
+        """Readiness turns 503 at once; after the unready window Hypercorn stops accepting."""
+        loop = asyncio.get_running_loop()
+        if self._draining:
+            self._stop.set()  # asked twice: no more waiting for probes
+            return
+        grace_s = self.config.server.shutdown_grace_s
+        window, _ = drain_budget(grace_s)
+        log.info("shutting down", grace_s=grace_s, unready_window_s=window)
+        self.notifier.stopping()
         self._draining = True
-        self._stop.set()
+        self._stop_deadline = loop.time() + grace_s
+        loop.call_later(window, self._stop.set)
 
     def hypercorn_config(self, bind: list[str] | None = None) -> HypercornConfig:
         server = self.config.server
@@ -146,10 +197,20 @@ class Appliance:
         if server.certfile:
             hyper.certfile = server.certfile
             hyper.keyfile = server.keyfile
-        hyper.graceful_timeout = server.shutdown_grace_s
+        _, http_drain_s = drain_budget(server.shutdown_grace_s)
+        hyper.graceful_timeout = http_drain_s
+        # Hypercorn's own bound on the lifespan shutdown; _close_models keeps to a tighter one.
+        hyper.shutdown_timeout = server.shutdown_grace_s + 5.0
         hyper.accesslog = None  # the app logs one structured line per request itself
-        hyper.errorlog = "-"
-        hyper.keep_alive_timeout = 75
+        # Hypercorn's own "-" handler writes plain-text lines beside the JSON ones: hand it the
+        # stdlib logger instead, which reaches the JSON handler that logs.py installs on root.
+        hyper.errorlog = logging.getLogger("hypercorn.error")
+        hyper.keep_alive_timeout = KEEP_ALIVE_S
+        # Without a read timeout a client that sends half a request holds its connection forever
+        # (slowloris). Reads also wait while a request runs, so the bound must outlast the
+        # longest request deadline as well as an idle keep-alive connection.
+        longest_s = max((m.config.timeout_ms / 1000.0 for m in self.config.models), default=0.0)
+        hyper.read_timeout = int(max(KEEP_ALIVE_S, longest_s) + 5.0)
         return hyper
 
     async def serve(self, bind: list[str] | None = None) -> int:
@@ -182,4 +243,27 @@ def run(
         appliance = Appliance(config, reread_config)
         return await appliance.serve(bind)
 
-    return runner(main())
+    code = runner(main())
+    _abandon_stuck_threads(code)
+    return code
+
+
+def _abandon_stuck_threads(code: int) -> None:
+    """Exit now if a model thread is still running (a hung model): joining it could take forever.
+
+    The interpreter joins every non-daemon thread at exit, and model batches run on executor
+    threads that cannot be interrupted; the models have had their grace period already.
+    """
+    end = time.monotonic() + THREAD_JOIN_S
+    stuck = []
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(max(end - time.monotonic(), 0.0))
+        if thread.is_alive():
+            stuck.append(thread.name)
+    if stuck:
+        log.error("exiting with model threads still running", threads=stuck)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

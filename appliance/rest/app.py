@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -98,8 +99,10 @@ async def _not_found(request: Request, _exc: Exception) -> Response:
     return error_response(404, f"no endpoint {request.url.path}")
 
 
-async def _method_not_allowed(request: Request, _exc: Exception) -> Response:
-    return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    # RFC 9110: a 405 names the methods the resource supports; Starlette's router computed them.
+    headers = exc.headers if isinstance(exc, HTTPException) else None
+    return error_response(405, f"{request.method} is not allowed on {request.url.path}", headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

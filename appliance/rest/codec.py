@@ -6,7 +6,9 @@ each request once, into its padded batch.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +18,14 @@ import orjson
 from appliance.errors import InvalidInput
 from appliance.tensors import DATATYPE_TO_NUMPY
 
-# JSON data of these datatypes must parse to one of these numpy kinds.
-_ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
+# JSON data of these datatypes must parse to one of these numpy kinds. JSON has one number type:
+# 3.0 is the integer 3 (as JSON Schema says), so integer tensors take whole-valued floats too.
+_ACCEPTED_KINDS = {"b": "b", "u": "iuf", "i": "iuf", "f": "iuf"}
 _RESERVED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _LENGTH_PREFIX = np.dtype("<u4")
+# Floats spell every integer exactly up to here; past it 2.0**63 may stand for 2**63 - 1 or 2**63.
+_EXACT_FLOAT_INT = 2**53
+_MAX_ELEMENTS = 2**48
 
 
 @dataclass(slots=True)
@@ -54,13 +60,42 @@ def _parameters(value: object, where: str) -> dict[str, Any]:
     return value
 
 
+def _as_int(value: object) -> int | None:
+    """`value` as an integer where JSON spelled one, as 3 or 3.0 (JSON has one number type and
+    JSON Schema counts 3.0 as an integer); None for anything else, booleans included."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
+        return int(value)
+    return None
+
+
 def _shape(value: object, where: str) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
-    for dim in value:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+    dims = []
+    for item in value:
+        dim = _as_int(item)
+        if dim is None or dim < 0:
             raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
-    return tuple(value)
+        dims.append(dim)
+    # numpy refuses to even describe a larger array, empty or not; no body could fill one.
+    if math.prod(max(dim, 1) for dim in dims) > _MAX_ELEMENTS:
+        raise InvalidInput(f"{where}: 'shape' {dims} is larger than any tensor this server takes")
+    return tuple(dims)
+
+
+def _holds_bool(data: object, depth: int) -> bool:
+    """Whether `data`, lists nested `depth` deep as numpy read them, holds a JSON true or false.
+
+    numpy reads [false, 2.5] as [0.0, 2.5], so the booleans can only be found in the JSON values.
+    """
+    if depth == 0:
+        return type(data) is bool
+    leaves: Iterable[object] = data  # type: ignore[assignment]
+    for _ in range(depth - 1):
+        leaves = itertools.chain.from_iterable(leaves)  # type: ignore[arg-type]
+    return bool in set(map(type, leaves))
 
 
 def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -87,10 +122,26 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
     target = _little_endian(datatype)
     if parsed.size and parsed.dtype.kind not in _ACCEPTED_KINDS[target.kind]:
         raise InvalidInput(f"{where}: 'data' holds {_kind_name(parsed)}, not {datatype} values")
+    if parsed.size and target.kind != "b" and _holds_bool(data, parsed.ndim):
+        raise InvalidInput(f"{where}: 'data' mixes true/false with numbers")
+    if target.kind in "iu" and parsed.dtype.kind == "f":
+        # Whole numbers spelled as floats (3.0), perhaps beside integers a float cannot hold:
+        # numpy made them all floats, so read each value exactly from the JSON instead.
+        return _whole_numbers(np.array(data, dtype=object), target, datatype, where).reshape(shape)
     converted = parsed.astype(target, copy=False)
     if target.kind in "iu" and parsed.size and not np.array_equal(converted, parsed):
         raise InvalidInput(f"{where}: 'data' has values out of range for {datatype}")
     return converted.reshape(shape)
+
+
+def _whole_numbers(values: np.ndarray, target: np.dtype, datatype: str, where: str) -> np.ndarray:
+    exact = [_as_int(value) for value in values.reshape(-1)]
+    if None in exact:
+        raise InvalidInput(f"{where}: 'data' holds floating-point numbers, not {datatype} values")
+    info = np.iinfo(target)
+    if min(exact) < info.min or max(exact) > info.max:  # type: ignore[type-var]
+        raise InvalidInput(f"{where}: 'data' has values out of range for {datatype}")
+    return np.array(exact, dtype=target)
 
 
 def _kind_name(array: np.ndarray) -> str:
@@ -193,15 +244,17 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         if name in inputs:
             raise InvalidInput(f"{where} is given twice")
         datatype = raw.get("datatype")
-        if datatype not in DATATYPE_TO_NUMPY:
+        # A list or object here is unhashable: test the type before the dict lookup.
+        if not isinstance(datatype, str) or datatype not in DATATYPE_TO_NUMPY:
             raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
         shape = _shape(raw.get("shape"), where)
         input_parameters = _parameters(raw.get("parameters"), where)
-        size = input_parameters.get("binary_data_size")
-        if size is not None:
+        given_size = input_parameters.get("binary_data_size")
+        if given_size is not None:
             if "data" in raw:
                 raise InvalidInput(f"{where}: has both 'data' and binary_data_size")
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            size = _as_int(given_size)
+            if size is None or size < 0:
                 raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
             if offset + size > binary.nbytes:
                 raise InvalidInput(
@@ -225,10 +278,9 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     if not isinstance(binary_output, bool):
         raise InvalidInput("'binary_data_output' must be true or false")
     outputs = _requested_outputs(document.get("outputs"), binary_output)
-    timeout = parameters.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0
-    ):
+    given_timeout = parameters.get("timeout")
+    timeout = None if given_timeout is None else _as_int(given_timeout)
+    if given_timeout is not None and (timeout is None or timeout <= 0):
         raise InvalidInput("'timeout' must be a positive integer (microseconds)")
     return DecodedRequest(
         request_id, parameters, inputs, datatypes, outputs, binary_output, timeout
@@ -269,6 +321,12 @@ def _bytes_payload(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def _non_finite(value: float) -> str:
+    if value != value:
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
 def _json_data(tensor: OutputTensor) -> object:
     flat = tensor.array.reshape(-1)
     if tensor.datatype == "BYTES":
@@ -276,6 +334,11 @@ def _json_data(tensor: OutputTensor) -> object:
             element.decode("utf-8", "replace") if isinstance(element, bytes) else str(element)
             for element in flat
         ]
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        # JSON has no NaN or infinity, and orjson writes them as null: the value is lost and NaN,
+        # inf and -inf look alike. Spell them as the proto3 JSON mapping (KServe's gRPC protocol
+        # in JSON) does; numpy, and so tritonclient's as_numpy, read these strings back.
+        return [value if math.isfinite(value) else _non_finite(value) for value in flat.tolist()]
     return np.ascontiguousarray(flat)
 
 

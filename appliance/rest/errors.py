@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from starlette.responses import Response
 
@@ -34,6 +36,26 @@ class HTTPFailure(Exception):
         self.headers = headers or {}
 
 
+# An absolute or relative-to-home/dot path, not preceded by a word character (so "1/x" stays).
+_PATH = re.compile(r"(?<![\w.~-])(?:~|\.{1,2})?/(?:[\w.@+-]+/)*[\w.@+-]+")
+
+
+def client_message(error: InferenceError) -> str:
+    """What the client may see of `error`; the server's log keeps the whole message.
+
+    A model failure carries third-party text: TorchScript appends both tracebacks, with the path
+    and source of the file the model was scripted from. The client gets the first and last lines
+    (what failed, and the model's own exception), with any file-system path redacted.
+    """
+    message = str(error)
+    if not isinstance(error, ModelFailed):
+        return message
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) > 1:
+        message = f"{lines[0]} ... {lines[-1]}"
+    return _PATH.sub("<path>", message)
+
+
 def status_of(error: InferenceError) -> int:
     for cls in type(error).__mro__:
         if cls in _STATUS:
@@ -59,4 +81,4 @@ def failure_response(error: Exception) -> Response:
     if isinstance(error, (QueueFull, ModelNotReady)):
         retry = error.retry_after_s if isinstance(error, QueueFull) else 1
         headers = {"Retry-After": str(retry)}
-    return error_response(status_of(error), str(error), headers)
+    return error_response(status_of(error), client_message(error), headers)

@@ -45,4 +45,5 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return json_response(openapi_document(request.app.state.aegis.settings.server_version))
+    context = request.app.state.aegis
+    return json_response(openapi_document(context.settings.server_version, context.repository))

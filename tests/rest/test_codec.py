@@ -181,7 +181,7 @@ def test_huge_shapes_do_not_allocate() -> None:
     body = orjson.dumps(
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**62, 2**62], "data": [1]}]}
     )
-    with pytest.raises(InvalidInput, match="needs"):
+    with pytest.raises(InvalidInput, match="larger than any tensor"):
         decode_request(body, None)
 
 
@@ -200,3 +200,19 @@ def test_response_json_and_binary() -> None:
     header = orjson.loads(body[:length])
     assert header["outputs"][0]["parameters"] == {"binary_data_size": 8}
     assert np.frombuffer(body[length:], "<f4").tolist() == [1.5, 2.0]
+
+
+def test_empty_tensor_with_an_absurd_dimension_is_refused() -> None:
+    header = {
+        "inputs": [
+            {
+                "name": "s",
+                "datatype": "BYTES",
+                "shape": [0, 2**60],
+                "parameters": {"binary_data_size": 0},
+            }
+        ]
+    }
+    body, length = binary_body(header)
+    with pytest.raises(InvalidInput, match="larger than any tensor"):
+        decode_request(body, length)

@@ -1,0 +1,142 @@
+"""Model faults stay contained: a model that raises fails only its own batch (500 with its
+message, nothing of its source or paths), other models and later batches are unaffected; a model
+that hangs is bounded by the request deadlines and does not keep the process from exiting;
+NaN and infinite outputs are data, in JSON and in binary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.conftest import model_table, server_config
+from tests.reliability.fault_models import declared_table, nonfinite_table
+from tests.reliability.helpers import ONE_THREAD, assert_no_leak, binary_body, call, json_infer
+from tests.support.server import running_server
+
+MLP_ROW = [0.25] * 8
+GRACE_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, artifacts):
+    workdir = tmp_path_factory.mktemp("model-faults")
+    batching = "max_batch_size = 8\nmax_queue_delay_ms = 20\nwarmup_iters = 0"
+    models = (
+        declared_table("failing", artifacts["failing.pt"], 2, batching)
+        + model_table("mlp", artifacts["mlp.pt2"], "max_batch_size = 8\nwarmup_iters = 0")
+        + nonfinite_table(workdir, "warmup_iters = 0")
+    )
+    with running_server(server_config(workdir, models), workdir) as served:
+        yield served
+
+
+def failing(server, row: list[float]):
+    return call(server, "POST", "/v2/models/failing/infer", json_infer("x", "FP32", [1, 2], row))
+
+
+def mlp(server):
+    return call(server, "POST", "/v2/models/mlp/infer", json_infer("x", "FP32", [1, 8], MLP_ROW))
+
+
+def test_a_raising_model_gets_500_with_its_message_and_nothing_of_its_source(server) -> None:
+    reply = failing(server, [-1.0, 1.0])
+    assert reply.status == 500
+    message = reply.error()
+    assert "negative input" in message and "the model failed on a batch of 1" in message
+    assert "\n" not in message
+    assert_no_leak(reply)
+    # The whole TorchScript trace is for the operator, in the server's log.
+    assert "Traceback of TorchScript" in server.log()
+
+
+def test_the_fault_stays_in_its_batch(server) -> None:
+    """Concurrent callers: the bad one's batch fails together, everyone else is served."""
+    rows = [[-1.0, 1.0]] + [[float(i), 1.0] for i in range(1, 8)]
+    with ThreadPoolExecutor(16) as pool:
+        failing_replies = list(pool.map(lambda row: failing(server, row), rows))
+        mlp_replies = list(pool.map(lambda _: mlp(server), range(8)))
+    assert failing_replies[0].status == 500
+    for row, reply in zip(rows[1:], failing_replies[1:], strict=True):
+        if reply.status == 500:  # batched with the negative row
+            assert "negative input" in reply.error()
+        else:
+            assert reply.status == 200, reply
+            assert reply.json()["outputs"][0]["data"] == [value * 2 for value in row]
+    assert [reply.status for reply in mlp_replies] == [200] * 8
+    # Later batches of the same model are unaffected.
+    later = failing(server, [3.0, 4.0])
+    assert later.status == 200 and later.json()["outputs"][0]["data"] == [6.0, 8.0]
+    assert call(server, "GET", "/v2/health/ready").status == 200
+
+
+def test_nan_and_infinities_are_data_in_json(server) -> None:
+    reply = call(
+        server, "POST", "/v2/models/nonfinite/infer", json_infer("x", "FP32", [1, 2], [-1.0, 0.0])
+    )
+    assert reply.status == 200, reply
+    # JSON has no NaN: they travel as the proto3 JSON mapping spells them, which numpy (and so
+    # tritonclient's as_numpy) reads back; null would lose the value and its sign.
+    data = reply.json()["outputs"][0]["data"]
+    assert data == ["NaN", "-Infinity", -1.0, "Infinity"]
+    values = np.array(data, dtype=np.float32)
+    assert math.isnan(values[0]) and values[1] == -np.inf and values[3] == np.inf
+
+
+def test_nan_and_infinities_are_data_in_binary(server) -> None:
+    entry = {"name": "x", "datatype": "FP32", "shape": [1, 2]}
+    document = {
+        "inputs": [{**entry, "parameters": {"binary_data_size": 8}}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+    }
+    body, headers = binary_body(document, np.array([-1.0, 0.0], dtype="<f4").tobytes())
+    reply = call(server, "POST", "/v2/models/nonfinite/infer", body, headers)
+    assert reply.status == 200, reply
+    start = int(reply.headers["inference-header-content-length"])
+    assert json.loads(reply.body[:start])["outputs"][0]["parameters"]["binary_data_size"] == 16
+    values = np.frombuffer(reply.body[start:], dtype="<f4")
+    assert math.isnan(values[0]) and values[1] == -np.inf and values[2] == -1.0
+    assert values[3] == np.inf
+
+
+def test_a_hung_model_is_bounded_by_deadlines_and_the_process_still_exits(
+    tmp_path, artifacts
+) -> None:
+    """A batch that never ends: its caller and the one queued behind it get 504 at their
+    deadlines, another model keeps serving, and SIGTERM still exits within shutdown_grace_s."""
+    slow = "max_batch_size = 1\nmax_concurrency = 1\ntimeout_ms = 800\nwarmup_iters = 0"
+    models = declared_table("slow", artifacts["slow.pt"], 1, slow) + model_table(
+        "mlp", artifacts["mlp.pt2"], "warmup_iters = 0"
+    )
+    config = server_config(tmp_path, models).replace(
+        "shutdown_grace_s = 5", f"shutdown_grace_s = {GRACE_S}"
+    )
+    with running_server(config, tmp_path, ONE_THREAD) as server:
+        hang = json_infer("x", "FP32", [1, 1], [1e9])  # a billion matmuls: hours
+        with ThreadPoolExecutor(2) as pool:
+            started = time.monotonic()
+            first = pool.submit(call, server, "POST", "/v2/models/slow/infer", hang)
+            time.sleep(0.2)
+            second = pool.submit(call, server, "POST", "/v2/models/slow/infer", hang)
+            assert mlp(server).status == 200
+            replies = [first.result(10), second.result(10)]
+        elapsed = time.monotonic() - started
+        assert [reply.status for reply in replies] == [504, 504]
+        assert "while its batch was running" in replies[0].error()
+        assert "before its batch started" in replies[1].error()
+        assert elapsed < 3.0, elapsed
+        assert mlp(server).status == 200
+
+        stopping = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(GRACE_S + 10)
+        took = time.monotonic() - stopping
+        assert code == 0, server.log()[-3000:]
+        assert took < GRACE_S + 1.5, took
+        assert "exiting with model threads still running" in server.log()
