@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit test-xla test-e2e lint clean
+.PHONY: venv demo dist test test-unit test-xla test-e2e lint clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: venv
 	$(VENV)/bin/aegis demo --bind 127.0.0.1:8080
+
+# The appliance as a wheel: what the Ansible role installs on each host.
+dist: venv
+	$(PY) -m pip wheel --quiet --no-deps -w dist .
 
 lint: venv
 	$(VENV)/bin/ruff check appliance tests bench
@@ -33,7 +37,7 @@ test-xla: venv
 test-e2e: venv
 	bash tests/e2e/run_tier.sh
 
-test: lint test-unit test-xla
+test: lint test-unit test-xla test-e2e
 
 clean:
-	rm -rf $(VENV) .aegis-demo
+	rm -rf $(VENV) .venv-xla .venv-deploy .cache/e2e dist
