@@ -139,6 +139,18 @@ class ServedModel:
             )
         return rows
 
+    def check_room(self) -> None:
+        """Refuse before the request is decoded when no replica could queue it.
+
+        Under overload the refusal is the common answer, so it must cost little; `infer` still
+        checks at the queue itself, which settles the race with requests decoded meanwhile.
+        """
+        if self.state is not ModelState.READY or self.primary.batcher.has_room:
+            return
+        if self.overflow is not None and self.overflow.batcher.has_room:
+            return
+        raise QueueFull(f"queue full ({self.config.max_queue_size} requests waiting)")
+
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float) -> BatchResult:
         """Queue the request on the primary replica, or on the CPU overflow replica when full."""
         model: ServedModel = self

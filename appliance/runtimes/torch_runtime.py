@@ -7,6 +7,7 @@ is refused because it is not a TorchScript archive.
 
 from __future__ import annotations
 
+import gc
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,6 +57,19 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(np.uint16)
     return tensor.numpy()
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (torch's import and the loaded model) out of the cyclic GC.
+
+    The heap holds some 350,000 long-lived objects once torch is loaded; each full collection
+    walked all of them and stalled the event loop for tens of milliseconds, which was the p99 at
+    c=64 (208 ms before, 32 ms after). Unfreezing and collecting first lets the cyclic garbage of
+    a model unloaded since the last load be freed rather than kept for good.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _spec_from_meta(name: str, value: Any) -> TensorSpec:
@@ -129,6 +143,7 @@ class TorchRuntime(Runtime):
         self.signature = merge_signature(found, self.config, path.name)
         self._check_batch_dims(path.name)
         self._forward = module
+        freeze_heap()
 
     def _open_device(self) -> torch.device:
         if self._device_name == "cuda":

@@ -216,3 +216,46 @@ def test_requests_with_different_inner_shapes_are_not_mixed() -> None:
 
     run(scenario())
     assert recorder.shapes == [1, 1]
+
+
+def test_an_idle_model_runs_a_lone_request_without_waiting_for_the_window() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(recorder, policy(max_queue_delay_s=5.0), executor)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await batcher.submit({"x": np.ones((1, 1), np.float32)}, 1, started + 10)
+            assert loop.time() - started < 1.0
+            await batcher.close()
+
+    run(scenario())
+
+
+def test_requests_arriving_while_a_batch_runs_wait_for_the_window() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    sizes: list[int] = []
+    observer = BatchObserver(on_batch=lambda rows, _bucket, _s: sizes.append(rows))
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            batcher = DynamicBatcher(
+                recorder, policy(max_concurrency=2, max_queue_delay_s=0.2), executor, observer
+            )
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            x = {"x": np.ones((1, 1), np.float32)}
+            first = asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10))
+            await asyncio.sleep(0.05)  # the first batch is running (blocked in the model)
+            later = [asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10))]
+            await asyncio.sleep(0.05)
+            later.append(asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10)))
+            recorder.release.set()
+            await asyncio.gather(first, *later)
+            await batcher.close()
+
+    run(scenario())
+    assert sizes == [1, 2]
