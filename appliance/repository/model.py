@@ -164,8 +164,10 @@ class ServedModel:
         except QueueFull:
             if model.overflow is None:
                 raise
+            result = await model.overflow.batcher.submit(inputs, rows, deadline)
+            # Counted once served: a request the CPU replica also refuses was not served by it.
             model.metrics.cpu_fallback_requests.inc()
-            return await model.overflow.batcher.submit(inputs, rows, deadline)
+            return result
 
     def replicas(self) -> list[Replica]:
         return [self.primary] + ([self.overflow] if self.overflow else [])
