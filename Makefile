@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo dist test test-unit test-xla test-e2e lint clean
+.PHONY: venv demo dist bench test test-unit test-xla test-e2e lint clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,13 @@ demo: venv
 # The appliance as a wheel: what the Ansible role installs on each host.
 dist: venv
 	$(PY) -m pip wheel --quiet --no-deps -w dist .
+
+# Side by side with TorchServe, MLServer and LitServe (each in a cached venv under .cache/bench),
+# then the artifact sync benchmark; root (taskset, wrk from apt, a network namespace).
+bench: venv
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) bench/compare.py --out bench/out/latest
+	$(PY) bench/sync_bench.py
 
 lint: venv
 	$(VENV)/bin/ruff check appliance tests bench
