@@ -63,15 +63,6 @@ ALL_TARGETS = (
     "mlserver",
     "litserve",
 )
-LABELS = {
-    "http-ceiling": "HTTP ceiling",
-    "aegis-json": "Aegis JSON",
-    "aegis-binary": "Aegis binary",
-    "torchserve": "TorchServe 0.12",
-    "mlserver": "MLServer 1.7.1",
-    "litserve": "LitServe 0.2.19",
-    "aegis-demo": "Aegis demo",
-}
 
 
 def log(message: str) -> None:

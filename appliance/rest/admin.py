@@ -33,23 +33,22 @@ async def index(request: Request) -> Response:
     return json_response(request.app.state.aegis.repository.index())
 
 
-async def load(request: Request) -> Response:
+async def _change(request: Request, action: str) -> Response:
+    """Run the lifecycle's `load` or `unload` for the model named in the path."""
     refusal = _refusal(request)
     if refusal is not None:
         return refusal
+    control = request.app.state.aegis.control
     try:
-        await request.app.state.aegis.control.load(request.path_params["model_name"])
+        await getattr(control, action)(request.path_params["model_name"])
     except InferenceError as error:
         return failure_response(error)
     return json_response({})
+
+
+async def load(request: Request) -> Response:
+    return await _change(request, "load")
 
 
 async def unload(request: Request) -> Response:
-    refusal = _refusal(request)
-    if refusal is not None:
-        return refusal
-    try:
-        await request.app.state.aegis.control.unload(request.path_params["model_name"])
-    except InferenceError as error:
-        return failure_response(error)
-    return json_response({})
+    return await _change(request, "unload")
