@@ -2,9 +2,8 @@
 what the warm server used before, admitted requests are served within their deadline, refused
 ones get 503 + Retry-After within milliseconds, and the server is ready again at once after.
 
-The issue asks for 30 s; WINDOW_S = 10 keeps `make test` short on two shared cores, and the
-queue reaches its limit within the first second, so the steady state is the same. The load is
-open-loop (a new request every 1/rate seconds, whatever came back), each on a new connection.
+The window is the issue's 30 s. The load is open-loop (a new request every 1/rate seconds,
+whatever came back), each on a new connection.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from tests.reliability.fault_models import declared_table
 from tests.reliability.helpers import ONE_THREAD, call, peak_rss_mib, rounds_for, slow_body
 from tests.support.server import running_server
 
-WINDOW_S = 10.0
+WINDOW_S = 30.0
 # The model's time per request, so the sustainable rate is 1 / SERVICE_S. Slow enough that ten
 # times it (100 requests a second, each on a new connection) loads the event loop, not swamps it
 # (the loop shares two cores with the load generator and, on CI, other work).
