@@ -52,8 +52,8 @@ def test_a_raising_model_gets_500_with_its_message_and_nothing_of_its_source(ser
     assert "negative input" in message and "the model failed on a batch of 1" in message
     assert "\n" not in message
     assert_no_leak(reply)
-    # The whole TorchScript trace is for the operator, in the server's log.
-    assert "Traceback of TorchScript" in server.log()
+    # The whole TorchScript trace is for the operator, in the server's access log line.
+    assert "Traceback of TorchScript" in server.wait_for_log("Traceback of TorchScript")
 
 
 def test_the_fault_stays_in_its_batch(server) -> None:

@@ -41,6 +41,13 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, timeout_s: float = 5.0) -> str:
+        """The log once it holds `text`: lines written after the reply (access log) lag it."""
+        end = time.monotonic() + timeout_s
+        while text not in (log := self.log()) and time.monotonic() < end:
+            time.sleep(0.05)
+        return log
+
     def status(self, path: str) -> int:
         try:
             with urllib.request.urlopen(self.url + path, timeout=5) as response:
