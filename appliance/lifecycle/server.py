@@ -28,6 +28,7 @@ import structlog
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from appliance.config import AppConfig
 from appliance.lifecycle.models import ModelLifecycle, StartupFailed
@@ -116,7 +117,7 @@ class Appliance:
             server_version=server_version(),
         )
         context = AppContext(self.repository, self.metrics, settings, self, self.models)
-        self.app: Starlette = create_app(context, lifespan=self._lifespan)
+        self.app: ASGIApp = create_app(context, lifespan=self._lifespan)
 
     def is_ready(self) -> bool:
         return self._started and not self._draining and self.repository.ready

@@ -6,6 +6,7 @@ through the `Readiness` and `RepositoryControl` protocols.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
@@ -24,6 +26,11 @@ from appliance.rest import admin, health, inference
 from appliance.rest.errors import error_response
 
 log = structlog.get_logger("aegis.http")
+
+# The infer routes below, as Starlette's `str` convertor matches them on the decoded path.
+_INFER_PATH = re.compile(
+    r"/v2/models/(?P<model_name>[^/]+)(?:/versions/(?P<model_version>[^/]+))?/infer"
+)
 
 
 class Readiness(Protocol):
@@ -60,7 +67,7 @@ class AppContext:
 def create_app(
     context: AppContext,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]] | None = None,
-) -> Starlette:
+) -> ASGIApp:
     model = "/v2/models/{model_name:str}"
     version = model + "/versions/{model_version:str}"
     routes = [
@@ -80,6 +87,7 @@ def create_app(
             Route(prefix, inference.model_metadata, methods=["GET"]),
             Route(prefix + "/ready", inference.model_ready, methods=["GET"]),
             Route(prefix + "/config", inference.model_config, methods=["GET"]),
+            # Reached only by other methods (405 with Allow): InferFirst takes every POST.
             Route(prefix + "/infer", inference.infer, methods=["POST"]),
         ]
     app = Starlette(
@@ -92,7 +100,31 @@ def create_app(
         },
     )
     app.state.aegis = context
-    return app
+    return InferFirst(app)
+
+
+class InferFirst:
+    """Sends `POST .../infer` straight to its endpoint, everything else through Starlette.
+
+    Starlette's middleware stack (two exception-handling layers, each wrapping `send`) and its
+    router (a regex per route, in order) run on every call; infer calls, what the appliance is
+    for, skip both and are served 5-7% faster per core at c=64 on the tiny model (A/B in
+    bench/RESULTS.md). The endpoint answers its own errors, unexpected ones included.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = None
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            match = _INFER_PATH.fullmatch(scope["path"])
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        scope["path_params"] = {k: v for k, v in match.groupdict().items() if v is not None}
+        await inference.infer(scope, receive, send)
 
 
 async def _not_found(request: Request, _exc: Exception) -> Response:
