@@ -26,6 +26,8 @@ _LENGTH_PREFIX = np.dtype("<u4")
 # Floats spell every integer exactly up to here; past it 2.0**63 may stand for 2**63 - 1 or 2**63.
 _EXACT_FLOAT_INT = 2**53
 _MAX_ELEMENTS = 2**48
+# How replies spell the floats JSON has no numbers for (the proto3 JSON mapping's spelling).
+_SPELLED_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 @dataclass(slots=True)
@@ -120,6 +122,10 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
             f"{where}: shape {list(shape)} needs {count} elements, 'data' has {parsed.size}"
         )
     target = _little_endian(datatype)
+    if target.kind == "f" and parsed.dtype.kind in "UO":
+        # Replies spell NaN and the infinities as strings (`_non_finite`): a client may send
+        # back what it was given.
+        return _floats_spelled(data, target, datatype, where).reshape(shape)
     if parsed.size and parsed.dtype.kind not in _ACCEPTED_KINDS[target.kind]:
         raise InvalidInput(f"{where}: 'data' holds {_kind_name(parsed)}, not {datatype} values")
     if parsed.size and target.kind != "b" and _holds_bool(data, parsed.ndim):
@@ -142,6 +148,25 @@ def _whole_numbers(values: np.ndarray, target: np.dtype, datatype: str, where: s
     if min(exact) < info.min or max(exact) > info.max:  # type: ignore[type-var]
         raise InvalidInput(f"{where}: 'data' has values out of range for {datatype}")
     return np.array(exact, dtype=target)
+
+
+def _floats_spelled(data: object, target: np.dtype, datatype: str, where: str) -> np.ndarray:
+    """Numbers beside "NaN", "Infinity" and "-Infinity", as `target` floats."""
+    values = np.array(data, dtype=object).reshape(-1)
+    floats = np.empty(values.size, dtype=target)
+    for index, value in enumerate(values):
+        if isinstance(value, str):
+            if value not in _SPELLED_FLOATS:
+                raise InvalidInput(
+                    f"{where}: 'data' holds the string {value[:40]!r}, not {datatype} values "
+                    '(numbers, "NaN", "Infinity" or "-Infinity")'
+                )
+            floats[index] = _SPELLED_FLOATS[value]
+        elif type(value) in (int, float):  # the JSON parser holds integers to 64 bits
+            floats[index] = value
+        else:
+            raise InvalidInput(f"{where}: 'data' mixes true/false or null with numbers")
+    return floats
 
 
 def _kind_name(array: np.ndarray) -> str:

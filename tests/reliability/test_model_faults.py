@@ -89,6 +89,18 @@ def test_nan_and_infinities_are_data_in_json(server) -> None:
     assert math.isnan(values[0]) and values[1] == -np.inf and values[3] == np.inf
 
 
+def test_what_a_json_reply_spells_can_be_sent_back(server) -> None:
+    row = ["NaN", "-Infinity", 0.5, "Infinity", 0.25, 0.25, 0.25, 0.25]
+    reply = call(server, "POST", "/v2/models/mlp/infer", json_infer("x", "FP32", [1, 8], row))
+    assert reply.status == 200, reply
+    assert "NaN" in reply.json()["outputs"][0]["data"]  # NaN goes through the matmul
+    reply = call(
+        server, "POST", "/v2/models/mlp/infer", json_infer("x", "FP32", [1, 8], ["nan"] * 8)
+    )
+    assert reply.status == 400
+    assert "holds the string 'nan'" in reply.error()
+
+
 def test_nan_and_infinities_are_data_in_binary(server) -> None:
     entry = {"name": "x", "datatype": "FP32", "shape": [1, 2]}
     document = {

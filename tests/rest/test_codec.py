@@ -216,3 +216,39 @@ def test_empty_tensor_with_an_absurd_dimension_is_refused() -> None:
     body, length = binary_body(header)
     with pytest.raises(InvalidInput, match="larger than any tensor"):
         decode_request(body, length)
+
+
+def json_input(datatype: str, data: list) -> bytes:
+    tensor = {"name": "x", "datatype": datatype, "shape": [len(data)], "data": data}
+    return orjson.dumps({"inputs": [tensor]})
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_non_finite_floats_as_replies_spell_them_are_taken_back(datatype: str) -> None:
+    reply, _ = encode_response(
+        "m",
+        "1",
+        None,
+        [OutputTensor("y", datatype, np.array([1.5, np.nan, np.inf, -np.inf]), False)],
+    )
+    data = orjson.loads(reply)["outputs"][0]["data"]
+    assert data == [1.5, "NaN", "Infinity", "-Infinity"]
+    decoded = decode_request(json_input(datatype, data), None).inputs["x"]
+    assert decoded.dtype == np.dtype(f"float{datatype[2:]}")
+    assert decoded[0] == 1.5 and np.isnan(decoded[1])
+    assert decoded[2] == np.inf and decoded[3] == -np.inf
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("FP32", [1.0, "nan"], "holds the string 'nan'"),
+        ("FP32", ["1.5"], "holds the string '1.5'"),
+        ("FP32", [1.0, "NaN", True], "mixes true/false or null"),
+        ("FP32", [None, "NaN"], "mixes true/false or null"),
+        ("INT32", [1, "NaN"], "holds strings, not INT32 values"),
+    ],
+)
+def test_other_strings_in_numeric_data_are_refused(datatype: str, data: list, message: str):
+    with pytest.raises(InvalidInput, match=message.replace("(", r"\(")):
+        decode_request(json_input(datatype, data), None)
