@@ -142,6 +142,7 @@ class TorchRuntime(Runtime):
             module, found = self._load_torchscript(path), Signature((), ())
         self.signature = merge_signature(found, self.config, path.name)
         self._check_batch_dims(path.name)
+        self._check_no_bytes(path.name)
         self._forward = module
         freeze_heap()
 
@@ -183,6 +184,18 @@ class TorchRuntime(Runtime):
                     f"{artifact}: {spec.name!r} has a fixed batch dimension {spec.shape[0]}; "
                     "export with a dynamic first dimension (torch.export.Dim)"
                 )
+
+    def _check_no_bytes(self, artifact: str) -> None:
+        # A PyTorch model takes and returns tensors: caught here, a BYTES declaration is a load
+        # error naming the tensor rather than a 500 on every request.
+        assert self.signature is not None
+        for kind, specs in (("input", self.signature.inputs), ("output", self.signature.outputs)):
+            for spec in specs:
+                if spec.datatype == "BYTES":
+                    raise ArtifactError(
+                        f"{artifact}: {kind} {spec.name!r} is declared BYTES; the torch runtime "
+                        "takes and returns tensors only (the onnx runtime serves string tensors)"
+                    )
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._forward is not None and self.signature is not None, "load() first"

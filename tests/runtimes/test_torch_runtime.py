@@ -64,6 +64,17 @@ def test_torchscript_runs_with_its_declared_signature(artifacts) -> None:
     np.testing.assert_allclose(runtime.run({"x": X})["y"], reference(X), rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["inputs", "outputs"])
+def test_a_torchscript_model_declared_with_bytes_is_refused_at_load(artifacts, kind) -> None:
+    declared = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+    }
+    declared[kind][0]["datatype"] = "BYTES"
+    with pytest.raises(ArtifactError, match=f"{kind[:-1]} '[xy]' is declared BYTES"):
+        loaded(artifacts["mlp.pt"], **declared)
+
+
 def test_onnx_signature_comes_from_the_model(artifacts) -> None:
     runtime = loaded(artifacts["mlp.onnx"], runtime="onnx")
     assert runtime.signature is not None
