@@ -29,6 +29,7 @@ from appliance.rest.errors import failure_response
 from tests.conftest import model_table, server_config
 from tests.reliability.fault_models import declared_table
 from tests.reliability.helpers import assert_no_leak, call, json_infer
+from tests.support.asgi import asgi_request
 from tests.support.server import ServerProcess, running_server, start_server
 
 TOKEN = "s3cret-admin-token-0123456789"
@@ -115,38 +116,15 @@ def test_the_token_is_compared_in_constant_time(monkeypatch) -> None:
         ModelRepository(), Metrics(), HttpSettings(admin_token=TOKEN), Ready(), Control()
     )
     app = create_app(context)
-    wrong = asyncio.run(asgi_post(app, "/v2/repository/index", "Bearer nope"))
-    right = asyncio.run(asgi_post(app, "/v2/repository/index", f"Bearer {TOKEN}"))
-    assert (wrong, right) == (401, 200)
+    statuses = [
+        asyncio.run(asgi_request(app, "POST", "/v2/repository/index", b"", [auth]))[0]
+        for auth in (
+            (b"authorization", b"Bearer nope"),
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+        )
+    ]
+    assert statuses == [401, 200]
     assert compared == [(b"nope", TOKEN.encode()), (TOKEN.encode(), TOKEN.encode())]
-
-
-async def asgi_post(app: object, path: str, authorization: str) -> int:
-    """The status of one in-process POST to the ASGI `app`."""
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "http_version": "1.1",
-        "headers": [(b"authorization", authorization.encode())],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    events = [{"type": "http.request", "body": b"", "more_body": False}]
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return events.pop(0) if events else {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)  # type: ignore[operator]
-    return sent[0]["status"]
 
 
 @pytest.mark.parametrize(

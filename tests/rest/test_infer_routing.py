@@ -17,6 +17,7 @@ from appliance.repository import ModelRepository, ServedModel
 from appliance.rest import AppContext, HttpSettings, create_app
 from tests.conftest import model_table, server_config
 from tests.reliability.helpers import assert_no_leak, call
+from tests.support.asgi import asgi_request
 from tests.support.server import running_server
 
 GOOD = json.dumps(
@@ -85,44 +86,15 @@ class Ready:
         return ""
 
 
-async def post_in_process(app: object, path: str, body: bytes) -> tuple[int, dict, bytes]:
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "http_version": "1.1",
-        "headers": [(b"x-request-id", b"req-1")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    events = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        if events:
-            return events.pop(0)
-        await asyncio.Event().wait()  # the client stays connected
-        raise AssertionError("unreachable")
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)  # type: ignore[operator]
-    start, end = sent
-    return start["status"], dict(start["headers"]), end["body"]
-
-
 def test_a_bug_in_the_endpoint_is_a_json_500_and_the_trace_goes_to_the_log() -> None:
     assert not issubclass(KeyError, InferenceError)
     stream = io.StringIO()
     configure_logging(stream=stream)
     context = AppContext(BrokenRepository(), Metrics(), HttpSettings(), Ready(), None)
     app = create_app(context)
-    status, headers, body = asyncio.run(post_in_process(app, "/v2/models/m/infer", GOOD))
+    status, headers, body = asyncio.run(
+        asgi_request(app, "POST", "/v2/models/m/infer", GOOD, [(b"x-request-id", b"req-1")])
+    )
     assert status == 500
     assert json.loads(body) == {"error": "internal server error"}
     assert headers[b"x-request-id"] == b"req-1"
