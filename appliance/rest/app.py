@@ -6,7 +6,6 @@ through the `Readiness` and `RepositoryControl` protocols.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -26,11 +25,6 @@ from appliance.rest import admin, health, inference
 from appliance.rest.errors import error_response
 
 log = structlog.get_logger("aegis.http")
-
-# The infer routes below, as Starlette's `str` convertor matches them on the decoded path.
-_INFER_PATH = re.compile(
-    r"/v2/models/(?P<model_name>[^/]+)(?:/versions/(?P<model_version>[^/]+))?/infer"
-)
 
 
 class Readiness(Protocol):
@@ -82,14 +76,17 @@ def create_app(
         Route("/v2/repository/models/{model_name:str}/load", admin.load, methods=["POST"]),
         Route("/v2/repository/models/{model_name:str}/unload", admin.unload, methods=["POST"]),
     ]
+    # Starlette reaches these only for other methods (405 with Allow): InferFirst takes the POSTs.
+    infer_routes = [
+        Route(prefix + "/infer", inference.infer, methods=["POST"]) for prefix in (model, version)
+    ]
     for prefix in (model, version):
         routes += [
             Route(prefix, inference.model_metadata, methods=["GET"]),
             Route(prefix + "/ready", inference.model_ready, methods=["GET"]),
             Route(prefix + "/config", inference.model_config, methods=["GET"]),
-            # Reached only by other methods (405 with Allow): InferFirst takes every POST.
-            Route(prefix + "/infer", inference.infer, methods=["POST"]),
         ]
+    routes += infer_routes
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -100,7 +97,7 @@ def create_app(
         },
     )
     app.state.aegis = context
-    return InferFirst(app)
+    return InferFirst(app, infer_routes)
 
 
 class InferFirst:
@@ -112,19 +109,24 @@ class InferFirst:
     bench/RESULTS.md). The endpoint answers its own errors, unexpected ones included.
     """
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, infer_routes: list[Route]) -> None:
         self.app = app
+        self.infer_routes = infer_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = None
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            match = _INFER_PATH.fullmatch(scope["path"])
-        if match is None:
-            await self.app(scope, receive, send)
-            return
-        scope["app"] = self.app
-        scope["path_params"] = {k: v for k, v in match.groupdict().items() if v is not None}
-        await inference.infer(scope, receive, send)
+            for route in self.infer_routes:
+                # The route's own pattern and convertors: what Starlette's router would match.
+                match = route.path_regex.match(scope["path"])
+                if match is not None:
+                    scope["app"] = self.app
+                    scope["path_params"] = {
+                        name: route.param_convertors[name].convert(value)
+                        for name, value in match.groupdict().items()
+                    }
+                    await route.endpoint(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 async def _not_found(request: Request, _exc: Exception) -> Response:
