@@ -47,8 +47,6 @@ def to_tensor(array: np.ndarray, datatype: str) -> torch.Tensor:
     """A torch view of `array` (no copy where numpy and torch share the layout)."""
     if datatype == "BF16":
         return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
-    if array.dtype == np.object_:
-        raise ArtifactError("BYTES tensors cannot be fed to a PyTorch model")
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
