@@ -250,5 +250,5 @@ def test_non_finite_floats_as_replies_spell_them_are_taken_back(datatype: str) -
     ],
 )
 def test_other_strings_in_numeric_data_are_refused(datatype: str, data: list, message: str):
-    with pytest.raises(InvalidInput, match=message.replace("(", r"\(")):
+    with pytest.raises(InvalidInput, match=message):
         decode_request(json_input(datatype, data), None)
