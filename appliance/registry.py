@@ -17,15 +17,10 @@ class ModelRegistry:
         self._models: dict[tuple[str, str], DeclaredModel] = {}
 
     def register(self, name: str, version: str, config: ModelConfig) -> None:
-        if not isinstance(config, ModelConfig):
-            raise ConfigError("config", f"must be a ModelConfig, got {type(config).__name__}")
-        if not name or "/" in name:
-            raise ConfigError("name", f"must be a non-empty name without '/', got {name!r}")
-        if not version or "/" in version:
-            raise ConfigError("version", f"must be a non-empty string without '/', got {version!r}")
-        if (name, version) in self._models:
+        model = DeclaredModel.of(name, version, config)
+        if (model.name, model.version) in self._models:
             raise ConfigError("name", f"model {name!r} version {version!r} is already registered")
-        self._models[(name, version)] = DeclaredModel(name, version, config)
+        self._models[(model.name, model.version)] = model
 
     def unregister(self, name: str, version: str) -> None:
         self._models.pop((name, version), None)

@@ -101,8 +101,8 @@ def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Sig
     """The artifact's signature, named and checked by the config's declaration where given."""
     merged = []
     for kind, have, declared in (
-        ("inputs", found.inputs, config.inputs),
-        ("outputs", found.outputs, config.outputs),
+        ("inputs", found.inputs, config.input_specs),
+        ("outputs", found.outputs, config.output_specs),
     ):
         if not declared:
             merged.append(have)

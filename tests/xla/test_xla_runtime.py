@@ -69,7 +69,7 @@ def warm(runtime: XlaRuntime, iterations: int = 2) -> dict[int, float]:
 
 def serve_rows(runtime: XlaRuntime, rows: np.ndarray) -> np.ndarray:
     """What the batcher does with one request: pad to the bucket, run, keep the real rows."""
-    bucket = runtime.config.bucket_for(len(rows))
+    bucket = next(size for size in runtime.config.batch_buckets if size >= len(rows))
     return runtime.run({"input__0": pad(rows, bucket)})["output__0"][: len(rows)]
 
 

@@ -1,0 +1,36 @@
+"""The appliance's configuration: the TOML file of the contract, as a declared schema.
+
+`schema` declares the tables, `errors` says pydantic's findings in the file's words (file, key
+path such as `models[0].max_batch_size`, and why), `file` reads and validates the file. An
+operator never has to read a traceback to fix a typo.
+"""
+
+from appliance.config.errors import ConfigError
+from appliance.config.file import DEFAULT_CONFIG_PATH, load_config, parse_config
+from appliance.config.schema import (
+    ARTIFACT_SUFFIXES,
+    AppConfig,
+    DeclaredModel,
+    ModelConfig,
+    ServerConfig,
+    StorageConfig,
+    TensorDeclaration,
+    XlaConfig,
+    default_buckets,
+)
+
+__all__ = [
+    "ARTIFACT_SUFFIXES",
+    "DEFAULT_CONFIG_PATH",
+    "AppConfig",
+    "ConfigError",
+    "DeclaredModel",
+    "ModelConfig",
+    "ServerConfig",
+    "StorageConfig",
+    "TensorDeclaration",
+    "XlaConfig",
+    "default_buckets",
+    "load_config",
+    "parse_config",
+]

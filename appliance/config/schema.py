@@ -1,0 +1,304 @@
+"""The tables of the config file, declared: types, bounds and choices on the fields, the rules
+that tie fields together as explicit validators.
+
+The same schema validates the file and models declared from Python (`ModelConfig(...)`,
+`registry.register`); both raise `ConfigError` naming the key and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from appliance.config.errors import ConfigError, broken_rule, config_error, invalid
+from appliance.tensors import TensorSpec
+
+Runtime = Literal["torch", "onnx", "tpu"]
+Device = Literal["cpu", "cuda", "tpu"]
+CpuFallback = Literal["off", "unavailable", "overflow"]
+Datatype = Literal[
+    "BF16", "BOOL", "BYTES", "FP16", "FP32", "FP64", "INT16", "INT32", "INT64", "INT8",
+    "UINT16", "UINT32", "UINT64", "UINT8",
+]  # fmt: skip
+ARTIFACT_SUFFIXES = (".pt2", ".pt", ".onnx")
+
+Integer = Annotated[int, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+Text = Annotated[str, Strict()]
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+NonNegativeNumber = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+
+
+class _Table(BaseModel):
+    """A table of the config file: unknown keys refused, immutable once validated, and a
+    construction from Python raises `ConfigError` like the file does."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise config_error(error, type(self)) from None
+
+
+class TensorDeclaration(_Table):
+    """A `[[models.inputs]]` or `[[models.outputs]]` table."""
+
+    name: Annotated[Text, Field(min_length=1)]
+    datatype: Datatype
+    shape: tuple[Integer, ...]
+
+    @field_validator("shape")
+    @classmethod
+    def _batch_first(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape:
+            raise invalid("must be a non-empty list of integers")
+        for dim in shape:
+            if dim < 1 and dim != -1:
+                raise invalid(f"dimensions must be >= 1 or -1, got {dim!r}")
+        if shape[0] != -1:
+            raise invalid("the first dimension is the batch dimension and must be -1")
+        return shape
+
+    @property
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.datatype, self.shape)
+
+
+def _declarations(value: object) -> object:
+    """Tensor declarations may be given as `TensorSpec`s from Python."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [
+            {"name": item.name, "datatype": item.datatype, "shape": item.shape}
+            if isinstance(item, TensorSpec)
+            else item
+            for item in value
+        ]
+    return value
+
+
+def _unique_names(declarations: tuple[TensorDeclaration, ...]) -> tuple[TensorDeclaration, ...]:
+    names = [declaration.name for declaration in declarations]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise invalid(f"duplicate tensor name {duplicates[0]!r}")
+    return declarations
+
+
+TensorDeclarations = Annotated[tuple[TensorDeclaration, ...], BeforeValidator(_declarations)]
+
+
+def default_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two up to `max_batch_size`, and `max_batch_size` itself."""
+    buckets = []
+    size = 1
+    while size < max_batch_size:
+        buckets.append(size)
+        size *= 2
+    buckets.append(max_batch_size)
+    return tuple(buckets)
+
+
+class ModelConfig(_Table):
+    """How to load, batch and serve a model version: a `[[models]]` table less name, version."""
+
+    model_path: Text
+    runtime: Runtime = "torch"
+    device: Device = "cpu"
+    max_batch_size: PositiveInt = 32
+    batch_buckets: tuple[PositiveInt, ...] = ()
+    max_queue_delay_ms: NonNegativeNumber = 2.0
+    max_concurrency: PositiveInt = 1
+    max_queue_size: PositiveInt = 1024
+    timeout_ms: Annotated[Number, Field(gt=0)] = 5000.0
+    warmup_iters: NonNegativeInt = 2
+    cpu_fallback: CpuFallback = "unavailable"
+    inputs: TensorDeclarations = ()
+    outputs: TensorDeclarations = ()
+
+    _unique = field_validator("inputs", "outputs")(_unique_names)
+
+    @field_validator("model_path")
+    @classmethod
+    def _artifact_format(cls, path: str) -> str:
+        if not path:
+            raise invalid("must not be empty")
+        if not path.endswith("/") and not path.endswith(ARTIFACT_SUFFIXES):
+            raise invalid(
+                f"must end in one of {', '.join(ARTIFACT_SUFFIXES)} (the artifact format), "
+                f"or '/' for a folder; got {path!r}"
+            )
+        return path
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        path = self.model_path
+        if self.device == "tpu" and self.runtime != "tpu":
+            raise broken_rule("device", f"'tpu' needs runtime = 'tpu', not {self.runtime!r}")
+        if self.runtime == "tpu" and self.device != "tpu":
+            raise broken_rule("device", f"runtime 'tpu' runs on device 'tpu', not {self.device!r}")
+        if self.runtime == "onnx" and not path.endswith((".onnx", "/")):
+            raise broken_rule("model_path", f"runtime 'onnx' loads .onnx files, not {path!r}")
+        if self.runtime in ("torch", "tpu") and path.endswith(".onnx"):
+            raise broken_rule("runtime", f"{path!r} is an ONNX file: use runtime = 'onnx'")
+        buckets = self.batch_buckets or default_buckets(self.max_batch_size)
+        if list(buckets) != sorted(set(buckets)):
+            raise broken_rule("batch_buckets", f"must be strictly increasing, got {list(buckets)}")
+        if buckets[-1] != self.max_batch_size:
+            raise broken_rule(
+                "batch_buckets",
+                f"the largest bucket must equal max_batch_size ({self.max_batch_size}), "
+                f"got {buckets[-1]}",
+            )
+        # Frozen, and the defaulted buckets are part of what the model is: set them once here.
+        object.__setattr__(self, "batch_buckets", buckets)
+        if path.endswith(".pt") and (not self.inputs or not self.outputs):
+            key = "inputs" if not self.inputs else "outputs"
+            raise broken_rule(
+                key, "TorchScript (.pt) artifacts carry no signature: declare inputs and outputs"
+            )
+        return self
+
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return tuple(declaration.spec for declaration in self.inputs)
+
+    @property
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return tuple(declaration.spec for declaration in self.outputs)
+
+
+def _name(value: object) -> object:
+    if isinstance(value, str) and (not value or "/" in value or value != value.strip()):
+        raise invalid(f"must be a non-empty name without '/', got {value!r}")
+    return value
+
+
+def _version(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and (not value or "/" in value):
+        raise invalid(f"must be a non-empty string without '/', got {value!r}")
+    return value
+
+
+ModelName = Annotated[Text, BeforeValidator(_name)]
+ModelVersion = Annotated[Text, BeforeValidator(_version)]
+
+
+class ModelTable(ModelConfig):
+    """A `[[models]]` table as the file has it: a model config with its name and version."""
+
+    name: ModelName
+    version: ModelVersion = "1"
+
+    def declared(self) -> DeclaredModel:
+        # Validated already: the copy keeps every value as it is, buckets resolved included.
+        settings = {key: getattr(self, key) for key in ModelConfig.model_fields}
+        return DeclaredModel(self.name, self.version, ModelConfig.model_construct(**settings))
+
+
+@dataclass(frozen=True)
+class DeclaredModel:
+    name: str
+    version: str
+    config: ModelConfig
+
+    @classmethod
+    def of(cls, name: object, version: object, config: ModelConfig) -> DeclaredModel:
+        """A model declared from Python, under the same name and version rules as the file."""
+        if not isinstance(config, ModelConfig):
+            raise ConfigError("config", f"must be a ModelConfig, got {type(config).__name__}")
+        table = _NameAndVersion(name=name, version=version)
+        return cls(table.name, table.version, config)
+
+
+class _NameAndVersion(_Table):
+    name: ModelName
+    version: ModelVersion
+
+
+def _bind_list(value: object) -> object:
+    # A single bind string is a list of one.
+    return [value] if isinstance(value, str) else value
+
+
+class ServerConfig(_Table):
+    bind: Annotated[tuple[Text, ...], BeforeValidator(_bind_list)] = ("0.0.0.0:8080",)
+    certfile: Text = ""
+    keyfile: Text = ""
+    max_request_bytes: PositiveInt = 64 * 1024 * 1024
+    shutdown_grace_s: NonNegativeNumber = 30.0
+    admin_token_file: Text = ""
+
+    @field_validator("bind")
+    @classmethod
+    def _host_port(cls, bind: tuple[str, ...]) -> tuple[str, ...]:
+        if not bind:
+            raise invalid("must be a non-empty list of HOST:PORT strings")
+        for entry in bind:
+            if entry.startswith(("unix:", "fd://")):
+                continue
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise invalid(f"must be HOST:PORT (or unix:PATH), got {entry!r}")
+        return bind
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if bool(self.certfile) != bool(self.keyfile):
+            raise broken_rule("certfile", "TLS needs both certfile and keyfile, or neither")
+        return self
+
+
+class StorageConfig(_Table):
+    cache_dir: Annotated[Text, Field(min_length=1)] = "/var/lib/aegis/models"
+    download_concurrency: PositiveInt = 8
+
+
+class XlaConfig(_Table):
+    compilation_cache_dir: Text = "/var/cache/aegis/xla"
+
+
+class ConfigFile(_Table):
+    """The whole file, as TOML gives it."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    xla: XlaConfig = Field(default_factory=XlaConfig)
+    models: list[ModelTable] = []
+
+    @model_validator(mode="after")
+    def _declared_once(self) -> ConfigFile:
+        seen: set[tuple[str, str]] = set()
+        for index, model in enumerate(self.models):
+            if (model.name, model.version) in seen:
+                raise broken_rule(
+                    f"models[{index}]",
+                    f"model {model.name!r} version {model.version!r} is declared twice",
+                )
+            seen.add((model.name, model.version))
+        return self
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    xla: XlaConfig = field(default_factory=XlaConfig)
+    models: tuple[DeclaredModel, ...] = ()
+    source: str | None = None
