@@ -14,10 +14,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from report import LABELS
 
 
 def plot(results: dict, path: str) -> None:
+    labels = {target: about["label"] for target, about in results["targets"].items()}
     model_names = list(results["compute_ceiling"])
     figure, axes = plt.subplots(2, len(model_names), figsize=(6.5 * len(model_names), 8.5))
     if len(model_names) == 1:
@@ -31,8 +31,8 @@ def plot(results: dict, path: str) -> None:
             )
             style = "--" if target == "http-ceiling" else "-"
             xs = [row["concurrency"] for row in mine]
-            throughput.plot(xs, [r["rps"] for r in mine], style, marker="o", label=LABELS[target])
-            latency.plot(xs, [r["p99_ms"] for r in mine], style, marker="o", label=LABELS[target])
+            throughput.plot(xs, [r["rps"] for r in mine], style, marker="o", label=labels[target])
+            latency.plot(xs, [r["p99_ms"] for r in mine], style, marker="o", label=labels[target])
         ceiling = results["compute_ceiling"][model]["best_rows_per_s"]
         throughput.axhline(ceiling, color="grey", linestyle=":", label="compute ceiling")
         throughput.set_title(f"{model}: throughput (req/s)")

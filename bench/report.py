@@ -4,35 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-PEERS = ("torchserve", "mlserver", "litserve")
-AEGIS = ("aegis-json", "aegis-binary")
-LABELS = {
-    "http-ceiling": "HTTP ceiling",
-    "aegis-json": "Aegis JSON",
-    "aegis-binary": "Aegis binary",
-    "torchserve": "TorchServe 0.12",
-    "mlserver": "MLServer 1.7.1",
-    "litserve": "LitServe 0.2.19",
-    "aegis-demo": "Aegis demo",
-}
 FOCUS = 64  # the concurrency the targets are stated at
 
 
-def _row(row: dict[str, Any]) -> str:
+def _row(row: dict[str, Any], labels: dict[str, str]) -> str:
     batch = f"{row['mean_batch']:.1f}" if row["mean_batch"] else "-"
     return (
-        f"| {row['model']} | {LABELS[row['target']]} | {row['concurrency']} | {row['rps']:,.0f} "
+        f"| {row['model']} | {labels[row['target']]} | {row['concurrency']} | {row['rps']:,.0f} "
         f"| {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} "
         f"| {batch} | {row['rss_mb']:,.0f} |"
     )
 
 
-def _table(rows: list[dict[str, Any]]) -> list[str]:
+def _table(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
     lines = [
         "| model | server | c | req/s | p50 ms | p90 ms | p99 ms | errors | mean batch | RSS MB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    return lines + [_row(row) for row in rows]
+    return lines + [_row(row, labels) for row in rows]
 
 
 def _find(rows: list[dict[str, Any]], model: str, target: str, c: int) -> dict[str, Any] | None:
@@ -44,19 +33,20 @@ def _find(rows: list[dict[str, Any]], model: str, target: str, c: int) -> dict[s
 
 def _ratios(results: dict[str, Any], model: str) -> list[str]:
     rows = results["rows"]
+    labels = _labels(results)
     lines = [f"**{model}**, c={FOCUS}:", ""]
-    peers = [r for p in PEERS if (r := _find(rows, model, p, FOCUS))]
+    peers = [r for p in _of_role(results, "peer") if (r := _find(rows, model, p, FOCUS))]
     best = max(peers, key=lambda r: r["rps"], default=None)
     http = _find(rows, model, "http-ceiling", FOCUS)
     compute = results["compute_ceiling"].get(model)
-    for name in AEGIS:
+    for name in _of_role(results, "aegis"):
         mine = _find(rows, model, name, FOCUS)
         if mine is None:
             continue
         parts = []
         if best is not None:
             parts.append(
-                f"{mine['rps'] / best['rps']:.2f}x the best peer ({LABELS[best['target']]}), "
+                f"{mine['rps'] / best['rps']:.2f}x the best peer ({labels[best['target']]}), "
                 f"p99 {mine['p99_ms']:.1f} vs {best['p99_ms']:.1f} ms"
             )
         torchserve = _find(rows, model, "torchserve", FOCUS)
@@ -66,7 +56,7 @@ def _ratios(results: dict[str, Any], model: str) -> list[str]:
             parts.append(f"{mine['rps'] / http['rps']:.2f}x the HTTP ceiling")
         if compute is not None:
             parts.append(f"{mine['rps'] / compute['best_rows_per_s']:.2f}x the compute ceiling")
-        lines.append(f"- {LABELS[name]}: " + "; ".join(parts))
+        lines.append(f"- {labels[name]}: " + "; ".join(parts))
     one = _find(rows, model, "aegis-json", 1)
     if one is not None and compute is not None:
         lines.append(
@@ -74,6 +64,14 @@ def _ratios(results: dict[str, Any], model: str) -> list[str]:
             f"({compute['batch1_ms']:.3f} ms): {one['p50_ms'] - compute['batch1_ms']:.2f} ms"
         )
     return [*lines, ""]
+
+
+def _labels(results: dict[str, Any]) -> dict[str, str]:
+    return {target: about["label"] for target, about in results["targets"].items()}
+
+
+def _of_role(results: dict[str, Any], role: str) -> list[str]:
+    return [target for target, about in results["targets"].items() if about["role"] == role]
 
 
 def _overload(report: dict[str, Any]) -> list[str]:
@@ -111,7 +109,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"window {results['window_s']:g} s per point.",
         "",
     ]
-    lines += [*_table(results["rows"]), ""]
+    lines += [*_table(results["rows"], _labels(results)), ""]
     for model, ceiling in results["compute_ceiling"].items():
         per_bucket = ", ".join(
             f"{bucket}: {rate:,.0f}" for bucket, rate in ceiling["rows_per_s"].items()
@@ -128,7 +126,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _overload(results["overload"])
     if results.get("demo"):
         lines += ["Demo model (`aegis demo`: batch 32, 2 ms delay):", ""]
-        lines += [*_table(results["demo"]), ""]
+        lines += [*_table(results["demo"], _labels(results)), ""]
     if results.get("failures"):
         lines += ["Failures:", ""] + [f"- {failure}" for failure in results["failures"]] + [""]
     return "\n".join(lines)

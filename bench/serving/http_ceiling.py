@@ -1,0 +1,22 @@
+"""The HTTP ceiling: `bench/http_ceiling.py`, answering every request with Aegis's reply."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from serving.launch import HOST, Launch, Server, free_port
+from serving.payload import Payload
+
+SCRIPT = Path(__file__).resolve().parents[1] / "http_ceiling.py"
+
+
+def start(launch: Launch, model: str, payload: Payload) -> Server:
+    home = launch.home(f"http-ceiling-{model}")
+    reply = home / "reply.json"
+    reply.write_bytes(payload.reply)
+    port = free_port()
+    proc, log = launch.spawn([sys.executable, SCRIPT, f"{HOST}:{port}", reply], home)
+    # Its reply is of the right size but not computed from this request.
+    target = payload.json_target("http-ceiling", f"/v2/models/{model}/infer", check=False)
+    return Server("http-ceiling", proc, port, [target], log)
