@@ -8,40 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.config import model_table, server_config, tensor_table
 from tests.support.server import ServerProcess, running_server
+
+# The config helpers live in tests.support.config; tests that import them from here still work.
+__all__ = ["model_table", "server_config", "tensor_table"]
 
 ServerFactory = Callable[..., ServerProcess]
 
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tests.support import models
+    from tests.support.models import build_artifacts  # torch only once a test needs models
 
-    root = tmp_path_factory.mktemp("artifacts")
-    return {
-        "mlp.pt2": models.mlp_pt2(root / "mlp.pt2"),
-        "mlp.pt": models.script_pt(models.Mlp(), root / "mlp.pt"),
-        "mlp.onnx": models.onnx_mlp(root / "mlp.onnx"),
-        "mixed.pt2": models.mixed_pt2(root / "mixed.pt2"),
-        "slow.pt": models.script_pt(models.Slow(), root / "slow.pt"),
-        "failing.pt": models.script_pt(models.Failing(), root / "failing.pt"),
-    }
-
-
-def model_table(name: str, path: Path, extra: str = "", version: str = "1") -> str:
-    return f'[[models]]\nname = "{name}"\nversion = "{version}"\nmodel_path = "{path}"\n{extra}\n'
-
-
-def tensor_table(kind: str, name: str, datatype: str, shape: list[int]) -> str:
-    return f'[[models.{kind}]]\nname = "{name}"\ndatatype = "{datatype}"\nshape = {shape}\n'
-
-
-def server_config(workdir: Path, models_toml: str, server_toml: str = "") -> str:
-    """A config for tests: quick drain, a private artifact cache, the given models."""
-    return (
-        f"[server]\nshutdown_grace_s = 5\n{server_toml}\n"
-        f'[storage]\ncache_dir = "{workdir / "cache"}"\n\n{models_toml}'
-    )
+    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
 
 
 @pytest.fixture

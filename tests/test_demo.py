@@ -6,14 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from appliance.demo import DEMO_INPUTS, build_demo_module
-from tests.support.server import ServerProcess, free_port
+from tests.support.http import call, free_port
+from tests.support.server import ServerProcess
 
 
 def test_demo_serves_the_built_in_model(tmp_path: Path) -> None:
@@ -44,9 +44,9 @@ def test_demo_serves_the_built_in_model(tmp_path: Path) -> None:
                 ]
             }
         )
-        request = urllib.request.Request(server.url + "/v2/models/demo/infer", body.encode())
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
+        reply = call(server, "POST", "/v2/models/demo/infer", body.encode())
+        assert reply.status == 200, reply
+        answer = reply.json()
         (output,) = answer["outputs"]
         assert output["name"] == "output__0" and output["shape"] == [1, 10]
         with torch.no_grad():

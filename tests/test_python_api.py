@@ -11,7 +11,8 @@ import pytest
 
 from appliance import ModelConfig, registry
 from appliance.config import ConfigError
-from tests.support.server import ServerProcess, free_port
+from tests.support.http import free_port
+from tests.support.server import ServerProcess
 
 
 def test_registered_model_is_served(tmp_path: Path, artifacts) -> None:

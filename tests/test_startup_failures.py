@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from tests.conftest import model_table
+from tests.support.config import model_table
 from tests.support.server import start_server
 
 

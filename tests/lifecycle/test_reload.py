@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import model_table
+from tests.support.config import model_table
 from tests.support.models import Mlp, mlp_pt2
 
 TOKEN = "s3cret-token-for-tests-only"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import model_table, server_config
+from tests.support.config import model_table, server_config
 from tests.support.server import start_server
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import model_table, tensor_table
+from tests.support.config import model_table, tensor_table
 from tests.support.models import script_pt
 
 

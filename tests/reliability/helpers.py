@@ -1,14 +1,12 @@
-"""What the reliability tests share: a plain HTTP client, binary bodies, process figures."""
+"""What the reliability tests share: request bodies, leak checks, process figures."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import ssl
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.http import Reply, call
 from tests.support.server import ServerProcess
 
 # One torch thread per server: with two, a matmul on two shared cores stalls whenever the other
@@ -17,48 +15,6 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 # What a response body must never hold unless the client sent it: paths of this host, tracebacks.
 LEAK_MARKERS = ("/tmp", "/work", "/home", "/opt", "/var", "/etc", "Traceback", 'File "')
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]  # names in lower case
-    body: bytes
-
-    def json(self) -> object:
-        return json.loads(self.body)
-
-    def error(self) -> str:
-        """The message of an error reply, checking that it is exactly {"error": "<string>"}."""
-        document = self.json()
-        assert isinstance(document, dict) and set(document) == {"error"}, document
-        assert isinstance(document["error"], str) and document["error"], document
-        return document["error"]
-
-
-def call(
-    server: ServerProcess,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout_s: float = 30.0,
-    tls: ssl.SSLContext | None = None,
-) -> Reply:
-    """One request on its own connection."""
-    if tls is None:
-        connection = http.client.HTTPConnection(server.host, server.port, timeout=timeout_s)
-    else:
-        connection = http.client.HTTPSConnection(
-            server.host, server.port, timeout=timeout_s, context=tls
-        )
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        names = {name.lower(): value for name, value in response.getheaders()}
-        return Reply(response.status, names, response.read())
-    finally:
-        connection.close()
 
 
 def json_infer(name: str, datatype: str, shape: list[int], data: list) -> bytes:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import model_table, server_config
-from tests.reliability.helpers import call
+from tests.support.config import model_table, server_config
+from tests.support.http import call
 from tests.support.server import ServerProcess, running_server
 
 SEED = 20261128

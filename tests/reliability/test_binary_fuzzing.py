@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import model_table, server_config
-from tests.reliability.helpers import Reply, assert_no_leak, binary_body, call
+from tests.reliability.helpers import assert_no_leak, binary_body
+from tests.support.config import model_table, server_config
+from tests.support.http import Reply, call
 from tests.support.server import ServerProcess, running_server
 
 MAX_EXAMPLES = 500

@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from tests.conftest import model_table, server_config
 from tests.reliability.fault_models import declared_table, nonfinite_table
-from tests.reliability.helpers import ONE_THREAD, assert_no_leak, binary_body, call, json_infer
+from tests.reliability.helpers import ONE_THREAD, assert_no_leak, binary_body, json_infer
+from tests.support.config import model_table, server_config
+from tests.support.http import call
 from tests.support.server import running_server
 
 MLP_ROW = [0.25] * 8

@@ -26,10 +26,11 @@ from cryptography.x509.oid import NameOID
 
 from appliance.errors import LoadFailed
 from appliance.rest.errors import failure_response
-from tests.conftest import model_table, server_config
 from tests.reliability.fault_models import declared_table
-from tests.reliability.helpers import assert_no_leak, call, json_infer
+from tests.reliability.helpers import assert_no_leak, json_infer
 from tests.support.asgi import asgi_request
+from tests.support.config import model_table, server_config
+from tests.support.http import call
 from tests.support.server import ServerProcess, running_server, start_server
 
 TOKEN = "s3cret-admin-token-0123456789"

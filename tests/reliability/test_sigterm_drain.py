@@ -10,9 +10,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import model_table, server_config
 from tests.reliability.fault_models import declared_table
-from tests.reliability.helpers import ONE_THREAD, call, json_infer, rounds_for, slow_body
+from tests.reliability.helpers import ONE_THREAD, json_infer, rounds_for, slow_body
+from tests.support.config import model_table, server_config
+from tests.support.http import call
 from tests.support.server import running_server
 
 GRACE_S = 5.0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 
 import pytest
 
-from tests.conftest import model_table, server_config
+from tests.support.config import model_table, server_config
+from tests.support.http import call
 from tests.support.server import running_server
 
 GOOD = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
@@ -27,13 +27,8 @@ def server(tmp_path_factory, artifacts):
 
 
 def post(server, path: str, body: bytes, headers: dict[str, str] | None = None):
-    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
-    try:
-        connection.request("POST", path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
+    reply = call(server, "POST", path, body, headers)
+    return reply.status, reply.headers, reply.body
 
 
 def infer(server, body: bytes, headers: dict[str, str] | None = None, model: str = "mlp"):

@@ -12,7 +12,8 @@ import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import model_table, server_config
+from tests.support.config import model_table, server_config
+from tests.support.http import get_text
 from tests.support.models import Mlp
 from tests.support.server import running_server
 
@@ -64,13 +65,10 @@ def batch_histogram(metrics_text: str) -> dict[str, float]:
 
 
 def test_batch_size_histogram_shows_batches_larger_than_one(server) -> None:
-    import urllib.request
-
     rows = [np.full((1, 8), i, dtype=np.float32) for i in range(32)]
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda r: call(server.address, r), rows))
-    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = get_text(server, "/metrics", timeout_s=10)
     histogram = batch_histogram(text)
     assert histogram["+Inf"] > histogram["1.0"], histogram
     for name in (

@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 import socket
 import time
-import urllib.request
 
 from tests.rest.test_overload import in_background, rounds_for, slow_model, slow_request
+from tests.support.http import get_text
 
 
 def metric(server, pattern: str) -> float:
-    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = get_text(server, "/metrics", timeout_s=10)
     found = re.search(pattern, text)
     return float(found.group(1)) if found else 0.0
 

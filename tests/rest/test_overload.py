@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
 
-from tests.conftest import model_table, tensor_table
+from tests.support.config import model_table, tensor_table
+from tests.support.http import call
 
 
 def slow_request(rounds: int, timeout_us: int | None = None) -> bytes:
@@ -18,13 +18,8 @@ def slow_request(rounds: int, timeout_us: int | None = None) -> bytes:
 
 
 def post(server, body: bytes, timeout: float = 60):
-    connection = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
-    try:
-        connection.request("POST", "/v2/models/slow/infer", body=body)
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
+    reply = call(server, "POST", "/v2/models/slow/infer", body, timeout_s=timeout)
+    return reply.status, reply.headers, reply.body
 
 
 def slow_model(extra: str) -> str:

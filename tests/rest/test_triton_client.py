@@ -8,7 +8,7 @@ import torch
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import model_table, server_config, tensor_table
+from tests.support.config import model_table, server_config, tensor_table
 from tests.support.models import Mlp
 from tests.support.server import running_server
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import model_table, server_config
+from tests.support.config import model_table, server_config
+from tests.support.http import get_json, get_text
 from tests.support.server import start_server
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without a GPU")
@@ -19,13 +18,10 @@ def test_unavailable_device_serves_on_the_cpu_and_says_so(serve, artifacts) -> N
     server = serve(
         model_table("m", artifacts["mlp.pt2"], 'device = "cuda"\ncpu_fallback = "unavailable"')
     )
-    with urllib.request.urlopen(server.url + "/v2/models/m", timeout=10) as response:
-        metadata = json.loads(response.read())
+    metadata = get_json(server, "/v2/models/m", timeout_s=10)
     assert metadata["parameters"]["device"] == "cpu"
-    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
-        assert (
-            'aegis_model_ready{device="cpu",model="m",version="1"} 1.0' in response.read().decode()
-        )
+    metrics = get_text(server, "/metrics", timeout_s=10)
+    assert 'aegis_model_ready{device="cpu",model="m",version="1"} 1.0' in metrics
     assert "device unavailable, serving on the CPU" in server.log()
 
 

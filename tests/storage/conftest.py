@@ -13,7 +13,8 @@ from google.cloud import storage
 from appliance.config import StorageConfig
 from appliance.metrics import Metrics
 from appliance.storage import ArtifactStore, RetryPolicy
-from tests.support.gcs import admin_client, emulator, free_port
+from tests.support.gcs import admin_client, emulator
+from tests.support.http import free_port
 
 # Short waits: a test of an unreachable source should take well under a second.
 FAST_RETRY = RetryPolicy(attempts=4, initial_backoff_s=0.02, max_backoff_s=0.1, deadline_s=5.0)

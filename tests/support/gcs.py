@@ -10,17 +10,17 @@ import contextlib
 import http.client
 import importlib.util
 import platform
-import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+
+from tests.support.http import LOOPBACK, free_port, request
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -41,12 +41,6 @@ def emulator_binary() -> Path:
     raise RuntimeError(f"no fake-gcs-server binary for this machine in {folder}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def admin_client(url: str) -> storage.Client:
     """A client for the test's own uploads, pinned to `url` whatever STORAGE_EMULATOR_HOST says."""
     return storage.Client(
@@ -54,18 +48,19 @@ def admin_client(url: str) -> storage.Client:
     )
 
 
-def wait_http_ok(url: str, timeout_s: float) -> None:
+def wait_http_ok(port: int, path: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                if response.status == 200:
-                    return
+            if request(LOOPBACK, port, "GET", path, timeout_s=1.0).status == 200:
+                return
         except OSError as error:
             last = error
         time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout_s} s (last error: {last})")
+    raise RuntimeError(
+        f"{LOOPBACK}:{port}{path} did not answer 200 within {timeout_s} s (last error: {last})"
+    )
 
 
 @contextlib.contextmanager
@@ -81,7 +76,7 @@ def emulator(backend: str = "memory", root: Path | None = None) -> Iterator[str]
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ok(f"{url}/storage/v1/b", START_TIMEOUT_S)
+        wait_http_ok(port, "/storage/v1/b", START_TIMEOUT_S)
         yield url
     finally:
         process.terminate()

@@ -100,3 +100,15 @@ def onnx_mlp(path: Path, inputs: int = 8, outputs: int = 3, seed: int = 7) -> Pa
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def build_artifacts(root: Path) -> dict[str, Path]:
+    """The test models under `root`, by file name: what the `artifacts` fixture hands out."""
+    return {
+        "mlp.pt2": mlp_pt2(root / "mlp.pt2"),
+        "mlp.pt": script_pt(Mlp(), root / "mlp.pt"),
+        "mlp.onnx": onnx_mlp(root / "mlp.onnx"),
+        "mixed.pt2": mixed_pt2(root / "mixed.pt2"),
+        "slow.pt": script_pt(Slow(), root / "slow.pt"),
+        "failing.pt": script_pt(Failing(), root / "failing.pt"),
+    }

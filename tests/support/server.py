@@ -5,21 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.http import call, free_port
 
 
 @dataclass
@@ -49,11 +42,7 @@ class ServerProcess:
         return log
 
     def status(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
-                return response.status
-        except urllib.error.HTTPError as error:
-            return error.code
+        return call(self, "GET", path, timeout_s=5).status
 
     def wait_ready(self, timeout_s: float) -> None:
         end = time.monotonic() + timeout_s
