@@ -24,6 +24,7 @@ from pydantic import (
 
 from appliance.config.errors import ConfigError, broken_rule, config_error, invalid
 from appliance.tensors import TensorSpec
+from appliance.units import MiB
 
 Runtime = Literal["torch", "onnx", "tpu"]
 Device = Literal["cpu", "cuda", "tpu"]
@@ -241,7 +242,7 @@ class ServerConfig(_Table):
     bind: Annotated[tuple[Text, ...], BeforeValidator(_bind_list)] = ("0.0.0.0:8080",)
     certfile: Text = ""
     keyfile: Text = ""
-    max_request_bytes: PositiveInt = 64 * 1024 * 1024
+    max_request_bytes: PositiveInt = 64 * MiB
     shutdown_grace_s: NonNegativeNumber = 30.0
     admin_token_file: Text = ""
 

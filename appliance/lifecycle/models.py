@@ -106,7 +106,7 @@ class ModelLifecycle:
             return None
         self._notifier.status(f"loading {label}")
         log.info(
-            "loading model", model=model.name, version=model.version, artifact=synced.path.name
+            "model_loading", model=model.name, version=model.version, artifact=synced.path.name
         )
         loaded = await asyncio.to_thread(load_runtimes, model, synced.path, self._config.xla)
         config = model.config
@@ -124,7 +124,7 @@ class ModelLifecycle:
         )
         metrics.set_ready(served.device, True)
         log.info(
-            "model ready",
+            "model_ready",
             model=model.name,
             version=model.version,
             device=served.device,
@@ -147,7 +147,8 @@ class ModelLifecycle:
             served = await self._bring_up(model, unchanged)
         except (SyncError, RuntimeFailure, OSError) as error:
             log.error(
-                "reload failed, keeping the serving version",
+                "model_reload_failed",
+                kept="the serving version",
                 model=model.name,
                 version=model.version,
                 reason=str(error),
@@ -157,14 +158,14 @@ class ModelLifecycle:
             previous = self._repository.put(served)
             if previous is not None:
                 await previous.retire(self._config.server.shutdown_grace_s)
-            log.info("model swapped in", model=model.name, version=model.version)
+            log.info("model_swapped_in", model=model.name, version=model.version)
         return _Outcome(model.name, model.version, None)
 
     async def _retire(self, name: str, version: str) -> None:
         model = self._repository.remove(name, version)
         if model is not None:
             await model.retire(self._config.server.shutdown_grace_s)
-            log.info("model unloaded", model=name, version=version)
+            log.info("model_unloaded", model=name, version=version)
 
     async def reload(self) -> list[_Outcome]:
         """SIGHUP: re-read the model list, re-sync, swap changed versions, remove dropped ones."""
@@ -174,13 +175,13 @@ class ModelLifecycle:
                 try:
                     fresh = self._reread_config()
                 except Exception as error:
-                    log.error(
-                        "reload: config not reloaded, keeping the current one", reason=str(error)
-                    )
+                    log.error("config_reload_failed", kept="the current config", reason=str(error))
                     self._notifier.ready("serving; last reload failed: config invalid")
                     return []
                 if fresh.server != self._config.server or fresh.storage != self._config.storage:
-                    log.warning("reload: [server] and [storage] changes take effect on restart")
+                    log.warning(
+                        "config_reload_partial", unchanged="[server] and [storage] until restart"
+                    )
                 self._declared = {(m.name, m.version): m for m in fresh.models}
             for model in list(self._repository):
                 if (model.name, model.version) not in self._declared:

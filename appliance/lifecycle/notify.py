@@ -16,7 +16,7 @@ import time
 
 import structlog
 
-log = structlog.get_logger("appliance.lifecycle")
+log = structlog.get_logger("aegis.lifecycle")
 
 
 class SystemdNotifier:

@@ -37,7 +37,7 @@ from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import AppContext, HttpSettings, create_app
 
-log = structlog.get_logger("aegis.server")
+log = structlog.get_logger("aegis.lifecycle")
 
 # Hypercorn's keep-alive timeout; also the least a silent connection is given (see read_timeout).
 KEEP_ALIVE_S = 75.0
@@ -137,7 +137,7 @@ class Appliance:
         try:
             await self.models.start()
         except StartupFailed as error:
-            log.error("start failed", reason=str(error))
+            log.error("start_failed", reason=str(error))
             self.notifier.status(f"start failed: {error}")
             self.exit_code = 1
             self._stop.set()
@@ -171,10 +171,10 @@ class Appliance:
             # Leave THREAD_JOIN_S of the grace period for the threads after the loop stops.
             await asyncio.wait_for(self.models.close(), timeout=max(left - THREAD_JOIN_S, 0.1))
         except (TimeoutError, asyncio.TimeoutError):
-            log.error("models did not close within the grace period", grace_s=grace_s)
+            log.error("models_close_timeout", grace_s=grace_s)
 
     def request_reload(self) -> None:
-        log.info("reload requested")
+        log.info("reload_requested")
         self._spawn(self.models.reload())
 
     def request_stop(self) -> None:
@@ -185,7 +185,7 @@ class Appliance:
             return
         grace_s = self.config.server.shutdown_grace_s
         window, _ = drain_budget(grace_s)
-        log.info("shutting down", grace_s=grace_s, unready_window_s=window)
+        log.info("shutting_down", grace_s=grace_s, unready_window_s=window)
         self.notifier.stopping()
         self._draining = True
         self._stop_deadline = loop.time() + grace_s
@@ -264,7 +264,7 @@ def _abandon_stuck_threads(code: int) -> None:
         if thread.is_alive():
             stuck.append(thread.name)
     if stuck:
-        log.error("exiting with model threads still running", threads=stuck)
+        log.error("exiting_with_model_threads_running", threads=stuck)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -12,7 +12,7 @@ from appliance.config import DeclaredModel, XlaConfig
 from appliance.runtimes import DeviceUnavailable, Runtime, create_runtime, runtime_class
 from appliance.runtimes.artifacts import resolve_artifact
 
-log = structlog.get_logger("aegis.loader")
+log = structlog.get_logger("aegis.repository")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,8 @@ def load_runtimes(model: DeclaredModel, location: Path, xla: XlaConfig) -> Loade
         if config.cpu_fallback == "off" or config.device == "cpu":
             raise
         log.warning(
-            "device unavailable, serving on the CPU",
+            "serving_on_cpu",
+            cause="device unavailable",
             model=model.name,
             version=model.version,
             device=config.device,

@@ -23,8 +23,9 @@ from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import admin, health, inference
 from appliance.rest.errors import error_response
+from appliance.units import MiB
 
-log = structlog.get_logger("aegis.http")
+log = structlog.get_logger("aegis.rest")
 
 
 class Readiness(Protocol):
@@ -41,7 +42,7 @@ class RepositoryControl(Protocol):
 
 @dataclass(frozen=True)
 class HttpSettings:
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = 64 * MiB
     admin_token: str | None = None
     server_name: str = "aegis"
     server_version: str = "0"
@@ -141,5 +142,5 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # The client gets no trace and no paths; the log gets both.
-    log.error("unhandled error", path=request.url.path, exc_info=exc)
+    log.error("unhandled_error", path=request.url.path, exc_info=exc)
     return error_response(500, "internal server error")

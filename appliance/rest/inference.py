@@ -21,7 +21,7 @@ from appliance.rest.codec import OutputTensor, decode_request, encode_response
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.health import json_response
 
-log = structlog.get_logger("aegis.access")
+log = structlog.get_logger("aegis.rest.access")
 
 HEADER_LENGTH = b"inference-header-content-length"
 _JSON = (b"content-type", b"application/json")
@@ -178,7 +178,7 @@ class InferEndpoint:
             )
         except Exception as error:
             # A bug of ours: the client gets the usual 500 and no trace, the log gets the trace.
-            log.error("unhandled error", path=scope["path"], exc_info=error)
+            log.error("unhandled_error", path=scope["path"], exc_info=error)
             status, response_headers, body = _failure(
                 HTTPFailure(500, "internal server error"), request_id, outcome
             )

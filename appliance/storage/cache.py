@@ -22,7 +22,7 @@ import structlog
 
 from appliance.storage.sources import relative_path
 
-log = structlog.get_logger("appliance.storage")
+log = structlog.get_logger("aegis.storage")
 
 MANIFEST = "manifest.json"
 DATA = "data"

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import google_crc32c
 
-_READ_SIZE = 8 * 1024 * 1024
+from appliance.units import MiB
+
+_READ_SIZE = 8 * MiB
 
 
 def file_mismatch(path: Path, crc32c: str | None, md5: str | None) -> str | None:

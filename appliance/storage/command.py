@@ -9,8 +9,7 @@ from appliance.config import AppConfig
 from appliance.storage.errors import SyncError
 from appliance.storage.progress import LogProgress, SyncProgress, TerminalProgress
 from appliance.storage.sync import sync_all
-
-MiB = 1024 * 1024
+from appliance.units import MiB
 
 
 def run_sync_command(

@@ -22,15 +22,16 @@ from google.cloud import storage
 from appliance.storage.errors import SourceUnavailable, SyncError
 from appliance.storage.retry import RetryPolicy, is_transient, with_retries
 from appliance.storage.sources import GcsSource
+from appliance.units import MiB
 
-log = structlog.get_logger("appliance.storage")
+log = structlog.get_logger("aegis.storage")
 
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 # (connect, read) seconds: a stalled connection fails and is retried instead of hanging the sync.
 HTTP_TIMEOUT = (10.0, 60.0)
 _LIST_FIELDS = "items(name,generation,size,crc32c,md5Hash,contentEncoding),nextPageToken"
 # The client hands over 8 KiB at a time; one write per MiB saves most of the system calls.
-_WRITE_SIZE = 1024 * 1024
+_WRITE_SIZE = MiB
 
 
 @dataclass(frozen=True)

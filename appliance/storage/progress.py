@@ -13,7 +13,7 @@ from typing import TextIO
 
 import structlog
 
-MiB = 1024 * 1024
+from appliance.units import MiB
 
 
 class SyncProgress:
@@ -148,7 +148,7 @@ class LogProgress(_Tracker):
 
     def __init__(self, interval_s: float = 5.0) -> None:
         super().__init__()
-        self._log = structlog.get_logger("appliance.storage")
+        self._log = structlog.get_logger("aegis.storage")
         self._interval_s = interval_s
         self._last = 0.0
 

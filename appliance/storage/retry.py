@@ -17,7 +17,7 @@ import structlog
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 
-log = structlog.get_logger("appliance.storage")
+log = structlog.get_logger("aegis.storage")
 
 T = TypeVar("T")
 

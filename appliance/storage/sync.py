@@ -23,10 +23,10 @@ from appliance.storage.gcs import Cancelled, GcsClient, RemoteObject
 from appliance.storage.progress import SyncProgress
 from appliance.storage.retry import RetryPolicy
 from appliance.storage.sources import GcsSource, LocalSource, parse_source, relative_path
+from appliance.units import MiB
 
-log = structlog.get_logger("appliance.storage")
+log = structlog.get_logger("aegis.storage")
 
-MiB = 1024 * 1024
 # Objects above this are fetched as ranges in parallel; a failed range is retried on its own.
 RANGED_THRESHOLD = 32 * MiB
 PART_SIZE = 16 * MiB

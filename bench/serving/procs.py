@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-MiB = 1 << 20
+from appliance.units import MiB
 
 
 def log(message: str) -> None:

@@ -101,7 +101,7 @@ def test_a_bug_in_the_endpoint_is_a_json_500_and_the_trace_goes_to_the_log() -> 
     assert headers[b"x-request-id"] == b"req-1"
     assert b"/var/lib" not in body
     log = stream.getvalue()
-    assert "unhandled error" in log and "vanished" in log and "Traceback" in log
+    assert "unhandled_error" in log and "vanished" in log and "Traceback" in log
 
 
 def test_replies_to_odd_infer_paths_leak_nothing(server) -> None:

@@ -174,9 +174,9 @@ def test_no_xla_device_serves_on_the_cpu_and_says_so(
     with running_server(config_toml(tmp_path, models), tmp_path, {"PJRT_DEVICE": "TPU"}) as server:
         assert get_json(server, "/v2/models/demo")["parameters"]["device"] == "cpu"
         assert scrape(server)("aegis_model_ready", model="demo", version="1", device="cpu") == 1
-        [warning] = log_events(server, "device unavailable, serving on the CPU")
+        [warning] = log_events(server, "serving_on_cpu")
         assert "no TPU chip" in warning["reason"]
-        [ready] = log_events(server, "model ready")
+        [ready] = log_events(server, "model_ready")
         assert ready["device"] == "cpu" and "no TPU chip" in ready["fallback"]
         rows = np.random.default_rng(4).standard_normal((5, DEMO_INPUTS)).astype(np.float32)
         np.testing.assert_allclose(
@@ -229,6 +229,6 @@ def test_fallback_off_fails_the_start_with_a_clear_message(
     finally:
         server.stop()
     assert code != 0
-    [failure] = log_events(server, "start failed")
+    [failure] = log_events(server, "start_failed")
     assert "'demo'" in failure["reason"]
     assert "PJRT_DEVICE=TPU, but this host has no TPU chip" in failure["reason"]

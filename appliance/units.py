@@ -1,0 +1,3 @@
+"""Byte units, so sizes read as what they are."""
+
+MiB = 1 << 20
