@@ -35,22 +35,52 @@ NUMPY_TO_DATATYPE: dict[np.dtype, str] = {
 DATATYPES: frozenset[str] = frozenset(DATATYPE_TO_NUMPY)
 
 
+# A dimension of a tensor: an int >= 1 is fixed, -1 is dynamic and unnamed, a str names a dynamic
+# dimension of `[models.dims]`, whose sizes the batcher pads up to that dimension's buckets.
+Dim = int | str
+PadValue = bool | int | float
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """One named input or output of a model; -1 marks a variable dimension."""
+    """One named input or output of a model, and what padding of it holds."""
 
     name: str
     datatype: str
-    shape: tuple[int, ...]
+    shape: tuple[Dim, ...]
+    pad_value: PadValue = 0
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        # The protocol knows fixed sizes and -1 ("any size"): a named dimension is the latter.
+        shape = [dim if isinstance(dim, int) else -1 for dim in self.shape]
+        return {"name": self.name, "datatype": self.datatype, "shape": shape}
+
+    def named_axes(self) -> tuple[tuple[int, str], ...]:
+        """(axis, dimension name) of each named dimension, in axis order."""
+        return tuple((axis, dim) for axis, dim in enumerate(self.shape) if isinstance(dim, str))
+
+
+@dataclass(frozen=True, slots=True)
+class DimLimit:
+    """The sizes an artifact accepts on one dynamic axis of one input (torch.export `Dim`).
+
+    Axes that share a `symbol` must have the same size in one call (the export tied them)."""
+
+    input: str
+    axis: int
+    symbol: str
+    min: int
+    max: int | None  # None: no upper bound
+
+    def to_json(self) -> dict[str, object]:
+        return {"input": self.input, "axis": self.axis, "min": self.min, "max": self.max}
 
 
 @dataclass(frozen=True, slots=True)
 class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    limits: tuple[DimLimit, ...] = ()
 
 
 def numpy_dtype(datatype: str) -> np.dtype:
@@ -66,8 +96,11 @@ def datatype_of(array: np.ndarray) -> str:
         ) from None
 
 
-def shape_matches(spec_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
-    """True when `shape` fits `spec_shape`, where -1 in the spec accepts any size."""
+def shape_matches(spec_shape: tuple[Dim, ...], shape: tuple[int, ...]) -> bool:
+    """True when `shape` fits `spec_shape`, where -1 or a dimension name accepts any size."""
     if len(spec_shape) != len(shape):
         return False
-    return all(want in (-1, got) for want, got in zip(spec_shape, shape, strict=True))
+    return all(
+        isinstance(want, str) or want in (-1, got)
+        for want, got in zip(spec_shape, shape, strict=True)
+    )

@@ -57,6 +57,22 @@ model_path = "/models/m.pt2"
 """
 
 
+TPU_MODEL = """
+[[models]]
+name = "m"
+model_path = "/models/m.pt2"
+runtime = "tpu"
+device = "tpu"
+"""
+
+
+def tensor(kind: str, name: str, datatype: str, shape: str, extra: str = "") -> str:
+    return f'[[models.{kind}]]\nname = "{name}"\ndatatype = "{datatype}"\nshape = {shape}\n{extra}'
+
+
+SEQ_DIMS = "[models.dims]\nseq = [16, 32]\n"
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "aegis.toml"
     path.write_text(text)
@@ -70,6 +86,22 @@ def test_the_contract_example_is_valid(tmp_path: Path) -> None:
     assert model.config.batch_buckets == (1, 8, 16, 32, 64)
     assert model.config.inputs[0].shape == (-1, 64)
     assert config.server.bind == ("0.0.0.0:8080",)
+
+
+def test_named_dimensions_carry_their_buckets_and_pad_values(tmp_path: Path) -> None:
+    text = (
+        TPU_MODEL
+        + "[models.dims]\nseq = [16, 32, 64]\n"
+        + tensor("inputs", "ids", "INT64", '[-1, "seq"]', "pad_value = 1\n")
+        + tensor("inputs", "mask", "BOOL", '[-1, "seq"]', "pad_value = false\n")
+        + tensor("outputs", "states", "FP32", '[-1, "seq", 8]')
+    )
+    config = load_config(write(tmp_path, text)).models[0].config
+    assert config.dims == {"seq": (16, 32, 64)}
+    ids, mask = config.input_specs
+    assert (ids.shape, ids.pad_value) == ((-1, "seq"), 1)
+    assert (mask.shape, mask.pad_value) == ((-1, "seq"), False)
+    assert config.output_specs[0].to_json()["shape"] == [-1, -1, 8]
 
 
 def test_buckets_default_to_powers_of_two_up_to_max_batch_size(tmp_path: Path) -> None:
@@ -114,6 +146,46 @@ def test_buckets_default_to_powers_of_two_up_to_max_batch_size(tmp_path: Path) -
             "batch dimension",
         ),
         ("[server\n", "(syntax)", "not valid TOML"),
+        (
+            TPU_MODEL + tensor("inputs", "ids", "INT64", "[-1, -1]"),
+            "models[0].inputs[0].shape",
+            "input 'ids' dimension 1 is dynamic without buckets",
+        ),
+        (
+            MINIMAL_MODEL + SEQ_DIMS + tensor("inputs", "ids", "INT64", '[-1, "sq"]'),
+            "models[0].inputs[0].shape",
+            "unknown dimension 'sq'",
+        ),
+        (
+            MINIMAL_MODEL
+            + "[models.dims]\nseq = [32, 16]\n"
+            + tensor("inputs", "x", "FP32", '[-1, "seq"]'),
+            "models[0].dims.seq",
+            "strictly increasing",
+        ),
+        (
+            MINIMAL_MODEL + SEQ_DIMS + tensor("inputs", "x", "FP32", "[-1, 4]"),
+            "models[0].dims.seq",
+            "no input has this dimension",
+        ),
+        (
+            MINIMAL_MODEL
+            + SEQ_DIMS
+            + tensor("inputs", "x", "FP32", '[-1, "seq"]')
+            + tensor("outputs", "y", "FP32", '[-1, "tokens"]'),
+            "models[0].outputs[0].shape",
+            "unknown dimension 'tokens'",
+        ),
+        (
+            MINIMAL_MODEL + tensor("inputs", "ids", "INT32", "[-1, 4]", "pad_value = 0.5\n"),
+            "models[0].inputs[0].pad_value",
+            "pads with an integer",
+        ),
+        (
+            MINIMAL_MODEL + tensor("inputs", "x", "FP32", "[-1, 1.5]"),
+            "models[0].inputs[0].shape[1]",
+            "must be an integer or a dimension name",
+        ),
     ],
 )
 def test_bad_values_name_the_file_key_and_reason(tmp_path: Path, text: str, key: str, reason: str):

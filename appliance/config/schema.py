@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -23,7 +24,7 @@ from pydantic import (
 )
 
 from appliance.config.errors import ConfigError, broken_rule, config_error, invalid
-from appliance.tensors import TensorSpec
+from appliance.tensors import TensorSpec, numpy_dtype
 from appliance.units import MiB
 
 Runtime = Literal["torch", "onnx", "tpu"]
@@ -41,6 +42,19 @@ NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 Text = Annotated[str, Strict()]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 NonNegativeNumber = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+
+
+def _shape_element(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise invalid(f"must be an integer or a dimension name, got {value!r}")
+    return value
+
+
+ShapeElement = Annotated[int | str, BeforeValidator(_shape_element)]
+PadValue = Annotated[bool, Strict()] | Annotated[int, Strict()] | Annotated[float, Strict()]
+
+# Runtimes that compile one program per input shape: every dynamic dimension needs buckets.
+STATIC_SHAPE_RUNTIMES = frozenset({"tpu", "jax"})
 
 
 class _Table(BaseModel):
@@ -61,30 +75,62 @@ class TensorDeclaration(_Table):
 
     name: Annotated[Text, Field(min_length=1)]
     datatype: Datatype
-    shape: tuple[Integer, ...]
+    shape: tuple[ShapeElement, ...]
+    pad_value: PadValue = 0
 
     @field_validator("shape")
     @classmethod
-    def _batch_first(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+    def _batch_first(cls, shape: tuple[int | str, ...]) -> tuple[int | str, ...]:
         if not shape:
-            raise invalid("must be a non-empty list of integers")
+            raise invalid("must be a non-empty list of integers and dimension names")
         for dim in shape:
-            if dim < 1 and dim != -1:
-                raise invalid(f"dimensions must be >= 1 or -1, got {dim!r}")
+            if isinstance(dim, str):
+                if not dim.isidentifier():
+                    raise invalid(f"a dimension name must be an identifier, got {dim!r}")
+            elif dim < 1 and dim != -1:
+                raise invalid(f"dimensions must be >= 1, -1 or a dimension name, got {dim!r}")
         if shape[0] != -1:
             raise invalid("the first dimension is the batch dimension and must be -1")
         return shape
 
+    @model_validator(mode="after")
+    def _pad_value_fits(self) -> TensorDeclaration:
+        value, datatype = self.pad_value, self.datatype
+        if datatype == "BYTES":
+            if value != 0 or isinstance(value, bool):
+                raise broken_rule("pad_value", "BYTES tensors are padded with empty strings")
+        elif datatype == "BOOL":
+            if value not in (0, 1):
+                raise broken_rule(
+                    "pad_value", f"a BOOL tensor pads with true or false, got {value!r}"
+                )
+        elif datatype.startswith(("INT", "UINT")):
+            if isinstance(value, float):
+                raise broken_rule(
+                    "pad_value", f"an {datatype} tensor pads with an integer, got {value!r}"
+                )
+            info = np.iinfo(numpy_dtype(datatype))
+            if not info.min <= value <= info.max:
+                raise broken_rule(
+                    "pad_value", f"{value} does not fit {datatype} ({info.min} .. {info.max})"
+                )
+        return self
+
     @property
     def spec(self) -> TensorSpec:
-        return TensorSpec(self.name, self.datatype, self.shape)
+        return TensorSpec(self.name, self.datatype, self.shape, self.pad_value)
 
 
 def _declarations(value: object) -> object:
     """Tensor declarations may be given as `TensorSpec`s from Python."""
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [
-            {"name": item.name, "datatype": item.datatype, "shape": item.shape}
+            {
+                "name": item.name,
+                "datatype": item.datatype,
+                "shape": item.shape,
+                "pad_value": item.pad_value,
+            }
             if isinstance(item, TensorSpec)
             else item
             for item in value
@@ -101,6 +147,8 @@ def _unique_names(declarations: tuple[TensorDeclaration, ...]) -> tuple[TensorDe
 
 
 TensorDeclarations = Annotated[tuple[TensorDeclaration, ...], BeforeValidator(_declarations)]
+DimName = Annotated[Text, Field(min_length=1)]
+Buckets = tuple[PositiveInt, ...]
 
 
 def default_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -128,6 +176,7 @@ class ModelConfig(_Table):
     timeout_ms: Annotated[Number, Field(gt=0)] = 5000.0
     warmup_iters: NonNegativeInt = 2
     cpu_fallback: CpuFallback = "unavailable"
+    dims: dict[DimName, Buckets] = Field(default_factory=dict)
     inputs: TensorDeclarations = ()
     outputs: TensorDeclarations = ()
 
@@ -167,12 +216,59 @@ class ModelConfig(_Table):
             )
         # Frozen, and the defaulted buckets are part of what the model is: set them once here.
         object.__setattr__(self, "batch_buckets", buckets)
+        self._check_named_dims()
         if path.endswith(".pt") and (not self.inputs or not self.outputs):
             key = "inputs" if not self.inputs else "outputs"
             raise broken_rule(
                 key, "TorchScript (.pt) artifacts carry no signature: declare inputs and outputs"
             )
         return self
+
+    def _check_named_dims(self) -> None:
+        """Every dimension name is declared in `dims`, and used by an input; an output's named
+        dimension comes from an input (it is sliced back to each request's length); a runtime
+        that compiles per shape gets no dynamic dimension without buckets."""
+        for name, dim_buckets in self.dims.items():
+            if not name.isidentifier():
+                raise broken_rule("dims", f"a dimension name must be an identifier, got {name!r}")
+            if not dim_buckets:
+                raise broken_rule(f"dims.{name}", "needs at least one bucket")
+            if list(dim_buckets) != sorted(set(dim_buckets)):
+                raise broken_rule(
+                    f"dims.{name}", f"buckets must be strictly increasing, got {list(dim_buckets)}"
+                )
+        used: set[str] = set()
+        for kind, declarations in (("inputs", self.inputs), ("outputs", self.outputs)):
+            for index, declaration in enumerate(declarations):
+                key = f"{kind}[{index}].shape"
+                for axis, dim in enumerate(declaration.shape):
+                    if isinstance(dim, str):
+                        if dim not in self.dims:
+                            known = ", ".join(self.dims) or "none declared"
+                            raise broken_rule(
+                                key,
+                                f"unknown dimension {dim!r}: [models.dims] names {known}",
+                            )
+                        if kind == "outputs" and dim not in used:
+                            raise broken_rule(
+                                key, f"dimension {dim!r} is on no input, so no length to slice to"
+                            )
+                        used.add(dim)
+                    elif (
+                        dim == -1
+                        and axis > 0
+                        and kind == "inputs"
+                        and self.runtime in STATIC_SHAPE_RUNTIMES
+                    ):
+                        raise broken_rule(
+                            key,
+                            f"input {declaration.name!r} dimension {axis} is dynamic without "
+                            f"buckets; runtime {self.runtime!r} compiles one program per shape: "
+                            'name it (e.g. "seq") and give its buckets in [models.dims]',
+                        )
+        for name in self.dims:
+            if name not in used:
+                raise broken_rule(f"dims.{name}", "no input has this dimension")
 
     @property
     def input_specs(self) -> tuple[TensorSpec, ...]:
