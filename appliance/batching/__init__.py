@@ -5,7 +5,14 @@ from appliance.batching.batcher import (
     BatchObserver,
     BatchResult,
     DynamicBatcher,
-    assemble,
 )
+from appliance.batching.padding import NamedDims, assemble
 
-__all__ = ["BatchObserver", "BatchResult", "BatchingPolicy", "DynamicBatcher", "assemble"]
+__all__ = [
+    "BatchObserver",
+    "BatchResult",
+    "BatchingPolicy",
+    "DynamicBatcher",
+    "NamedDims",
+    "assemble",
+]

@@ -1,11 +1,12 @@
 """The dynamic batcher: one per served model replica.
 
 Requests wait in a bounded FIFO. When one of `max_concurrency` execution slots is free, the batcher
-takes the oldest request and gathers more (same inner shapes) until the batch is full or
+takes the oldest request and gathers more (same inner shapes once padded) until the batch is full or
 `max_queue_delay_ms` has passed since that oldest request arrived; a model with nothing running
 and nothing else queued runs the request at once, since waiting would only add latency. The batch
-is padded to the nearest bucket (static shapes for XLA, fewer distinct shapes everywhere) and run
-on a worker thread; each caller gets exactly its own rows back.
+is padded to the nearest bucket (static shapes for XLA, fewer distinct shapes everywhere), and so is
+each named dimension (`padding`), and run on a worker thread; each caller gets exactly its own rows
+back, named output dimensions cut back to its own lengths.
 
 Deadlines are timers on the event loop, so a request whose deadline passes fails at that moment,
 not when a running batch ends; if it had not started it is dropped and never computed.
@@ -21,11 +22,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from appliance.errors import DeadlineExceeded, ModelFailed, ModelNotReady, QueueFull
+from appliance.batching.padding import NamedDims, assemble
+from appliance.errors import DeadlineExceeded, InvalidInput, ModelFailed, ModelNotReady, QueueFull
 
 Tensors = dict[str, np.ndarray]
 RunBatch = Callable[[Tensors], Tensors]
@@ -54,6 +56,8 @@ class _Pending:
     inputs: Tensors
     rows: int
     shape_key: tuple[tuple[str, tuple[int, ...], str], ...]
+    lengths: dict[str, int]  # along each named dimension
+    padded: dict[str, int]  # the buckets of those lengths
     enqueued: float
     future: asyncio.Future[BatchResult]
     state: _State = _State.QUEUED
@@ -76,6 +80,7 @@ class BatchingPolicy:
     max_queue_delay_s: float
     max_concurrency: int
     max_queue_size: int
+    dims: NamedDims = field(default_factory=NamedDims)
 
     def bucket_for(self, rows: int) -> int:
         for bucket in self.buckets:
@@ -84,25 +89,14 @@ class BatchingPolicy:
         return self.max_batch_size
 
 
-def _shape_key(inputs: Tensors) -> tuple[tuple[str, tuple[int, ...], str], ...]:
-    return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
-
-
-def assemble(parts: list[Tensors], rows: int, bucket: int) -> Tensors:
-    """Stack the callers' inputs into one batch of `bucket` rows; the padding rows are zeros."""
-    batch: Tensors = {}
-    for name, first in parts[0].items():
-        if first.dtype == np.object_:
-            out = np.full((bucket, *first.shape[1:]), b"", dtype=np.object_)
-        else:
-            out = np.zeros((bucket, *first.shape[1:]), dtype=first.dtype)
-        offset = 0
-        for part in parts:
-            array = part[name]
-            out[offset : offset + array.shape[0]] = array
-            offset += array.shape[0]
-        batch[name] = out
-    return batch
+def _shape_key(
+    inputs: Tensors, dims: NamedDims, padded: dict[str, int]
+) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    """What requests must share to be batched: each input's inner shape once padded, and dtype."""
+    return tuple(
+        (name, dims.inner_shape(name, array.shape, padded), array.dtype.str)
+        for name, array in inputs.items()
+    )
 
 
 class DynamicBatcher:
@@ -157,8 +151,15 @@ class DynamicBatcher:
             raise ModelNotReady("the model is being unloaded")
         if self._waiting >= self._policy.max_queue_size:
             raise QueueFull(f"queue full ({self._policy.max_queue_size} requests waiting)")
+        dims = self._policy.dims
+        lengths = dims.lengths(inputs)
+        try:
+            padded = dims.padded(lengths)
+        except ValueError as error:
+            raise InvalidInput(str(error)) from None
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, rows, _shape_key(inputs), loop.time(), loop.create_future())
+        key = _shape_key(inputs, dims, padded)
+        pending = _Pending(inputs, rows, key, lengths, padded, loop.time(), loop.create_future())
         pending.timer = loop.call_at(deadline, self._expire, pending)
         self._queue.append(pending)
         self._set_waiting(self._waiting + 1)
@@ -256,9 +257,10 @@ class DynamicBatcher:
             self._set_waiting(self._waiting - len(live))
             bucket = self._policy.bucket_for(rows)
             parts = [pending.inputs for pending in live]
+            padded = live[0].padded  # the same for all: they share a shape key
             try:
                 outputs, compute_s = await loop.run_in_executor(
-                    self._executor, self._run_padded, parts, rows, bucket
+                    self._executor, self._run_padded, parts, bucket, padded
                 )
             except Exception as error:
                 self._fail(live, ModelFailed(f"the model failed on a batch of {rows}: {error}"))
@@ -270,7 +272,7 @@ class DynamicBatcher:
                     pending.timer.cancel()
                 end = offset + pending.rows
                 if not pending.future.done():
-                    mine = {name: array[offset:end] for name, array in outputs.items()}
+                    mine = self._policy.dims.slice_outputs(outputs, offset, end, pending.lengths)
                     queue_s = started - pending.enqueued
                     pending.future.set_result(BatchResult(mine, rows, queue_s, compute_s))
                 pending.state = _State.DONE
@@ -279,9 +281,11 @@ class DynamicBatcher:
             self._batches_running -= 1
             self._slots.release()
 
-    def _run_padded(self, parts: list[Tensors], rows: int, bucket: int) -> tuple[Tensors, float]:
+    def _run_padded(
+        self, parts: list[Tensors], bucket: int, padded: dict[str, int]
+    ) -> tuple[Tensors, float]:
         """Worker thread: assemble, run and time one batch."""
-        batch = assemble(parts, rows, bucket)
+        batch = assemble(parts, bucket, self._policy.dims, padded)
         started = time.perf_counter()
         outputs = self._run_batch(batch)
         compute_s = time.perf_counter() - started

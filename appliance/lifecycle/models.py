@@ -18,7 +18,14 @@ from appliance.config import AppConfig, DeclaredModel
 from appliance.errors import InferenceError, LoadFailed, ModelNotFound
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.metrics import Metrics, ModelMetrics, RuntimeSample
-from appliance.repository import ModelRepository, ServedModel, load_runtimes, make_replica, warm_up
+from appliance.repository import (
+    ModelRepository,
+    ServedModel,
+    load_runtimes,
+    make_replica,
+    warm_up,
+    warmup_shapes,
+)
 from appliance.runtimes import RuntimeFailure
 from appliance.storage import ArtifactStore, SyncError
 
@@ -110,10 +117,13 @@ class ModelLifecycle:
         )
         loaded = await asyncio.to_thread(load_runtimes, model, synced.path, self._config.xla)
         config = model.config
-        self._notifier.status(f"warming {label} ({len(config.batch_buckets)} buckets)")
+        shapes = len(list(warmup_shapes(config.batch_buckets, config.dims)))
+        self._notifier.status(f"warming {label} ({shapes} shapes)")
         for runtime in (loaded.primary, loaded.overflow):
             if runtime is not None:
-                await asyncio.to_thread(warm_up, runtime, config.batch_buckets, config.warmup_iters)
+                await asyncio.to_thread(
+                    warm_up, runtime, config.batch_buckets, config.dims, config.warmup_iters
+                )
         metrics = ModelMetrics(self._metrics, model.name, model.version)
         primary = make_replica(model.name, loaded.primary, config, metrics)
         overflow = (

@@ -1,6 +1,6 @@
 """Served model versions: loading onto devices, warmup, lookup and swapping."""
 
-from appliance.repository.loader import LoadedRuntimes, load_runtimes, warm_up
+from appliance.repository.loader import LoadedRuntimes, load_runtimes, warm_up, warmup_shapes
 from appliance.repository.model import ModelState, Replica, ServedModel, make_replica
 from appliance.repository.repository import ModelRepository
 
@@ -13,4 +13,5 @@ __all__ = [
     "load_runtimes",
     "make_replica",
     "warm_up",
+    "warmup_shapes",
 ]

@@ -3,6 +3,8 @@ the lifecycle runs it on a worker thread."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +57,25 @@ def load_runtimes(model: DeclaredModel, location: Path, xla: XlaConfig) -> Loade
     return LoadedRuntimes(runtime, overflow, None)
 
 
-def warm_up(runtime: Runtime, buckets: tuple[int, ...], iterations: int) -> None:
-    """Run every bucket `iterations` times so serving compiles and allocates nothing new."""
+def warmup_shapes(
+    buckets: tuple[int, ...], dims: Mapping[str, tuple[int, ...]]
+) -> Iterator[tuple[int, dict[str, int]]]:
+    """Every batch bucket with every combination of the named dimensions' buckets."""
+    names = list(dims)
     for bucket in buckets:
+        for sizes in itertools.product(*(dims[name] for name in names)):
+            yield bucket, dict(zip(names, sizes, strict=True))
+
+
+def warm_up(
+    runtime: Runtime,
+    buckets: tuple[int, ...],
+    dims: Mapping[str, tuple[int, ...]],
+    iterations: int,
+) -> None:
+    """Run every shape the batcher can send `iterations` times, so serving compiles and
+    allocates nothing new."""
+    for bucket, sizes in warmup_shapes(buckets, dims):
         for _ in range(iterations):
-            runtime.warmup(bucket)
+            runtime.warmup(bucket, sizes)
     runtime.finish_warmup()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.batching import BatchingPolicy, BatchObserver, BatchResult, DynamicBatcher
+from appliance.batching import BatchingPolicy, BatchObserver, BatchResult, DynamicBatcher, NamedDims
 from appliance.config import ModelConfig
 from appliance.errors import InvalidInput, ModelNotReady, QueueFull
 from appliance.metrics import ModelMetrics
@@ -36,13 +36,14 @@ class Replica:
     executor: ThreadPoolExecutor
 
 
-def _policy(config: ModelConfig) -> BatchingPolicy:
+def _policy(config: ModelConfig, signature: Signature) -> BatchingPolicy:
     return BatchingPolicy(
         max_batch_size=config.max_batch_size,
         buckets=config.batch_buckets,
         max_queue_delay_s=config.max_queue_delay_ms / 1000.0,
         max_concurrency=config.max_concurrency,
         max_queue_size=config.max_queue_size,
+        dims=NamedDims.of(signature, config.dims),
     )
 
 
@@ -56,7 +57,9 @@ def make_replica(
         on_dequeue=metrics.queue_duration.observe,
         on_depth=metrics.queue_depth.set,
     )
-    batcher = DynamicBatcher(runtime.run, _policy(config), executor, observer)
+    assert runtime.signature is not None, "replicas hold loaded runtimes"
+    policy = _policy(config, runtime.signature)
+    batcher = DynamicBatcher(runtime.run, policy, executor, observer)
     batcher.start()
     return Replica(runtime, batcher, executor)
 
@@ -86,6 +89,16 @@ class ServedModel:
         self.state = ModelState.READY
         self.successor: ServedModel | None = None
         self._inputs = {spec.name: spec for spec in self.signature.inputs}
+        # The batch and named dimensions are padded to buckets that load checked against the
+        # limits; only an unnamed dynamic axis reaches the model at the request's own size.
+        self._request_limits = tuple(
+            limit
+            for limit in self.signature.limits
+            if limit.axis > 0
+            and limit.input in self._inputs
+            and limit.axis < len(self._inputs[limit.input].shape)
+            and self._inputs[limit.input].shape[limit.axis] == -1
+        )
         self._outputs = {spec.name: spec for spec in self.signature.outputs}
 
     @property
@@ -132,12 +145,55 @@ class ServedModel:
             rows = array.shape[0]
         if rows < 1:
             raise InvalidInput("the batch dimension must be at least 1")
+        self._check_named_dims(inputs)
+        self._check_limits(inputs)
         if rows > self.config.max_batch_size:
             raise InvalidInput(
                 f"the request has {rows} rows, max_batch_size of {self.name!r} "
                 f"is {self.config.max_batch_size}"
             )
         return rows
+
+    def _check_named_dims(self, inputs: dict[str, np.ndarray]) -> None:
+        """Inputs that share a named dimension agree on its length, within its largest bucket."""
+        seen: dict[str, tuple[str, int]] = {}
+        for spec in self.signature.inputs:
+            for axis, dim in spec.named_axes():
+                length = inputs[spec.name].shape[axis]
+                largest = self.config.dims[dim][-1]
+                if length > largest:
+                    raise InvalidInput(
+                        f"input {spec.name!r} has {dim} = {length} (dimension {axis}), past the "
+                        f"largest bucket of {dim!r} ({largest})"
+                    )
+                if dim in seen and seen[dim][1] != length:
+                    other, other_length = seen[dim]
+                    raise InvalidInput(
+                        f"input {spec.name!r} has {dim} = {length}, input {other!r} has "
+                        f"{dim} = {other_length}: inputs sharing a dimension must agree"
+                    )
+                seen.setdefault(dim, (spec.name, length))
+
+    def _check_limits(self, inputs: dict[str, np.ndarray]) -> None:
+        """The sizes the artifact accepts (torch.export `Dim(min, max)`), and its tied axes."""
+        tied: dict[str, tuple[str, int, int]] = {}
+        for limit in self._request_limits:
+            size = inputs[limit.input].shape[limit.axis]
+            where = f"input {limit.input!r} dimension {limit.axis}"
+            if size < limit.min or (limit.max is not None and size > limit.max):
+                allowed = (
+                    f"{limit.min} .. {limit.max}" if limit.max is not None else f">= {limit.min}"
+                )
+                raise InvalidInput(
+                    f"{where} has size {size}, outside what the model accepts ({allowed})"
+                )
+            if limit.symbol in tied and tied[limit.symbol][2] != size:
+                other, other_axis, other_size = tied[limit.symbol]
+                raise InvalidInput(
+                    f"{where} has size {size}, input {other!r} dimension {other_axis} has "
+                    f"{other_size}: the model takes them equal"
+                )
+            tied.setdefault(limit.symbol, (limit.input, limit.axis, size))
 
     def check_room(self) -> None:
         """Refuse before the request is decoded when no replica could queue it.
@@ -189,8 +245,16 @@ class ServedModel:
             "platform": self.platform,
             "inputs": [spec.to_json() for spec in self.signature.inputs],
             "outputs": [spec.to_json() for spec in self.signature.outputs],
-            "parameters": {"device": self.device, "runtime": self.primary.runtime.name},
+            "parameters": self._parameters(),
         }
+
+    def _parameters(self) -> dict[str, Any]:
+        parameters: dict[str, Any] = {"device": self.device, "runtime": self.primary.runtime.name}
+        if self.config.dims:
+            parameters["dims"] = {name: list(sizes) for name, sizes in self.config.dims.items()}
+        if self.signature.limits:
+            parameters["dimension_limits"] = [limit.to_json() for limit in self.signature.limits]
+        return parameters
 
     @property
     def platform(self) -> str:
@@ -206,7 +270,7 @@ class ServedModel:
                 {
                     "name": spec.name,
                     "data_type": _TRITON_TYPES.get(spec.datatype, f"TYPE_{spec.datatype}"),
-                    "dims": list(spec.shape[1:]),
+                    "dims": spec.to_json()["shape"][1:],
                 }
                 for spec in specs
             ]

@@ -7,13 +7,17 @@ whole, already padded batches of numpy arrays; a runtime never sees HTTP and nev
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
 from appliance.config import ModelConfig
 from appliance.tensors import Signature, numpy_dtype
+
+NO_DIMS: Mapping[str, int] = MappingProxyType({})
 
 
 class RuntimeFailure(Exception):
@@ -44,6 +48,35 @@ class RuntimeStats:
     fallback_ops: dict[str, int] = field(default_factory=dict)
 
 
+def check_buckets_fit(signature: Signature, config: ModelConfig, artifact: str) -> None:
+    """Every size the batcher pads to lies within the artifact's limits: the batch buckets on
+    axis 0 and each named dimension's buckets on its axes. Raises ArtifactError naming both."""
+    specs = {spec.name: spec for spec in signature.inputs}
+    for limit in signature.limits:
+        spec = specs.get(limit.input)
+        if spec is None or limit.axis >= len(spec.shape):
+            continue
+        dim = spec.shape[limit.axis]
+        if limit.axis == 0:
+            what, buckets, key = "batch", config.batch_buckets, "batch_buckets"
+        elif isinstance(dim, str):
+            what, buckets, key = repr(dim), config.dims[dim], f"dims.{dim}"
+        else:
+            continue  # unnamed: each request's own size is checked against the limit
+        outside = [
+            size
+            for size in buckets
+            if size < limit.min or (limit.max is not None and size > limit.max)
+        ]
+        if outside:
+            allowed = f"{limit.min} .. {limit.max}" if limit.max is not None else f">= {limit.min}"
+            raise ArtifactError(
+                f"{artifact}: {key} pads {what} to {outside[0]}, but input {limit.input!r} "
+                f"dimension {limit.axis} accepts {allowed} (the export's Dim): change {key} or "
+                "export with a wider Dim"
+            )
+
+
 class Runtime(abc.ABC):
     """One model on one device. Subclasses set `signature` and `device` in `load`."""
 
@@ -63,9 +96,10 @@ class Runtime(abc.ABC):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch: every array has the same leading (batch) dimension. Thread-safe."""
 
-    def warmup(self, batch_size: int) -> None:
-        """Run one batch of zeros of `batch_size` rows, so the first real request is not slow."""
-        self.run(self.zeros(batch_size))
+    def warmup(self, batch_size: int, dims: Mapping[str, int] = NO_DIMS) -> None:
+        """Run one batch of zeros of `batch_size` rows, each named dimension at its size in
+        `dims`, so the first real request of that shape is not slow."""
+        self.run(self.zeros(batch_size, dims))
 
     def finish_warmup(self) -> None:
         """Called once every bucket has been warmed: anything compiled after this is a defect."""
@@ -76,14 +110,20 @@ class Runtime(abc.ABC):
     def close(self) -> None:
         """Release the device memory held by the model."""
 
-    def zeros(self, batch_size: int) -> dict[str, np.ndarray]:
-        """A batch of zeros that fits the signature, variable inner dimensions set to 1."""
+    def zeros(self, batch_size: int, dims: Mapping[str, int] = NO_DIMS) -> dict[str, np.ndarray]:
+        """A batch of zeros that fits the signature: named dimensions at their size in `dims`
+        (the smallest bucket where not given), unnamed variable ones at 1."""
         assert self.signature is not None, "load() first"
         batch = {}
         for spec in self.signature.inputs:
-            shape = (batch_size, *(dim if dim > 0 else 1 for dim in spec.shape[1:]))
+            shape = (batch_size, *(self._warmup_size(dim, dims) for dim in spec.shape[1:]))
             if spec.datatype == "BYTES":
                 batch[spec.name] = np.full(shape, b"", dtype=np.object_)
             else:
                 batch[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.datatype))
         return batch
+
+    def _warmup_size(self, dim: int | str, dims: Mapping[str, int]) -> int:
+        if isinstance(dim, str):
+            return dims.get(dim, self.config.dims[dim][0])
+        return dim if dim > 0 else 1

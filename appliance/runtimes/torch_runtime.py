@@ -7,6 +7,7 @@ is refused because it is not a TorchScript archive.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,8 +24,9 @@ from appliance.runtimes.base import (
     DeviceUnavailable,
     ModelExecutionError,
     Runtime,
+    check_buckets_fit,
 )
-from appliance.tensors import Signature, TensorSpec
+from appliance.tensors import DimLimit, Signature, TensorSpec
 
 TORCH_TO_DATATYPE: dict[torch.dtype, str] = {
     torch.bool: "BOOL",
@@ -82,24 +84,43 @@ def _spec_from_meta(name: str, value: Any) -> TensorSpec:
     return TensorSpec(name, datatype, shape)
 
 
+def _limits_from_meta(name: str, value: torch.Tensor, ranges: dict[Any, Any]) -> list[DimLimit]:
+    """The export's range for each axis of `value` that is a plain symbol (`Dim(min, max)`)."""
+    limits = []
+    for axis, dim in enumerate(value.shape):
+        if not isinstance(dim, torch.SymInt):
+            continue
+        symbol = dim.node.expr
+        if symbol not in ranges:
+            continue  # a derived size (e.g. 2 * seq): its symbol's own axis carries the limit
+        bounds = ranges[symbol]
+        upper = int(bounds.upper) if bounds.upper.is_finite else None
+        limits.append(DimLimit(name, axis, str(symbol), int(bounds.lower), upper))
+    return limits
+
+
 def exported_signature(program: torch.export.ExportedProgram) -> Signature:
-    """Inputs and outputs of a torch.export program, by its placeholder and output nodes."""
+    """Inputs, outputs and dimension limits of a torch.export program, by its placeholder and
+    output nodes and its range constraints."""
     user_inputs = set(program.graph_signature.user_inputs)
     inputs = []
     outputs: list[TensorSpec] = []
+    limits: list[DimLimit] = []
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name in user_inputs:
-            inputs.append(_spec_from_meta(node.name, node.meta.get("val")))
+            value = node.meta.get("val")
+            inputs.append(_spec_from_meta(node.name, value))
+            limits += _limits_from_meta(node.name, value, program.range_constraints)
         elif node.op == "output":
             values = node.args[0]
             for index, out in enumerate(values):
                 outputs.append(_spec_from_meta(f"output__{index}", out.meta.get("val")))
-    return Signature(tuple(inputs), tuple(outputs))
+    return Signature(tuple(inputs), tuple(outputs), tuple(limits))
 
 
 def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Signature:
     """The artifact's signature, named and checked by the config's declaration where given."""
-    merged = []
+    merged: list[tuple[TensorSpec, ...]] = []
     for kind, have, declared in (
         ("inputs", found.inputs, config.input_specs),
         ("outputs", found.outputs, config.output_specs),
@@ -117,8 +138,23 @@ def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Sig
                     f"{artifact}: {kind} {spec.name!r} is declared {spec.datatype}, "
                     f"the model takes {actual.datatype}"
                 )
+        for spec, actual in zip(declared, have, strict=False):
+            for axis, dim in spec.named_axes():
+                if axis < len(actual.shape) and actual.shape[axis] != -1:
+                    raise ArtifactError(
+                        f"{artifact}: {kind} {spec.name!r} dimension {axis} is declared "
+                        f"{dim!r}, but the model fixes it at {actual.shape[axis]}"
+                    )
         merged.append(declared)
-    return Signature(*merged)
+    # Limits follow the inputs by position: the declaration may rename them.
+    renamed = {
+        actual.name: spec.name for spec, actual in zip(merged[0], found.inputs, strict=False)
+    }
+    limits = tuple(
+        dataclasses.replace(limit, input=renamed.get(limit.input, limit.input))
+        for limit in found.limits
+    )
+    return Signature(merged[0], merged[1], limits)
 
 
 class TorchRuntime(Runtime):
@@ -140,6 +176,7 @@ class TorchRuntime(Runtime):
             module, found = self._load_torchscript(path), Signature((), ())
         self.signature = merge_signature(found, self.config, path.name)
         self._check_batch_dims(path.name)
+        check_buckets_fit(self.signature, self.config, path.name)
         self._check_no_bytes(path.name)
         self._forward = module
         freeze_heap()

@@ -20,7 +20,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,12 @@ import structlog
 import torch
 
 from appliance.config import ModelConfig
-from appliance.runtimes.base import DeviceUnavailable, ModelExecutionError, RuntimeStats
+from appliance.runtimes.base import (
+    NO_DIMS,
+    DeviceUnavailable,
+    ModelExecutionError,
+    RuntimeStats,
+)
 from appliance.runtimes.torch_runtime import TorchRuntime, to_tensor
 from appliance.tensors import Signature
 
@@ -250,16 +255,17 @@ class XlaRuntime(TorchRuntime):
                 raise ModelExecutionError(f"{type(error).__name__}: {error}") from error
             return self._name_outputs(result)
 
-    def warmup(self, batch_size: int) -> None:
+    def warmup(self, batch_size: int, dims: Mapping[str, int] = NO_DIMS) -> None:
         with self._totals_lock:
             compiled_before = len(self._totals.compile_seconds)
-        super().warmup(batch_size)
+        super().warmup(batch_size, dims)
         with self._totals_lock:
             seconds = self._totals.compile_seconds[compiled_before:]
         log.info(
             "xla warmup",
             artifact=self.artifact.name,
             batch_size=batch_size,
+            dims=dict(dims),
             compilations=len(seconds),
             compile_seconds=round(sum(seconds), 4),
         )
