@@ -32,6 +32,7 @@ bench: venv
 lint: venv
 	$(VENV)/bin/ruff check appliance tests bench
 	$(VENV)/bin/ruff format --check appliance tests bench
+	$(VENV)/bin/mypy
 
 test-unit: venv
 	$(PY) -m pytest -q tests

@@ -10,8 +10,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.config import AppConfig, DeclaredModel, ModelConfig, ServerConfig, StorageConfig
-from appliance.tensors import TensorSpec
+from appliance.config import (
+    AppConfig,
+    DeclaredModel,
+    ModelConfig,
+    ServerConfig,
+    StorageConfig,
+    TensorDeclaration,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -71,8 +77,8 @@ def demo_config(bind: str = "127.0.0.1:8080") -> AppConfig:
         device="cpu",
         max_batch_size=32,
         max_queue_delay_ms=2.0,
-        inputs=(TensorSpec("input__0", "FP32", (-1, DEMO_INPUTS)),),
-        outputs=(TensorSpec("output__0", "FP32", (-1, DEMO_OUTPUTS)),),
+        inputs=(TensorDeclaration(name="input__0", datatype="FP32", shape=(-1, DEMO_INPUTS)),),
+        outputs=(TensorDeclaration(name="output__0", datatype="FP32", shape=(-1, DEMO_OUTPUTS)),),
     )
     return AppConfig(
         server=ServerConfig(bind=(bind,)),

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import orjson
 import structlog
 
 
-def _render(_logger: Any, _name: str, event: dict[str, Any]) -> str:
+def _render(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
     return orjson.dumps(event, default=str).decode()
 
 

@@ -65,7 +65,8 @@ def build(name: str) -> torch.nn.Module:
 
 def fan_scale(parameter: torch.Tensor) -> float:
     # Keeps activations O(1) through the layers, so outputs are finite and comparable.
-    return float(parameter.shape[-1]) ** 0.5
+    scale: float = float(parameter.shape[-1]) ** 0.5
+    return scale
 
 
 def export(directory: Path) -> None:
@@ -104,7 +105,7 @@ def ceiling(directory: Path, name: str, seconds: float = 2.0) -> dict[str, objec
             x = torch.randn(bucket, INPUTS)
             for _ in range(3):
                 module(x)
-            times = []
+            times: list[float] = []
             end = time.perf_counter() + seconds
             while time.perf_counter() < end and len(times) < 100_000:
                 started = time.perf_counter()

@@ -97,6 +97,8 @@ class ModelLifecycle:
                     raise StartupFailed(
                         f"model {model.name!r} version {model.version!r}: {error}"
                     ) from None
+                # Nothing is serving yet, so there is no unchanged copy to keep.
+                assert served is not None
                 self._repository.put(served)
 
     async def _bring_up(

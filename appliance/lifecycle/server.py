@@ -21,8 +21,9 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import structlog
 from hypercorn.asyncio import serve
@@ -109,7 +110,7 @@ class Appliance:
         self._draining = False
         self._stop = asyncio.Event()
         self._stop_deadline: float | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         check_key_file(config.server.keyfile)
         settings = HttpSettings(
             max_request_bytes=config.server.max_request_bytes,
@@ -128,8 +129,8 @@ class Appliance:
         pending = ", ".join(f"{name}:{version}" for name, version in self.repository.pending())
         return f"loading {pending}" if pending else "starting"
 
-    def _spawn(self, coroutine: object) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+    def _spawn(self, coroutine: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

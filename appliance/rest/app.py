@@ -136,7 +136,7 @@ async def _not_found(request: Request, _exc: Exception) -> Response:
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     # RFC 9110: a 405 names the methods the resource supports; Starlette's router computed them.
-    headers = exc.headers if isinstance(exc, HTTPException) else None
+    headers = dict(exc.headers) if isinstance(exc, HTTPException) and exc.headers else None
     return error_response(405, f"{request.method} is not allowed on {request.url.path}", headers)
 
 

@@ -10,7 +10,7 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -48,7 +48,8 @@ class DecodedRequest:
 
 
 def _little_endian(datatype: str) -> np.dtype:
-    return DATATYPE_TO_NUMPY[datatype].newbyteorder("<")
+    little: np.dtype = DATATYPE_TO_NUMPY[datatype].newbyteorder("<")
+    return little
 
 
 def _parameters(value: object, where: str) -> dict[str, Any]:
@@ -144,10 +145,11 @@ def _whole_numbers(values: np.ndarray, target: np.dtype, datatype: str, where: s
     exact = [_as_int(value) for value in values.reshape(-1)]
     if None in exact:
         raise InvalidInput(f"{where}: 'data' holds floating-point numbers, not {datatype} values")
+    whole = cast("list[int]", exact)  # no None left, checked above
     info = np.iinfo(target)
-    if min(exact) < info.min or max(exact) > info.max:  # type: ignore[type-var]
+    if min(whole) < info.min or max(whole) > info.max:
         raise InvalidInput(f"{where}: 'data' has values out of range for {datatype}")
-    return np.array(exact, dtype=target)
+    return np.array(whole, dtype=target)
 
 
 def _floats_spelled(data: object, target: np.dtype, datatype: str, where: str) -> np.ndarray:
@@ -233,6 +235,7 @@ def _binary_bytes(chunk: memoryview, count: int, where: str) -> np.ndarray:
 
 def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     """Parse an infer request body; `header_length` is the binary extension's header, if sent."""
+    header: bytes | memoryview
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:

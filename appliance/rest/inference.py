@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import re
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from appliance.errors import InferenceError, InvalidInput
-from appliance.repository import ServedModel
+from appliance.repository import ModelRepository, ServedModel
 from appliance.rest.codec import OutputTensor, decode_request, encode_response
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.health import json_response
@@ -39,7 +40,8 @@ _ID_COUNTER = itertools.count()
 
 def _model(request: Request) -> ServedModel:
     params = request.path_params
-    return request.app.state.aegis.repository.get(params["model_name"], params.get("model_version"))
+    repository: ModelRepository = request.app.state.aegis.repository
+    return repository.get(params["model_name"], params.get("model_version"))
 
 
 async def model_metadata(request: Request) -> Response:
@@ -233,8 +235,10 @@ async def _serve(
         except asyncio.CancelledError:
             if not watcher.done():
                 raise
-            # The watcher cancelled us because the client left: this cancellation is handled.
-            handler.uncancel()
+            # The watcher cancelled us because the client left: this cancellation is handled
+            # (Python 3.10 keeps no count of cancellations to take back).
+            if sys.version_info >= (3, 11):
+                handler.uncancel()
             outcome.status = CLIENT_CLOSED
             return CLIENT_CLOSED, [(b"content-length", b"0")], b""
         finally:

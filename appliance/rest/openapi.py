@@ -420,7 +420,7 @@ def _served_paths(repository: ModelRepository) -> tuple[dict[str, Any], dict[str
 
 
 def _admin_paths() -> dict[str, Any]:
-    admin = {"security": [{"bearer": []}]}
+    admin: dict[str, Any] = {"security": [{"bearer": []}]}
     paths: dict[str, Any] = {
         "/v2/repository/index": {
             "post": {

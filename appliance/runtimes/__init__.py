@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from appliance.config import ModelConfig, XlaConfig
 from appliance.runtimes.base import (
@@ -18,6 +19,9 @@ from appliance.runtimes.base import (
     RuntimeFailure,
     RuntimeStats,
 )
+
+if TYPE_CHECKING:
+    from appliance.runtimes.xla_runtime import XlaRuntime
 
 __all__ = [
     "ArtifactError",
@@ -51,7 +55,8 @@ def runtime_class(runtime: str) -> type[Runtime]:
         raise DeviceUnavailable(
             f"runtime {runtime!r} cannot be imported ({error}); {hint}"
         ) from None
-    return getattr(module, class_name)
+    runtime_type: type[Runtime] = getattr(module, class_name)
+    return runtime_type
 
 
 def create_runtime(config: ModelConfig, artifact: Path, xla: XlaConfig | None = None) -> Runtime:
@@ -59,5 +64,6 @@ def create_runtime(config: ModelConfig, artifact: Path, xla: XlaConfig | None = 
     cls = runtime_class(config.runtime)
     if config.runtime == "tpu":
         cache = xla.compilation_cache_dir if xla is not None else None
-        return cls(config, artifact, compilation_cache_dir=cache or None)
+        xla_runtime = cast("type[XlaRuntime]", cls)
+        return xla_runtime(config, artifact, compilation_cache_dir=cache or None)
     return cls(config, artifact)

@@ -82,9 +82,12 @@ class Runtime(abc.ABC):
 
     name: str = ""
 
-    def __init__(self, config: ModelConfig, artifact: Path) -> None:
+    def __init__(self, config: ModelConfig, artifact: Path, device: str | None = None) -> None:
         self.config = config
         self.artifact = artifact
+        # The device to open in `load`: the caller's (the CPU fallback passes "cpu"), else the
+        # config's. `device` below is the one actually opened.
+        self.requested_device = device or config.device
         self.signature: Signature | None = None
         self.device: str = "cpu"
 

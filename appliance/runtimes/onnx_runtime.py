@@ -42,14 +42,13 @@ class OnnxRuntime(Runtime):
     name = "onnx"
 
     def __init__(self, config: ModelConfig, artifact: Path, device: str | None = None) -> None:
-        super().__init__(config, artifact)
-        self._device_name = device or config.device
+        super().__init__(config, artifact, device)
         self._session: onnxruntime.InferenceSession | None = None
         self._feed_names: dict[str, str] = {}
         self._fetch_names: list[str] = []
 
     def _providers(self) -> list[str]:
-        if self._device_name == "cuda":
+        if self.requested_device == "cuda":
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 raise DeviceUnavailable(
                     "device 'cuda': this onnxruntime build has no CUDA provider"

@@ -161,8 +161,7 @@ class TorchRuntime(Runtime):
     name = "torch"
 
     def __init__(self, config: ModelConfig, artifact: Path, device: str | None = None) -> None:
-        super().__init__(config, artifact)
-        self._device_name = device or config.device
+        super().__init__(config, artifact, device)
         self._forward: Callable[..., Any] | None = None
         self._torch_device = torch.device("cpu")
 
@@ -182,7 +181,7 @@ class TorchRuntime(Runtime):
         freeze_heap()
 
     def _open_device(self) -> torch.device:
-        if self._device_name == "cuda":
+        if self.requested_device == "cuda":
             if not torch.cuda.is_available():
                 raise DeviceUnavailable("device 'cuda': no CUDA GPU is visible to this process")
             return torch.device("cuda", torch.cuda.current_device())
@@ -203,7 +202,9 @@ class TorchRuntime(Runtime):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(path), map_location=self._torch_device)
+                module: torch.jit.ScriptModule = torch.jit.load(
+                    str(path), map_location=self._torch_device
+                )
         except Exception as error:
             raise ArtifactError(
                 f"{path.name}: not a TorchScript archive ({type(error).__name__}); "

@@ -225,7 +225,8 @@ class XlaRuntime(TorchRuntime):
                     *submodule.named_buffers(recurse=False),
                 ]
                 for name, tensor in tensors:
-                    submodule._c.setattr(name, tensor.detach().to(self._torch_device))
+                    # _c is the C++ ScriptModule, which torch types as a Tensor or Module.
+                    submodule._c.setattr(name, tensor.detach().to(self._torch_device))  # type: ignore[union-attr,operator]
         return module
 
     def _cpu_loader(self) -> TorchRuntime:

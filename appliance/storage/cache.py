@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -61,10 +62,10 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> Manifest:
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"unknown manifest format {data.get('format')!r}")
-        objects = tuple(CachedObject(**obj) for obj in data["objects"])  # type: ignore[union-attr]
+        objects = tuple(CachedObject(**obj) for obj in data["objects"])
         return cls(str(data["source"]), str(data["bucket"]), bool(data["folder"]), objects)
 
 

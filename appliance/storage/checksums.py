@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
+from typing import Protocol
 
 import google_crc32c
 
@@ -13,11 +14,20 @@ from appliance.units import MiB
 _READ_SIZE = 8 * MiB
 
 
+class _Digest(Protocol):
+    """What google_crc32c.Checksum and hashlib's md5 both offer."""
+
+    def update(self, data: bytes, /) -> object: ...
+
+    def digest(self) -> bytes: ...
+
+
 def file_mismatch(path: Path, crc32c: str | None, md5: str | None) -> str | None:
     """Why the file at `path` does not match the expected checksums, or None when it does.
 
     CRC32C is preferred (every object has one, composite objects have no MD5); MD5 is the fallback.
     """
+    digest: _Digest
     if crc32c:
         digest = google_crc32c.Checksum()
         kind, expected = "crc32c", crc32c

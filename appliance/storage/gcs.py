@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import google.auth
 import structlog
@@ -25,6 +26,7 @@ from appliance.storage.sources import GcsSource
 from appliance.units import MiB
 
 log = structlog.get_logger("aegis.storage")
+T = TypeVar("T")
 
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 # (connect, read) seconds: a stalled connection fails and is retried instead of hanging the sync.
@@ -134,7 +136,7 @@ class GcsClient:
             self._local.client = client
         return client
 
-    def _call(self, call: Callable[[], object], what: str) -> object:
+    def _call(self, call: Callable[[], T], what: str) -> T:
         try:
             return with_retries(call, what, self._retry)
         except Exception as error:

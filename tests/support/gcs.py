@@ -158,13 +158,14 @@ class FaultyProxy:
                     for key, value in response.getheaders():
                         if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
                             self.send_header(key, value)
-                    if response.getheader("Content-Length") is None:
+                    content_length = response.getheader("Content-Length")
+                    if content_length is None:
                         data = response.read()
                         self.send_header("Content-Length", str(len(data)))
                         self.end_headers()
                         self.wfile.write(data)
                         return
-                    self.send_header("Content-Length", response.getheader("Content-Length"))
+                    self.send_header("Content-Length", content_length)
                     self.end_headers()
                     while chunk := response.read(64 * 1024):
                         self.wfile.write(chunk)
