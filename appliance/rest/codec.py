@@ -16,18 +16,19 @@ import numpy as np
 import orjson
 
 from appliance.errors import InvalidInput
+from appliance.rest.protocol import RESERVED_PARAMETERS, SPELLED_FLOATS, spelled
 from appliance.tensors import DATATYPE_TO_NUMPY
 
 # JSON data of these datatypes must parse to one of these numpy kinds. JSON has one number type:
 # 3.0 is the integer 3 (as JSON Schema says), so integer tensors take whole-valued floats too.
 _ACCEPTED_KINDS = {"b": "b", "u": "iuf", "i": "iuf", "f": "iuf"}
-_RESERVED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _LENGTH_PREFIX = np.dtype("<u4")
 # Floats spell every integer exactly up to here; past it 2.0**63 may stand for 2**63 - 1 or 2**63.
 _EXACT_FLOAT_INT = 2**53
 _MAX_ELEMENTS = 2**48
-# How replies spell the floats JSON has no numbers for (the proto3 JSON mapping's spelling).
-_SPELLED_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+*_OTHER_SPELLINGS, _LAST_SPELLING = (f'"{name}"' for name in SPELLED_FLOATS)
+# What a float tensor's JSON data may hold: '(numbers, "NaN", "Infinity" or "-Infinity")'.
+_FLOAT_VALUES = f"(numbers, {', '.join(_OTHER_SPELLINGS)} or {_LAST_SPELLING})"
 
 
 @dataclass(slots=True)
@@ -57,7 +58,7 @@ def _parameters(value: object, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InvalidInput(f"{where}: 'parameters' must be an object")
-    for reserved in _RESERVED_PARAMETERS:
+    for reserved in RESERVED_PARAMETERS:
         if reserved in value:
             raise InvalidInput(f"{where}: shared-memory tensors are not supported ({reserved})")
     return value
@@ -124,7 +125,7 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
         )
     target = _little_endian(datatype)
     if target.kind == "f" and parsed.dtype.kind in "UO":
-        # Replies spell NaN and the infinities as strings (`_non_finite`): a client may send
+        # Replies spell NaN and the infinities as strings (`protocol.spelled`): a client may send
         # back what it was given.
         return _floats_spelled(data, target, datatype, where).reshape(shape)
     if parsed.size and parsed.dtype.kind not in _ACCEPTED_KINDS[target.kind]:
@@ -158,12 +159,12 @@ def _floats_spelled(data: object, target: np.dtype, datatype: str, where: str) -
     floats = np.empty(values.size, dtype=target)
     for index, value in enumerate(values):
         if isinstance(value, str):
-            if value not in _SPELLED_FLOATS:
+            if value not in SPELLED_FLOATS:
                 raise InvalidInput(
                     f"{where}: 'data' holds the string {value[:40]!r}, not {datatype} values "
-                    '(numbers, "NaN", "Infinity" or "-Infinity")'
+                    + _FLOAT_VALUES
                 )
-            floats[index] = _SPELLED_FLOATS[value]
+            floats[index] = SPELLED_FLOATS[value]
         elif type(value) in (int, float):  # the JSON parser holds integers to 64 bits
             floats[index] = value
         else:
@@ -349,12 +350,6 @@ def _bytes_payload(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _non_finite(value: float) -> str:
-    if value != value:
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
-
-
 def _json_data(tensor: OutputTensor) -> object:
     flat = tensor.array.reshape(-1)
     if tensor.datatype == "BYTES":
@@ -366,7 +361,7 @@ def _json_data(tensor: OutputTensor) -> object:
         # JSON has no NaN or infinity, and orjson writes them as null: the value is lost and NaN,
         # inf and -inf look alike. Spell them as the proto3 JSON mapping (KServe's gRPC protocol
         # in JSON) does; numpy, and so tritonclient's as_numpy, read these strings back.
-        return [value if math.isfinite(value) else _non_finite(value) for value in flat.tolist()]
+        return [value if math.isfinite(value) else spelled(value) for value in flat.tolist()]
     return np.ascontiguousarray(flat)
 
 

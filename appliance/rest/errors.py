@@ -7,24 +7,8 @@ import re
 import orjson
 from starlette.responses import Response
 
-from appliance.errors import (
-    DeadlineExceeded,
-    InferenceError,
-    InvalidInput,
-    ModelFailed,
-    ModelNotFound,
-    ModelNotReady,
-    QueueFull,
-)
-
-_STATUS: dict[type[InferenceError], int] = {
-    InvalidInput: 400,
-    ModelNotFound: 404,
-    ModelNotReady: 503,
-    QueueFull: 503,
-    DeadlineExceeded: 504,
-    ModelFailed: 500,
-}
+from appliance.errors import InferenceError, ModelFailed, ModelNotReady, QueueFull
+from appliance.rest.protocol import ERROR_STATUS
 
 
 class HTTPFailure(Exception):
@@ -58,8 +42,8 @@ def client_message(error: InferenceError) -> str:
 
 def status_of(error: InferenceError) -> int:
     for cls in type(error).__mro__:
-        if cls in _STATUS:
-            return _STATUS[cls]
+        if cls in ERROR_STATUS:
+            return ERROR_STATUS[cls]
     return 500
 
 
