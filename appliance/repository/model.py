@@ -6,7 +6,6 @@ import asyncio
 import enum
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -16,9 +15,6 @@ from appliance.errors import InvalidInput, ModelNotReady, QueueFull
 from appliance.metrics import ModelMetrics
 from appliance.runtimes import Runtime
 from appliance.tensors import Signature, TensorSpec, shape_matches
-
-_PLATFORMS = {".pt2": "pytorch_export", ".pt": "pytorch_torchscript", ".onnx": "onnxruntime_onnx"}
-_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 
 
 class ModelState(enum.Enum):
@@ -237,57 +233,3 @@ class ServedModel:
         for replica in self.replicas():
             replica.executor.shutdown(wait=False)
             await asyncio.to_thread(replica.runtime.close)
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "versions": [self.version],
-            "platform": self.platform,
-            "inputs": [spec.to_json() for spec in self.signature.inputs],
-            "outputs": [spec.to_json() for spec in self.signature.outputs],
-            "parameters": self._parameters(),
-        }
-
-    def _parameters(self) -> dict[str, Any]:
-        parameters: dict[str, Any] = {"device": self.device, "runtime": self.primary.runtime.name}
-        if self.config.dims:
-            parameters["dims"] = {name: list(sizes) for name, sizes in self.config.dims.items()}
-        if self.signature.limits:
-            parameters["dimension_limits"] = [limit.to_json() for limit in self.signature.limits]
-        return parameters
-
-    @property
-    def platform(self) -> str:
-        if self.primary.runtime.name == "tpu":
-            return "pytorch_xla"
-        return _PLATFORMS.get(self.primary.runtime.artifact.suffix, self.primary.runtime.name)
-
-    def triton_config(self) -> dict[str, Any]:
-        """The subset of Triton's model config that tritonclient and perf_analyzer read."""
-
-        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
-            return [
-                {
-                    "name": spec.name,
-                    "data_type": _TRITON_TYPES.get(spec.datatype, f"TYPE_{spec.datatype}"),
-                    "dims": spec.to_json()["shape"][1:],
-                }
-                for spec in specs
-            ]
-
-        gpu = self.device.startswith("cuda")
-        return {
-            "name": self.name,
-            "platform": self.platform,
-            "backend": self.primary.runtime.name,
-            "max_batch_size": self.config.max_batch_size,
-            "input": tensors(self.signature.inputs),
-            "output": tensors(self.signature.outputs),
-            "dynamic_batching": {
-                "preferred_batch_size": list(self.config.batch_buckets),
-                "max_queue_delay_microseconds": int(self.config.max_queue_delay_ms * 1000),
-            },
-            "instance_group": [
-                {"count": self.config.max_concurrency, "kind": "KIND_GPU" if gpu else "KIND_CPU"}
-            ],
-        }

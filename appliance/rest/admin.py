@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from appliance.errors import InferenceError
 from appliance.rest.errors import error_response, failure_response
-from appliance.rest.health import json_response
+from appliance.rest.responses import json_response
 
 
 def _refusal(request: Request) -> Response | None:

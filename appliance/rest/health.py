@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
 from appliance.rest.errors import error_response
 from appliance.rest.openapi import openapi_document
+from appliance.rest.responses import json_response
 
 _EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
-
-
-def json_response(document: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(document), status_code=status, media_type="application/json")
 
 
 async def live(request: Request) -> Response:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import re
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
 
 import structlog
 from starlette.requests import Request
@@ -18,24 +15,22 @@ from starlette.types import Receive, Scope, Send
 
 from appliance.errors import InferenceError, InvalidInput
 from appliance.repository import ModelRepository, ServedModel
+from appliance.rest import metadata
+from appliance.rest.access import Outcome, record, request_id_of
 from appliance.rest.codec import OutputTensor, decode_request, encode_response
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
-from appliance.rest.health import json_response
+from appliance.rest.responses import json_response
 
-log = structlog.get_logger("aegis.rest.access")
+log = structlog.get_logger("aegis.rest")
 
 HEADER_LENGTH = b"inference-header-content-length"
 _JSON = (b"content-type", b"application/json")
 _OCTETS = (b"content-type", b"application/octet-stream")
-# Request ids end up in logs and headers: keep them short and free of control characters.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() refuses (a 500), and int()
 # refuses more than 4300 digits; 18 digits is beyond any body this server reads.
 _HEADER_LENGTH = re.compile(r"[0-9]{1,18}")
 # A client that went away: nginx's convention, so dashboards can tell it from server errors.
 CLIENT_CLOSED = 499
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count()
 
 
 def _model(request: Request) -> ServedModel:
@@ -46,7 +41,7 @@ def _model(request: Request) -> ServedModel:
 
 async def model_metadata(request: Request) -> Response:
     try:
-        return json_response(_model(request).metadata())
+        return json_response(metadata.model_metadata(_model(request)))
     except InferenceError as error:
         return failure_response(error)
 
@@ -63,24 +58,9 @@ async def model_ready(request: Request) -> Response:
 
 async def model_config(request: Request) -> Response:
     try:
-        return json_response(_model(request).triton_config())
+        return json_response(metadata.triton_config(_model(request)))
     except InferenceError as error:
         return failure_response(error)
-
-
-def new_request_id() -> str:
-    """A 32-hex-digit id, unique within this process and, by its random prefix, across restarts.
-
-    A counter behind a per-process random prefix costs a fraction of `uuid4()` (which reads
-    16 random bytes and builds a UUID object on every request).
-    """
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
-
-
-def request_id_of(given: str | None) -> str:
-    if given is not None and _REQUEST_ID.fullmatch(given):
-        return given
-    return new_request_id()
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
@@ -148,15 +128,6 @@ async def _watch_disconnect(receive: Receive, handler: asyncio.Task[object]) -> 
         handler.cancel()
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """What the access log line and the metrics say about one request."""
-
-    model: ServedModel | None = None
-    status: int = 200
-    fields: dict[str, object] = field(default_factory=dict)
-
-
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
@@ -173,7 +144,7 @@ class InferEndpoint:
         started = time.perf_counter()
         headers = _headers(scope)
         request_id = request_id_of(_header(headers, b"x-request-id"))
-        outcome = _Outcome()
+        outcome = Outcome()
         try:
             status, response_headers, body = await _serve(
                 scope, receive, headers, request_id, outcome
@@ -185,7 +156,7 @@ class InferEndpoint:
                 HTTPFailure(500, "internal server error"), request_id, outcome
             )
         except BaseException:
-            _record(scope, outcome, request_id, time.perf_counter() - started)
+            record(scope, outcome, request_id, time.perf_counter() - started)
             raise
         elapsed = time.perf_counter() - started
         try:
@@ -195,7 +166,7 @@ class InferEndpoint:
             await send({"type": "http.response.body", "body": body})
         finally:
             # After the reply: the client does not wait for the log line and the metrics.
-            _record(scope, outcome, request_id, elapsed)
+            record(scope, outcome, request_id, elapsed)
 
 
 infer = InferEndpoint()
@@ -206,7 +177,7 @@ async def _serve(
     receive: Receive,
     headers: dict[bytes, bytes],
     request_id: str,
-    outcome: _Outcome,
+    outcome: Outcome,
 ) -> Reply:
     context = scope["app"].state.aegis
     params = scope["path_params"]
@@ -266,7 +237,7 @@ async def _serve(
         return _failure(error, request_id, outcome)
 
 
-def _failure(error: InferenceError | HTTPFailure, request_id: str, outcome: _Outcome) -> Reply:
+def _failure(error: InferenceError | HTTPFailure, request_id: str, outcome: Outcome) -> Reply:
     outcome.status = error.status if isinstance(error, HTTPFailure) else status_of(error)
     outcome.fields["error"] = str(error)
     response = failure_response(error)
@@ -274,22 +245,4 @@ def _failure(error: InferenceError | HTTPFailure, request_id: str, outcome: _Out
         outcome.status,
         [*response.raw_headers, (b"x-request-id", request_id.encode("latin-1"))],
         bytes(response.body),
-    )
-
-
-def _record(scope: Scope, outcome: _Outcome, request_id: str, elapsed: float) -> None:
-    """The request's metrics and its access log line."""
-    params = scope["path_params"]
-    model = outcome.model
-    if model is not None:
-        model.metrics.count_request(outcome.status)
-        model.metrics.request_duration.observe(elapsed)
-    log.info(
-        "infer",
-        request_id=request_id,
-        model=params["model_name"],
-        version=model.version if model is not None else params.get("model_version"),
-        status=outcome.status,
-        duration_ms=round(elapsed * 1000, 3),
-        **outcome.fields,
     )

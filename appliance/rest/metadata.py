@@ -1,0 +1,70 @@
+"""A served model as the protocol describes it: V2 model metadata and Triton's model config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.repository import ServedModel
+from appliance.tensors import TensorSpec
+
+_PLATFORMS = {".pt2": "pytorch_export", ".pt": "pytorch_torchscript", ".onnx": "onnxruntime_onnx"}
+_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+def platform(model: ServedModel) -> str:
+    runtime = model.primary.runtime
+    if runtime.name == "tpu":
+        return "pytorch_xla"
+    return _PLATFORMS.get(runtime.artifact.suffix, runtime.name)
+
+
+def model_metadata(model: ServedModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": platform(model),
+        "inputs": [spec.to_json() for spec in model.signature.inputs],
+        "outputs": [spec.to_json() for spec in model.signature.outputs],
+        "parameters": _parameters(model),
+    }
+
+
+def _parameters(model: ServedModel) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"device": model.device, "runtime": model.primary.runtime.name}
+    if model.config.dims:
+        parameters["dims"] = {name: list(sizes) for name, sizes in model.config.dims.items()}
+    if model.signature.limits:
+        parameters["dimension_limits"] = [limit.to_json() for limit in model.signature.limits]
+    return parameters
+
+
+def _triton_tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": spec.name,
+            "data_type": _TRITON_TYPES.get(spec.datatype, f"TYPE_{spec.datatype}"),
+            "dims": spec.to_json()["shape"][1:],
+        }
+        for spec in specs
+    ]
+
+
+def triton_config(model: ServedModel) -> dict[str, Any]:
+    """The subset of Triton's model config that tritonclient and perf_analyzer read."""
+    config = model.config
+    gpu = model.device.startswith("cuda")
+    return {
+        "name": model.name,
+        "platform": platform(model),
+        "backend": model.primary.runtime.name,
+        "max_batch_size": config.max_batch_size,
+        "input": _triton_tensors(model.signature.inputs),
+        "output": _triton_tensors(model.signature.outputs),
+        "dynamic_batching": {
+            "preferred_batch_size": list(config.batch_buckets),
+            "max_queue_delay_microseconds": int(config.max_queue_delay_ms * 1000),
+        },
+        "instance_group": [
+            {"count": config.max_concurrency, "kind": "KIND_GPU" if gpu else "KIND_CPU"}
+        ],
+    }
