@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,8 +30,6 @@ from appliance.errors import DeadlineExceeded, InvalidInput, ModelFailed, ModelN
 
 Tensors = dict[str, np.ndarray]
 RunBatch = Callable[[Tensors], Tensors]
-# The longest a worker thread waits for the GIL while the event loop holds it (CPython: 5 ms).
-_SWITCH_INTERVAL_S = 0.001
 
 
 class _State(enum.Enum):
@@ -122,6 +119,8 @@ class DynamicBatcher:
         self._slots = asyncio.Semaphore(policy.max_concurrency)
         self._closed = False
         self._loop_task: asyncio.Task[None] | None = None
+        # Made by `drain`, set once nothing is queued or running.
+        self._idle: asyncio.Event | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -132,10 +131,6 @@ class DynamicBatcher:
         return self._waiting < self._policy.max_queue_size
 
     def start(self) -> None:
-        # The worker thread needs the GIL back after each torch op while the event loop, busy
-        # with HTTP, holds it; by default it waits up to 5 ms per handoff. 1 ms cut batch turnaround
-        # and raised throughput by about a fifth on the tiny model at c=64 (bench/RESULTS.md).
-        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(
                 self._batch_loop(), name="aegis-batcher"
@@ -173,6 +168,13 @@ class DynamicBatcher:
     def _set_waiting(self, value: int) -> None:
         self._waiting = value
         self._observer.on_depth(value)
+        if self._idle is not None:
+            self._note_idle()
+
+    def _note_idle(self) -> None:
+        if not self._waiting and not self._batches_running:
+            assert self._idle is not None
+            self._idle.set()
 
     def _withdraw(self, pending: _Pending) -> None:
         if pending.state is _State.QUEUED:
@@ -280,6 +282,8 @@ class DynamicBatcher:
         finally:
             self._batches_running -= 1
             self._slots.release()
+            if self._idle is not None:
+                self._note_idle()
 
     def _run_padded(
         self, parts: list[Tensors], bucket: int, padded: dict[str, int]
@@ -308,10 +312,10 @@ class DynamicBatcher:
     async def drain(self, timeout_s: float) -> None:
         """Refuse new requests, let queued and running ones finish (up to `timeout_s`), stop."""
         self._closed = True
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout_s
-        while (self._waiting or self._running) and loop.time() < end:
-            await asyncio.sleep(0.01)
+        self._idle = asyncio.Event()
+        self._note_idle()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
         await self.close()
 
     async def close(self) -> None:

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import structlog
 
-from appliance.config import AppConfig, DeclaredModel
+from appliance.config import AppConfig, DeclaredModel, XlaConfig
 from appliance.errors import InferenceError, LoadFailed, ModelNotFound
 from appliance.lifecycle.notify import SystemdNotifier
+from appliance.lifecycle.process import freeze_heap
 from appliance.metrics import Metrics, ModelMetrics, RuntimeSample
 from appliance.repository import (
+    LoadedRuntimes,
     ModelRepository,
     ServedModel,
     load_runtimes,
@@ -46,6 +48,13 @@ def fingerprint(path: Path) -> str:
             f"{file.relative_to(path.parent)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode()
         )
     return digest.hexdigest()
+
+
+def _load(model: DeclaredModel, location: Path, xla: XlaConfig) -> LoadedRuntimes:
+    """Load `model`'s runtimes, then take what loading left on the heap out of the cyclic GC."""
+    loaded = load_runtimes(model, location, xla)
+    freeze_heap()
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ class ModelLifecycle:
         log.info(
             "model_loading", model=model.name, version=model.version, artifact=synced.path.name
         )
-        loaded = await asyncio.to_thread(load_runtimes, model, synced.path, self._config.xla)
+        loaded = await asyncio.to_thread(_load, model, synced.path, self._config.xla)
         config = model.config
         shapes = len(list(warmup_shapes(config.batch_buckets, config.dims)))
         self._notifier.status(f"warming {label} ({shapes} shapes)")

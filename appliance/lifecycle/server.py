@@ -34,6 +34,7 @@ from starlette.types import ASGIApp
 from appliance.config import AppConfig
 from appliance.lifecycle.models import ModelLifecycle, StartupFailed
 from appliance.lifecycle.notify import SystemdNotifier
+from appliance.lifecycle.process import shorten_switch_interval
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import AppContext, HttpSettings, create_app
@@ -150,6 +151,7 @@ class Appliance:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        shorten_switch_interval()
         self._spawn(self._start_models())
         if self.notifier.watchdog_interval() is not None:
             self._spawn(self.notifier.run_watchdog())

@@ -8,7 +8,6 @@ is refused because it is not a TorchScript archive.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,19 +56,6 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(np.uint16)
     return tensor.numpy()
-
-
-def freeze_heap() -> None:
-    """Move every object alive now (torch's import and the loaded model) out of the cyclic GC.
-
-    The heap holds some 350,000 long-lived objects once torch is loaded; each full collection
-    walked all of them and stalled the event loop for tens of milliseconds, which was the p99 at
-    c=64 (208 ms before, 32 ms after). Unfreezing and collecting first lets the cyclic garbage of
-    a model unloaded since the last load be freed rather than kept for good.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def _spec_from_meta(name: str, value: Any) -> TensorSpec:
@@ -178,7 +164,6 @@ class TorchRuntime(Runtime):
         check_buckets_fit(self.signature, self.config, path.name)
         self._check_no_bytes(path.name)
         self._forward = module
-        freeze_heap()
 
     def _open_device(self) -> torch.device:
         if self.requested_device == "cuda":
