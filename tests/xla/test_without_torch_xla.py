@@ -4,8 +4,6 @@ applies. Runs in the main test tier; the XLA tier's venv has torch_xla and skips
 from __future__ import annotations
 
 import importlib.util
-import json
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from appliance.config import ModelConfig
 from appliance.demo import export_demo_model
 from appliance.runtimes import DeviceUnavailable
 from appliance.runtimes.xla_runtime import XlaRuntime
+from tests.support.http import get_json
 from tests.support.server import running_server
 
 pytestmark = pytest.mark.skipif(
@@ -35,6 +34,6 @@ def test_a_tpu_model_is_served_on_the_cpu(tmp_path: Path) -> None:
         f'[[models]]\nname = "demo"\nmodel_path = "{artifact}"\nruntime = "tpu"\ndevice = "tpu"\n'
     )
     with running_server(config, tmp_path) as server:
-        with urllib.request.urlopen(server.url + "/v2/models/demo", timeout=30) as response:
-            assert json.load(response)["parameters"] == {"device": "cpu", "runtime": "torch"}
+        metadata = get_json(server, "/v2/models/demo")
+        assert metadata["parameters"] == {"device": "cpu", "runtime": "torch"}
         assert "torch_xla cannot be imported" in server.log()

@@ -4,8 +4,6 @@ CPU-fallback modes where no XLA device can be opened (PJRT_DEVICE=TPU on a host 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.demo import DEMO_INPUTS
+from tests.support.http import call, get_json, get_text
 from tests.support.server import ServerProcess, running_server, start_server
 from tests.xla.xla_models import SIGNATURE, eager
 
@@ -43,11 +42,6 @@ def config_toml(workdir: Path, models: str) -> str:
     )
 
 
-def get_json(server: ServerProcess, path: str) -> dict:
-    with urllib.request.urlopen(server.url + path, timeout=30) as response:
-        return json.load(response)
-
-
 def post_infer(server: ServerProcess, model: str, rows: np.ndarray) -> tuple[int, dict]:
     body = {
         "inputs": [
@@ -59,14 +53,8 @@ def post_infer(server: ServerProcess, model: str, rows: np.ndarray) -> tuple[int
             }
         ]
     }
-    request = urllib.request.Request(
-        f"{server.url}/v2/models/{model}/infer", data=json.dumps(body).encode(), method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+    reply = call(server, "POST", f"/v2/models/{model}/infer", json.dumps(body).encode(), None, 60)
+    return reply.status, reply.json()
 
 
 def answer(payload: dict) -> np.ndarray:
@@ -82,8 +70,7 @@ def infer(server: ServerProcess, model: str, rows: np.ndarray) -> np.ndarray:
 
 def scrape(server: ServerProcess) -> Callable[..., float]:
     """The /metrics page now, as a lookup: value(metric sample name, **labels)."""
-    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as response:
-        text = response.read().decode()
+    text = get_text(server, "/metrics")
     samples = [
         sample for family in text_string_to_metric_families(text) for sample in family.samples
     ]
