@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.repository import ServedModel
+from appliance.rest.protocol import protocol_shape
 from appliance.tensors import TensorSpec
 
 _PLATFORMS = {".pt2": "pytorch_export", ".pt": "pytorch_torchscript", ".onnx": "onnxruntime_onnx"}
@@ -43,7 +44,7 @@ def _triton_tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
         {
             "name": spec.name,
             "data_type": _TRITON_TYPES.get(spec.datatype, f"TYPE_{spec.datatype}"),
-            "dims": spec.to_json()["shape"][1:],
+            "dims": protocol_shape(spec)[1:],
         }
         for spec in specs
     ]

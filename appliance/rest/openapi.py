@@ -29,7 +29,7 @@ from appliance.rest.openapi_generic import (
     parameters_object,
     ref,
 )
-from appliance.rest.protocol import RESERVED_PARAMETERS
+from appliance.rest.protocol import RESERVED_PARAMETERS, protocol_shape
 from appliance.tensors import DATATYPE_TO_NUMPY, TensorSpec
 
 _BINARY_EXTENSION = (
@@ -61,7 +61,7 @@ def _json_input(spec: TensorSpec, rows: int) -> dict[str, Any]:
     """One input sent as JSON `data` with `rows` batch rows."""
     element = _element(spec.datatype)
     assert element is not None
-    inner = spec.shape[1:]
+    inner = protocol_shape(spec)[1:]
     data: dict[str, Any] = {"type": "array", "items": element}
     if all(dim >= 0 for dim in inner):
         shape: dict[str, Any] = {"const": [rows, *inner]}
@@ -97,7 +97,7 @@ def _request_schema(model: ServedModel) -> dict[str, Any]:
     inputs = model.signature.inputs
     if any(_element(spec.datatype) is None for spec in inputs):
         return ref("InferenceRequest")
-    first = inputs[0].shape[0] if inputs and inputs[0].shape else -1
+    first = protocol_shape(inputs[0])[0] if inputs and inputs[0].shape else -1
     rows = range(1, model.config.max_batch_size + 1) if first == -1 else [first]
     alternatives = [
         {
