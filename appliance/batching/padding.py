@@ -58,7 +58,9 @@ class NamedDims:
         """The bucket each length is padded up to."""
         return {dim: self.bucket_for(dim, length) for dim, length in lengths.items()}
 
-    def inner_shape(self, name: str, shape: tuple[int, ...], padded: Mapping[str, int]) -> tuple:
+    def inner_shape(
+        self, name: str, shape: tuple[int, ...], padded: Mapping[str, int]
+    ) -> tuple[int, ...]:
         """`shape` less its batch dimension, with each named axis at its bucket size."""
         inner = list(shape[1:])
         for axis, dim in self.inputs.get(name, ()):

@@ -72,7 +72,7 @@ def _spec_from_meta(name: str, value: Any) -> TensorSpec:
 
 def _limits_from_meta(name: str, value: torch.Tensor, ranges: dict[Any, Any]) -> list[DimLimit]:
     """The export's range for each axis of `value` that is a plain symbol (`Dim(min, max)`)."""
-    limits = []
+    limits: list[DimLimit] = []
     for axis, dim in enumerate(value.shape):
         if not isinstance(dim, torch.SymInt):
             continue
