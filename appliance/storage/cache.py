@@ -15,29 +15,47 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from appliance.storage.checksums import Checksums, checksums
 from appliance.storage.sources import relative_path
 
 log = structlog.get_logger("aegis.storage")
 
 MANIFEST = "manifest.json"
 DATA = "data"
-MANIFEST_FORMAT = 1
+# Format 1 (gs:// only) had an integer generation and crc32c and md5 fields; it is still read.
+MANIFEST_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class CachedObject:
     path: str  # relative to the snapshot's data folder
     name: str  # the object's name in its bucket
-    generation: int
+    version: str  # the version the bytes were read at: a GCS generation, an S3 ETag
     size: int
-    crc32c: str | None
-    md5: str | None
+    checksums: Checksums  # what the download was verified against
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "name": self.name,
+            "version": self.version,
+            "size": self.size,
+            "checksums": dict(self.checksums),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], format: int) -> CachedObject:
+        if format == 1:
+            found = checksums(crc32c=data["crc32c"], md5=data["md5"])
+            return cls(data["path"], data["name"], str(data["generation"]), data["size"], found)
+        found = checksums(**data["checksums"])
+        return cls(data["path"], data["name"], data["version"], data["size"], found)
 
 
 @dataclass(frozen=True)
@@ -58,15 +76,20 @@ class Manifest:
             "source": self.source,
             "bucket": self.bucket,
             "folder": self.folder,
-            "objects": [asdict(obj) for obj in self.objects],
+            "objects": [obj.to_json() for obj in self.objects],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"unknown manifest format {data.get('format')!r}")
-        objects = tuple(CachedObject(**obj) for obj in data["objects"])
+        format = data.get("format")
+        if format not in (1, MANIFEST_FORMAT):
+            raise ValueError(f"unknown manifest format {format!r}")
+        objects = tuple(CachedObject.from_json(obj, format) for obj in data["objects"])
         return cls(str(data["source"]), str(data["bucket"]), bool(data["folder"]), objects)
+
+    def is_from(self, scheme: str, bucket: str) -> bool:
+        """Whether the snapshot came from this store's bucket (its files may be reused)."""
+        return self.source.startswith(f"{scheme}://") and self.bucket == bucket
 
 
 @dataclass(frozen=True)
@@ -143,7 +166,7 @@ class VersionCache:
             return None
         try:
             manifest = Manifest.from_json(json.loads((target / MANIFEST).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             log.warning("storage_snapshot_unreadable", path=str(target), error=str(error))
             return None
         return Snapshot(target, manifest)

@@ -1,4 +1,4 @@
-"""The real `google-cloud-storage` client: listing objects and reading byte ranges, with retries.
+"""Cloud Storage (gs://) through the real `google-cloud-storage` client: the ObjectStore for gs://.
 
 Credentials: Application Default Credentials, read-only scope; anonymous when none are found (public
 buckets) and when STORAGE_EMULATOR_HOST points the client at an emulator, which the client honours.
@@ -10,100 +10,58 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import google.auth
+import requests
 import structlog
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import storage
 
-from appliance.storage.errors import SourceUnavailable, SyncError
-from appliance.storage.retry import RetryPolicy, is_transient, with_retries
-from appliance.storage.sources import GcsSource
-from appliance.units import MiB
+from appliance.storage.checksums import checksums
+from appliance.storage.errors import SyncError
+from appliance.storage.remote import RangeSink, RemoteObject, ShortRead
+from appliance.storage.retry import TRANSIENT_STATUS, RetryPolicy, call_store
+from appliance.storage.sources import RemoteSource
+
+T = TypeVar("T")
 
 log = structlog.get_logger("aegis.storage")
-T = TypeVar("T")
 
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 # (connect, read) seconds: a stalled connection fails and is retried instead of hanging the sync.
 HTTP_TIMEOUT = (10.0, 60.0)
 _LIST_FIELDS = "items(name,generation,size,crc32c,md5Hash,contentEncoding),nextPageToken"
-# The client hands over 8 KiB at a time; one write per MiB saves most of the system calls.
-_WRITE_SIZE = MiB
 
 
-@dataclass(frozen=True)
-class RemoteObject:
-    bucket: str
-    name: str
-    generation: int
-    size: int
-    crc32c: str | None
-    md5: str | None
-    content_encoding: str | None
-
-    @property
-    def uri(self) -> str:
-        return f"gs://{self.bucket}/{self.name}"
+_TRANSIENT_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    auth_exceptions.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
-class ShortRead(ConnectionError):
-    """The connection ended before the whole range arrived (a transient error: retried)."""
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, api_exceptions.GoogleAPICallError):
+        return error.code in TRANSIENT_STATUS
+    return isinstance(error, _TRANSIENT_ERRORS)
 
 
-class Cancelled(Exception):
-    """Another part of the sync failed: this download stops early."""
-
-
-class _RangeSink:
-    """The file-like object the client streams into: writes at an offset of a shared descriptor.
-
-    Call flush() once the download returns."""
-
-    def __init__(
-        self, fd: int, offset: int, on_bytes: Callable[[int], None], cancel: threading.Event
-    ) -> None:
-        self._fd = fd
-        self._offset = offset
-        self._on_bytes = on_bytes
-        self._cancel = cancel
-        self._buffer = bytearray()
-        self.written = 0
-
-    def write(self, data: bytes) -> int:
-        if self._cancel.is_set():
-            raise Cancelled()
-        self._buffer += data
-        if len(self._buffer) >= _WRITE_SIZE:
-            self.flush()
-        self.written += len(data)
-        self._on_bytes(len(data))
-        return len(data)
-
-    def flush(self) -> None:
-        view = memoryview(self._buffer)
-        while view:
-            count = os.pwrite(self._fd, view, self._offset)
-            self._offset += count
-            view = view[count:]
-        view.release()
-        self._buffer.clear()
-
-
-def _unavailable(error: Exception, what: str) -> SourceUnavailable | None:
-    """The source-unreachable form of `error`, or None when it is a failure of another kind."""
-    reachability = (
+def _refused(error: BaseException) -> str | None:
+    """Credentials refused or missing: the bucket is out of reach, as for a network failure."""
+    refusals = (
         api_exceptions.Unauthorized,
         api_exceptions.Forbidden,
         auth_exceptions.RefreshError,
         auth_exceptions.DefaultCredentialsError,
     )
-    if is_transient(error) or isinstance(error, reachability):
-        return SourceUnavailable(f"{what}: {type(error).__name__}: {error}")
+    if isinstance(error, refusals):
+        return f"{type(error).__name__}: {error}"
     return None
 
 
@@ -137,15 +95,13 @@ class GcsClient:
         return client
 
     def _call(self, call: Callable[[], T], what: str) -> T:
+        """The call with retries; any other API error becomes a SyncError naming `what`."""
         try:
-            return with_retries(call, what, self._retry)
-        except Exception as error:
-            unavailable = _unavailable(error, what)
-            if unavailable is not None:
-                raise unavailable from error
-            raise
+            return call_store(call, what, self._retry, is_transient, _refused)
+        except api_exceptions.GoogleAPICallError as error:
+            raise SyncError(f"{what}: {type(error).__name__}: {error}") from None
 
-    def list_objects(self, source: GcsSource) -> list[RemoteObject]:
+    def list_objects(self, source: RemoteSource) -> list[RemoteObject]:
         """The objects `source` names: one object, or every object under a prefix."""
         if source.is_folder:
 
@@ -159,10 +115,13 @@ class GcsClient:
                 )
                 return list(blobs)
 
-            try:
-                blobs = self._call(listing, f"listing {source.uri}")
-            except api_exceptions.NotFound:
-                raise SyncError(f"bucket {source.bucket!r} does not exist") from None
+            def listing_or_missing() -> list[storage.Blob]:
+                try:
+                    return listing()
+                except api_exceptions.NotFound:
+                    raise SyncError(f"bucket {source.bucket!r} does not exist") from None
+
+            blobs = self._call(listing_or_missing, f"listing {source.uri}")
         else:
 
             def lookup() -> list[storage.Blob]:
@@ -173,18 +132,26 @@ class GcsClient:
             blobs = self._call(lookup, f"reading metadata of {source.uri}")
             if not blobs:
                 raise SyncError(f"object {source.uri} does not exist")
+        for blob in blobs:
+            if blob.content_encoding == "gzip":
+                raise SyncError(
+                    f"gs://{source.bucket}/{blob.name} is stored gzip-encoded; upload artifacts "
+                    "without Content-Encoding"
+                )
         return [
             RemoteObject(
+                scheme="gs",
                 bucket=source.bucket,
                 name=blob.name,
-                generation=int(blob.generation),
+                version=str(blob.generation),
                 size=int(blob.size or 0),
-                crc32c=blob.crc32c,
-                md5=blob.md5_hash,
-                content_encoding=blob.content_encoding,
+                checksums=checksums(crc32c=blob.crc32c, md5=blob.md5_hash),
             )
             for blob in blobs
         ]
+
+    def describe(self, obj: RemoteObject) -> RemoteObject:
+        return obj  # the listing carries the checksums
 
     def download_range(
         self,
@@ -194,16 +161,12 @@ class GcsClient:
         on_bytes: Callable[[int], None],
         cancel: threading.Event,
     ) -> None:
-        """Write bytes [start, end) = `span` of `obj`'s generation into `fd` at the same offsets.
-
-        A retry rewrites the range from its start; `on_bytes` gets a negative count for the bytes
-        it takes back, so progress stays true.
-        """
         start, end = span
 
         def attempt() -> None:
-            blob = self._client().bucket(obj.bucket).blob(obj.name, generation=obj.generation)
-            sink = _RangeSink(fd, start, on_bytes, cancel)
+            generation = int(obj.version)
+            blob = self._client().bucket(obj.bucket).blob(obj.name, generation=generation)
+            sink = RangeSink(fd, start, on_bytes, cancel)
             try:
                 # raw_download: the stored bytes, which are what the checksums describe.
                 blob.download_to_file(

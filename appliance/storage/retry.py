@@ -1,7 +1,8 @@
-"""Retries for Cloud Storage calls: exponential backoff with full jitter, bounded in count and time.
+"""Retries for bucket store calls: exponential backoff with full jitter, bounded in count and time.
 
-The client library's own retries are turned off where we call it, so that one policy bounds the
-whole operation (its default keeps trying for 120 s, too long before falling back to a local copy).
+The client libraries' own retries are turned off where we call them, so that one policy bounds the
+whole operation (their defaults keep trying too long before falling back to a local copy). Each
+store says which of its errors are transient.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import requests
 import structlog
-from google.api_core import exceptions as api_exceptions
-from google.auth import exceptions as auth_exceptions
+
+from appliance.storage.errors import SourceUnavailable
 
 log = structlog.get_logger("aegis.storage")
 
@@ -23,14 +23,6 @@ T = TypeVar("T")
 
 # 408 and 429 mean "slow down", 5xx a server-side failure: both are worth another try.
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_TRANSIENT_ERRORS = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    auth_exceptions.TransportError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 @dataclass(frozen=True)
@@ -46,13 +38,12 @@ class RetryPolicy:
         return random.uniform(0.0, ceiling)
 
 
-def is_transient(error: BaseException) -> bool:
-    if isinstance(error, api_exceptions.GoogleAPICallError):
-        return error.code in TRANSIENT_STATUS
-    return isinstance(error, _TRANSIENT_ERRORS)
-
-
-def with_retries(call: Callable[[], T], what: str, policy: RetryPolicy) -> T:
+def with_retries(
+    call: Callable[[], T],
+    what: str,
+    policy: RetryPolicy,
+    is_transient: Callable[[BaseException], bool],
+) -> T:
     """Run `call`; retry transient errors while attempts and the deadline allow, else re-raise."""
     started = time.monotonic()
     attempt = 1
@@ -74,3 +65,23 @@ def with_retries(call: Callable[[], T], what: str, policy: RetryPolicy) -> T:
             )
             time.sleep(delay)
             attempt += 1
+
+
+def call_store(
+    call: Callable[[], T],
+    what: str,
+    policy: RetryPolicy,
+    is_transient: Callable[[BaseException], bool],
+    refused: Callable[[BaseException], str | None],
+) -> T:
+    """`with_retries`, then the store is out of reach when the last error is transient, or when
+    `refused` explains it (credentials or permissions refused: the last good copy may serve)."""
+    try:
+        return with_retries(call, what, policy, is_transient)
+    except Exception as error:
+        if is_transient(error):
+            raise SourceUnavailable(f"{what}: {type(error).__name__}: {error}") from error
+        why = refused(error)
+        if why is not None:
+            raise SourceUnavailable(f"{what}: {why}") from error
+        raise

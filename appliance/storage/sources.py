@@ -1,17 +1,22 @@
-"""Where a model's artifacts come from: a Cloud Storage object or prefix, or a local path.
+"""Where a model's artifacts come from: a Cloud Storage or S3 object or prefix, or a local path.
 
 Also the rule for object names: only names that map to a path inside the cache folder are accepted.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 # Cloud Storage bucket names: lowercase letters, digits, '-', '_' and '.', 3 to 222 characters.
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+# S3 bucket names: lowercase letters, digits, '-' and '.', 3 to 63 characters, no '..', not an
+# IPv4 address.
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # ext4, xfs and most others refuse longer file names.
 _MAX_SEGMENT_BYTES = 255
 
@@ -22,9 +27,12 @@ class LocalSource:
 
 
 @dataclass(frozen=True)
-class GcsSource:
+class RemoteSource:
+    """An object, or a prefix ending in '/' ('' for the whole bucket), in a bucket store."""
+
     bucket: str
-    name: str  # an object name, or a prefix ending in '/' ('' for the whole bucket)
+    name: str
+    scheme: ClassVar[str]
 
     @property
     def is_folder(self) -> bool:
@@ -32,14 +40,43 @@ class GcsSource:
 
     @property
     def uri(self) -> str:
-        return f"gs://{self.bucket}/{self.name}"
+        return f"{self.scheme}://{self.bucket}/{self.name}"
 
 
-def parse_source(source: str) -> LocalSource | GcsSource:
+@dataclass(frozen=True)
+class GcsSource(RemoteSource):
+    scheme: ClassVar[str] = "gs"
+
+
+@dataclass(frozen=True)
+class S3Source(RemoteSource):
+    scheme: ClassVar[str] = "s3"
+
+
+def _valid_gcs_bucket(bucket: str) -> bool:
+    return _GCS_BUCKET.fullmatch(bucket) is not None
+
+
+def _valid_s3_bucket(bucket: str) -> bool:
+    if not _S3_BUCKET.fullmatch(bucket) or ".." in bucket:
+        return False
+    try:
+        ipaddress.IPv4Address(bucket)
+    except ValueError:
+        return True
+    return False
+
+
+_REMOTE = {"gs": (GcsSource, _valid_gcs_bucket), "s3": (S3Source, _valid_s3_bucket)}
+
+
+def parse_source(source: str) -> LocalSource | RemoteSource:
     """Parse a `model_path`; ValueError says why one cannot be used."""
-    if source.startswith("gs://"):
-        bucket, slash, name = source[len("gs://") :].partition("/")
-        if not _BUCKET.fullmatch(bucket):
+    scheme, separator, rest = source.partition("://")
+    if separator and scheme in _REMOTE:
+        kind, valid_bucket = _REMOTE[scheme]
+        bucket, slash, name = rest.partition("/")
+        if not valid_bucket(bucket):
             raise ValueError(f"{source!r}: {bucket!r} is not a valid bucket name")
         if not slash:
             raise ValueError(f"{source!r}: name an object, or a prefix ending in '/' for a folder")
@@ -48,14 +85,16 @@ def parse_source(source: str) -> LocalSource | GcsSource:
                 relative_path(name.rstrip("/") if name.endswith("/") else name)
             except ValueError as error:
                 raise ValueError(f"{source!r}: the object name {error}") from None
-        return GcsSource(bucket, name)
+        return kind(bucket, name)
     if source.startswith("file://"):
         parts = urlsplit(source)
         if parts.netloc not in ("", "localhost"):
             raise ValueError(f"{source!r}: file:// URLs must name a local path (file:///abs/path)")
         return LocalSource(Path(unquote(parts.path)))
     if "://" in source:
-        raise ValueError(f"{source!r}: unsupported scheme (use gs://, file:// or a local path)")
+        raise ValueError(
+            f"{source!r}: unsupported scheme (use gs://, s3://, file:// or a local path)"
+        )
     return LocalSource(Path(source))
 
 

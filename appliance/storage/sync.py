@@ -1,4 +1,5 @@
-"""Syncing one model version: compare, download in parallel ranges, verify, switch atomically."""
+"""Syncing one model version from any bucket store: compare, download in parallel ranges, verify,
+switch atomically."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from google.api_core import exceptions as api_exceptions
 
 from appliance.config import AppConfig, StorageConfig
 from appliance.metrics import Metrics
 from appliance.storage.cache import CachedObject, Manifest, Snapshot, VersionCache
-from appliance.storage.checksums import file_mismatch
+from appliance.storage.checksums import can_verify, file_mismatch
 from appliance.storage.errors import SourceUnavailable, SyncError
-from appliance.storage.gcs import Cancelled, GcsClient, RemoteObject
+from appliance.storage.gcs import GcsClient
 from appliance.storage.progress import SyncProgress
+from appliance.storage.remote import Cancelled, ObjectStore, RemoteObject
 from appliance.storage.retry import RetryPolicy
-from appliance.storage.sources import GcsSource, LocalSource, parse_source, relative_path
+from appliance.storage.s3 import S3Client
+from appliance.storage.sources import LocalSource, RemoteSource, parse_source, relative_path
 from appliance.units import MiB
 
 log = structlog.get_logger("aegis.storage")
@@ -51,19 +53,19 @@ class _Planned:
 
     def cached(self) -> CachedObject:
         r = self.remote
-        return CachedObject(self.path, r.name, r.generation, r.size, r.crc32c, r.md5)
+        return CachedObject(self.path, r.name, r.version, r.size, r.checksums or ())
 
     def same_as(self, old: CachedObject) -> bool:
+        """The same bytes: a version (generation, ETag) names one content of one object."""
         r = self.remote
-        return (old.name, old.generation, old.size) == (r.name, r.generation, r.size) and (
-            (old.crc32c, old.md5) == (r.crc32c, r.md5)
-        )
+        return (old.name, old.version, old.size) == (r.name, r.version, r.size)
 
 
 class _Download:
     """One object being fetched: its open file and how many of its ranges are still to come."""
 
-    def __init__(self, planned: _Planned, path: Path, parts: int) -> None:
+    def __init__(self, store: ObjectStore, planned: _Planned, path: Path, parts: int) -> None:
+        self.store = store
         self.planned = planned
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -98,7 +100,11 @@ class ArtifactStore:
         self._concurrency = config.download_concurrency
         self._metrics = metrics
         self._progress = progress or SyncProgress()
-        self._gcs = GcsClient(retry or RetryPolicy())
+        policy = retry or RetryPolicy()
+        self._stores: dict[str, ObjectStore] = {
+            "gs": GcsClient(policy),
+            "s3": S3Client(policy, config.download_concurrency),
+        }
 
     def sync(self, name: str, version: str, source: str) -> SyncedArtifact:
         """Bring model `name` version `version` up to date with `source`; blocks until done."""
@@ -125,7 +131,7 @@ class ArtifactStore:
                 return self._last_good(what, name, version, source, current, str(error))
             except SyncError as error:
                 raise SyncError(f"{what}: {error}") from None
-            except (api_exceptions.GoogleAPICallError, OSError) as error:
+            except OSError as error:
                 raise SyncError(f"{what}: {type(error).__name__}: {error}") from None
         if self._metrics is not None:
             self._metrics.artifact_stale.labels(name, version).set(0)
@@ -171,7 +177,7 @@ class ArtifactStore:
             self._metrics.artifact_stale.labels(name, version).set(1)
         return SyncedArtifact(name, version, source, current.artifact, 0, stale=True)
 
-    def _plan(self, source: GcsSource, remote: list[RemoteObject]) -> list[_Planned]:
+    def _plan(self, source: RemoteSource, remote: list[RemoteObject]) -> list[_Planned]:
         planned: list[_Planned] = []
         for obj in remote:
             if source.is_folder:
@@ -184,12 +190,9 @@ class ArtifactStore:
                 path = relative_path(relative)
             except ValueError as error:
                 raise SyncError(
-                    f"refusing object {obj.name!r} in gs://{obj.bucket}: the name {error}"
+                    f"refusing object {obj.name!r} in {source.scheme}://{obj.bucket}: "
+                    f"the name {error}"
                 ) from None
-            if obj.content_encoding == "gzip":
-                raise SyncError(
-                    f"{obj.uri} is stored gzip-encoded; upload artifacts without Content-Encoding"
-                )
             planned.append(_Planned(obj, path.as_posix()))
         if not planned:
             raise SyncError(f"no objects under {source.uri}")
@@ -206,19 +209,15 @@ class ArtifactStore:
         self,
         name: str,
         version: str,
-        source: GcsSource,
+        source: RemoteSource,
         cache: VersionCache,
         current: Snapshot | None,
     ) -> tuple[Snapshot, int]:
-        planned = self._plan(source, self._gcs.list_objects(source))
-        manifest = Manifest(
-            source.uri, source.bucket, source.is_folder, tuple(p.cached() for p in planned)
-        )
+        store = self._stores[source.scheme]
+        planned = self._plan(source, store.list_objects(source))
         reusable: dict[str, CachedObject] = {}
-        if current is not None and current.manifest.bucket == source.bucket:
+        if current is not None and current.manifest.is_from(source.scheme, source.bucket):
             if current.intact():
-                if current.manifest == manifest:
-                    return current, 0
                 reusable = {obj.path: obj for obj in current.manifest.objects}
             else:
                 log.warning(
@@ -228,7 +227,13 @@ class ArtifactStore:
                     path=str(current.folder),
                 )
         keep = [p for p in planned if p.path in reusable and p.same_as(reusable[p.path])]
-        fetch = [p for p in planned if p not in keep]
+        fetch = self._describe(store, [p for p in planned if p not in keep])
+        entries = {p.path: reusable[p.path] for p in keep} | {p.path: p.cached() for p in fetch}
+        manifest = Manifest(
+            source.uri, source.bucket, source.is_folder, tuple(entries[p.path] for p in planned)
+        )
+        if current is not None and not fetch and current.manifest == manifest:
+            return current, 0
         self._check_space(cache.folder, fetch)
         staging = cache.new_staging()
         self._progress.begin(name, version, [(p.remote.name, p.remote.size) for p in fetch])
@@ -238,7 +243,7 @@ class ArtifactStore:
                 target = staging / "data" / item.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.link(current.data / item.path, target)  # type: ignore[union-attr]
-            self._download_all(staging / "data", fetch)
+            self._download_all(store, staging / "data", fetch)
             snapshot = cache.commit(staging, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -247,6 +252,17 @@ class ArtifactStore:
         downloaded = sum(p.remote.size for p in fetch)
         self._progress.end(downloaded, stale=False)
         return snapshot, downloaded
+
+    def _describe(self, store: ObjectStore, fetch: list[_Planned]) -> list[_Planned]:
+        """The objects to fetch, with the checksums to verify them against (S3 lists without)."""
+        if all(p.remote.checksums is not None for p in fetch):
+            return fetch
+
+        def describe(item: _Planned) -> _Planned:
+            return _Planned(store.describe(item.remote), item.path)
+
+        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="aegis-sync") as pool:
+            return list(pool.map(describe, fetch))
 
     def _check_space(self, folder: Path, fetch: list[_Planned]) -> None:
         needed = sum(p.remote.size for p in fetch)
@@ -258,7 +274,7 @@ class ArtifactStore:
                 f"(plus {(wanted - needed) / MiB:.0f} MiB reserve), {free / MiB:.1f} MiB free"
             )
 
-    def _download_all(self, data: Path, fetch: list[_Planned]) -> None:
+    def _download_all(self, store: ObjectStore, data: Path, fetch: list[_Planned]) -> None:
         cancel = threading.Event()
         downloads: list[_Download] = []
         jobs: list[tuple[_Download, tuple[int, int]]] = []
@@ -267,7 +283,7 @@ class ArtifactStore:
                 target = data / item.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 spans = _spans(item.remote.size)
-                download = _Download(item, target, len(spans))
+                download = _Download(store, item, target, len(spans))
                 downloads.append(download)
                 jobs.extend((download, span) for span in spans)
             # Largest ranges first, so one big object does not finish last on a single thread.
@@ -292,14 +308,23 @@ class ArtifactStore:
         remote = download.planned.remote
         if remote.size:
             advance = functools.partial(self._progress.advance, remote.name)
-            self._gcs.download_range(remote, download.fd, span, advance, cancel)
+            download.store.download_range(remote, download.fd, span, advance, cancel)
         if not download.part_done():
             return
         os.fsync(download.fd)
-        why = file_mismatch(download.path, remote.crc32c, remote.md5)
+        expected = remote.checksums or ()
+        size = os.fstat(download.fd).st_size
+        if size != remote.size:
+            why = f"size mismatch: the source says {remote.size} bytes, {size} arrived"
+        else:
+            why = file_mismatch(download.path, expected)
         if why is not None:
-            raise SyncError(
-                f"{remote.uri} (generation {remote.generation}) failed verification: {why}"
+            raise SyncError(f"{remote.uri} (version {remote.version}) failed verification: {why}")
+        if not can_verify(expected):
+            log.warning(
+                "storage_verified_by_size_only",
+                object=remote.uri,
+                reason="no whole-object checksum (an S3 multipart upload without one)",
             )
         os.chmod(download.path, 0o444)  # verified content: read-only from now on
         self._progress.object_done(remote.name)

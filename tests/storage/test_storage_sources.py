@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.storage.sources import GcsSource, LocalSource, parse_source, relative_path
+from appliance.storage.sources import (
+    GcsSource,
+    LocalSource,
+    S3Source,
+    parse_source,
+    relative_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -18,6 +24,9 @@ from appliance.storage.sources import GcsSource, LocalSource, parse_source, rela
         ("gs://bucket/models/m/1/model.pt2", GcsSource("bucket", "models/m/1/model.pt2")),
         ("gs://my.bucket_1/models/m/1/", GcsSource("my.bucket_1", "models/m/1/")),
         ("gs://bucket/", GcsSource("bucket", "")),
+        ("s3://bucket/models/m/1/model.pt2", S3Source("bucket", "models/m/1/model.pt2")),
+        ("s3://my.bucket-1/models/m/1/", S3Source("my.bucket-1", "models/m/1/")),
+        ("s3://bucket/", S3Source("bucket", "")),
         ("file:///srv/models/m.pt2", LocalSource(Path("/srv/models/m.pt2"))),
         ("file://localhost/srv/a%20b.pt2", LocalSource(Path("/srv/a b.pt2"))),
         ("/srv/models/m.pt2", LocalSource(Path("/srv/models/m.pt2"))),
@@ -31,6 +40,12 @@ def test_sources_parse(source: str, expected: object) -> None:
 def test_folder_sources_are_the_ones_ending_in_a_slash() -> None:
     assert GcsSource("b", "m/1/").is_folder and GcsSource("b", "").is_folder
     assert not GcsSource("b", "m/1/model.pt2").is_folder
+    assert S3Source("b", "m/1/").is_folder and not S3Source("b", "m/1/model.pt2").is_folder
+
+
+def test_a_source_names_its_store() -> None:
+    assert S3Source("b", "m/").uri == "s3://b/m/" and GcsSource("b", "m/").uri == "gs://b/m/"
+    assert S3Source("b", "m/") != GcsSource("b", "m/")
 
 
 @pytest.mark.parametrize(
@@ -41,7 +56,16 @@ def test_folder_sources_are_the_ones_ending_in_a_slash() -> None:
         ("gs://bucket/a/../m.pt2", "'.' or '..'"),
         ("gs://bucket/a//m.pt2", "'.' or '..'"),
         ("file://otherhost/m.pt2", "local path"),
-        ("s3://bucket/m.pt2", "unsupported scheme"),
+        ("az://bucket/m.pt2", "unsupported scheme"),
+        ("s3://bucket", "name an object"),
+        ("s3://bucket/a/../m.pt2", "'.' or '..'"),
+        ("s3://Bucket/m.pt2", "not a valid bucket name"),
+        ("s3://my_bucket/m.pt2", "not a valid bucket name"),  # '_' is GCS-only
+        ("s3://ab/m.pt2", "not a valid bucket name"),
+        ("s3://" + "b" * 64 + "/m.pt2", "not a valid bucket name"),
+        ("s3://a..b/m.pt2", "not a valid bucket name"),
+        ("s3://-bucket/m.pt2", "not a valid bucket name"),
+        ("s3://192.168.1.10/m.pt2", "not a valid bucket name"),
     ],
 )
 def test_bad_sources_say_why(source: str, why: str) -> None:
