@@ -1,4 +1,5 @@
-"""Fixtures for the storage tests: one fake-gcs-server for the session, a bucket per test."""
+"""Fixtures for the storage tests: one fake-gcs-server and one moto S3 server for the session,
+a bucket per test."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.cloud import storage
@@ -15,6 +17,8 @@ from appliance.metrics import Metrics
 from appliance.storage import ArtifactStore, RetryPolicy
 from tests.support.gcs import admin_client, emulator
 from tests.support.http import free_port
+from tests.support.s3 import AWS_VARIABLES_TO_CLEAR, S3Server, moto_server
+from tests.support.s3 import admin_client as s3_admin_client
 
 # Short waits: a test of an unreachable source should take well under a second.
 FAST_RETRY = RetryPolicy(attempts=4, initial_backoff_s=0.02, max_backoff_s=0.1, deadline_s=5.0)
@@ -56,6 +60,40 @@ def use_endpoint(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
 @pytest.fixture(autouse=True)
 def _emulator_env(use_endpoint: Callable[[str], None], gcs_url: str) -> None:
     use_endpoint(gcs_url)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_admin(s3_server: S3Server) -> Any:
+    return s3_admin_client(s3_server)
+
+
+@pytest.fixture
+def s3_bucket(s3_admin: Any) -> str:
+    name = f"aegis-{uuid.uuid4().hex[:12]}"
+    s3_admin.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Server) -> None:
+    """The code under test finds the server's credentials and endpoint through the standard
+    chain, as on a host; nothing of the machine's own AWS settings."""
+    for variable in AWS_VARIABLES_TO_CLEAR:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in s3_server.env().items():
+        monkeypatch.setenv(variable, value)
+
+
+@pytest.fixture
+def use_s3_endpoint(monkeypatch: pytest.MonkeyPatch, s3_env: None) -> Callable[[str], None]:
+    """Point the code under test (the real boto3, via AWS_ENDPOINT_URL) at `url`."""
+    return lambda url: monkeypatch.setenv("AWS_ENDPOINT_URL", url)
 
 
 @pytest.fixture

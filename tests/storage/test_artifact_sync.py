@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -27,7 +28,8 @@ from appliance.storage import (
     run_sync_command,
     sync_all,
 )
-from tests.support.gcs import FaultyProxy, admin_client, emulator
+from tests.support.gcs import admin_client, emulator
+from tests.support.proxy import FaultyProxy
 
 REPO = Path(__file__).resolve().parents[2]
 StoreFactory = Callable[..., ArtifactStore]
@@ -154,6 +156,40 @@ def test_unreachable_source_serves_the_last_verified_copy(
     use_endpoint(gcs_url)
     assert make_store().sync("m", "1", source).stale is False
     assert sample(metrics, "aegis_artifact_stale", "m") == 0
+
+
+def test_a_cache_written_with_the_first_manifest_format_still_serves(
+    bucket: storage.Bucket,
+    make_store: StoreFactory,
+    use_endpoint: Callable[[str], None],
+    dead_url: str,
+) -> None:
+    bucket.blob("m/model.pt2").upload_from_string(b"good")
+    source = f"gs://{bucket.name}/m/"
+    good = make_store().sync("m", "1", source)
+    manifest_path = good.path.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    blob = bucket.get_blob("m/model.pt2")
+    # As the gs://-only releases wrote it: an integer generation, crc32c and md5 fields.
+    manifest["format"] = 1
+    manifest["objects"] = [
+        {
+            "path": "model.pt2",
+            "name": "m/model.pt2",
+            "generation": blob.generation,
+            "size": 4,
+            "crc32c": blob.crc32c,
+            "md5": blob.md5_hash,
+        }
+    ]
+    manifest_path.write_text(json.dumps(manifest))
+
+    again = make_store().sync("m", "1", source)
+    use_endpoint(dead_url)
+    stale = make_store().sync("m", "1", source)
+
+    assert (again.downloaded_bytes, again.path) == (0, good.path)
+    assert (stale.stale, stale.path) == (True, good.path)
 
 
 def test_unreachable_source_without_a_local_copy_fails_clearly(

@@ -12,6 +12,7 @@ import http.client
 import json
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -103,3 +104,19 @@ def get_text(server: Address, path: str, timeout_s: float = 30.0) -> str:
     reply = call(server, "GET", path, timeout_s=timeout_s)
     assert reply.status == 200, reply
     return reply.text()
+
+
+def wait_http_ok(port: int, path: str, timeout_s: float) -> None:
+    """Poll GET `path` on the loopback `port` until it answers 200 (a server that has started)."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if request(LOOPBACK, port, "GET", path, timeout_s=1.0).status == 200:
+                return
+        except OSError as error:
+            last = error
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"{LOOPBACK}:{port}{path} did not answer 200 within {timeout_s} s (last error: {last})"
+    )
