@@ -176,7 +176,7 @@ class S3Client:
             code = _code(error)
             if missing is not None and _status(error) == 404:
                 raise SyncError(missing(code)) from None
-            if code == "PreconditionFailed":
+            if code == "PreconditionFailed" or _status(error) == 412:  # If-Match: a new ETag
                 raise SyncError(f"{what}: the object changed during the sync; sync again") from None
             raise SyncError(f"{what}: {code or _status(error)}: {error}") from None
         except boto_exceptions.BotoCoreError as error:

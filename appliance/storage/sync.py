@@ -196,6 +196,8 @@ class ArtifactStore:
             planned.append(_Planned(obj, path.as_posix()))
         if not planned:
             raise SyncError(f"no objects under {source.uri}")
+        # One order whatever the store lists in, so that the same objects give the same manifest.
+        planned.sort(key=lambda item: item.path)
         paths = {item.path for item in planned}
         for item in planned:
             parent = item.path.rpartition("/")[0]

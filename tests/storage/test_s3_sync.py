@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import os
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,35 @@ def test_large_object_is_read_in_parallel_ranges_pinned_to_its_etag(
     )
     manifest = json.loads((result.path.parents[1] / "manifest.json").read_text())
     assert "sha256" in manifest["objects"][0]["checksums"]
+
+
+def test_an_object_replaced_during_a_sync_fails_it_instead_of_mixing_versions(
+    s3_admin: Any,
+    s3_bucket: str,
+    s3_server: S3Server,
+    make_store: StoreFactory,
+    use_s3_endpoint: Callable[[str], None],
+    monkeypatch: pytest.MonkeyPatch,
+    cache_dir: Path,
+) -> None:
+    monkeypatch.setattr("appliance.storage.sync.RANGED_THRESHOLD", MiB)
+    monkeypatch.setattr("appliance.storage.sync.PART_SIZE", MiB)
+    s3_admin.put_object(Bucket=s3_bucket, Key="m/model.pt2", Body=b"1" * 3 * MiB)
+    with FaultyProxy(s3_server.url) as proxy:
+        proxy.chunk_delay_s = 0.05  # about a second per 1 MiB range
+        use_s3_endpoint(proxy.url)
+        with ThreadPoolExecutor(1) as pool:
+            sync = pool.submit(make_store(concurrency=1).sync, "m", "1", f"s3://{s3_bucket}/m/")
+            deadline = time.monotonic() + 30
+            while not object_reads(proxy):
+                assert time.monotonic() < deadline and not sync.done()
+                time.sleep(0.01)
+            s3_admin.put_object(Bucket=s3_bucket, Key="m/model.pt2", Body=b"2" * 3 * MiB)
+            with pytest.raises(SyncError, match="changed during the sync"):
+                sync.result(timeout=30)
+
+    assert not (cache_dir / "m" / "1" / "current").exists()
+    assert staged(cache_dir, "m") == []
 
 
 def test_multipart_objects_are_not_checked_against_their_etag_or_part_checksums(
