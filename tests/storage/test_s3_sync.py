@@ -401,7 +401,14 @@ def test_retries_are_bounded(
         assert len(proxy.requests) == 4  # the policy's 4 attempts; boto3's own retries are off
 
 
-def test_sync_command_for_an_s3_model(s3_admin: Any, s3_bucket: str, cache_dir: Path) -> None:
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_sync_command_for_an_s3_model_with_progress_on_a_terminal(
+    s3_admin: Any, s3_bucket: str, cache_dir: Path
+) -> None:
     s3_admin.put_object(Bucket=s3_bucket, Key="ok/model.pt2", Body=b"ok")
     config = parse_config(
         {
@@ -409,9 +416,11 @@ def test_sync_command_for_an_s3_model(s3_admin: Any, s3_bucket: str, cache_dir: 
             "models": [{"name": "m0", "model_path": f"s3://{s3_bucket}/ok/model.pt2"}],
         }
     )
-    out, err = io.StringIO(), io.StringIO()
+    out, err = io.StringIO(), Terminal()
     assert run_sync_command(config, stdout=out, stderr=err) == 0
     assert "m0 1:" in out.getvalue() and "model.pt2" in out.getvalue()
+    drawn = err.getvalue()  # progress bars, as on a terminal
+    assert "m0/1 total" in drawn and "MiB/s" in drawn and "(1/1 objects)" in drawn
 
 
 def test_a_server_serves_a_model_from_s3(
