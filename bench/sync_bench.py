@@ -2,12 +2,17 @@
 
 gs://: syncs a folder of 200 x 1 MB objects and one 200 MB object at download_concurrency 1 and 8,
 and times a no-op re-sync of the folder. s3://: the same folder (first sync and no-op re-sync) at 1
-and 8, in the same run, for comparison. Everything runs in a network namespace the benchmark creates
-(and deletes, whatever happens), so the host's loopback is left alone. The latency is tc netem on
-that namespace's loopback; where the kernel has no netem (CONFIG_NET_SCH_NETEM unset, as on the
-2-core dev VMs), a delay-line TCP proxy in its own process adds it instead: every chunk is held for
-half the RTT each way, a new connection pays one RTT (the handshake), and at most 2 MiB per
-direction is in flight (about a 4 MiB TCP window over 20 ms: one stream tops out near 200 MB/s).
+and 8, in the same run, for comparison (moto's server closes the connection after every answer,
+so each S3 request also pays a new connection's round trip; S3 itself keeps them open; and an S3
+first sync costs a HEAD per object beside its GET, for the checksums a listing does not carry).
+The no-op re-syncs use a fresh store, as after a restart.
+
+Everything runs in a network namespace the benchmark creates (and deletes, whatever happens), so
+the host's loopback is left alone. The latency is tc netem on that namespace's loopback; where the
+kernel has no netem (CONFIG_NET_SCH_NETEM unset, as on the 2-core dev VMs), a delay-line TCP proxy
+in its own process per emulator adds it instead: every chunk is held for half the RTT each way, a
+new connection pays one RTT (the handshake), and at most 2 MiB per direction is in flight (about a
+4 MiB TCP window over 20 ms: one stream tops out near 200 MB/s).
 
     sudo .venv/bin/python bench/sync_bench.py [--rtt-ms 20] [--objects 200] [--big-mb 200]
 
