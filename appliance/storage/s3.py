@@ -184,7 +184,10 @@ class S3Client:
 
     def _head(self, bucket: str, key: str, etag: str | None = None) -> dict[str, Any]:
         extra = {"IfMatch": f'"{etag}"'} if etag else {}
-        return self._s3().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **extra)
+        head: dict[str, Any] = self._s3().head_object(
+            Bucket=bucket, Key=key, ChecksumMode="ENABLED", **extra
+        )
+        return head
 
     def list_objects(self, source: RemoteSource) -> list[RemoteObject]:
         def no_bucket(code: str) -> str:

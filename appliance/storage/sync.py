@@ -316,6 +316,7 @@ class ArtifactStore:
         os.fsync(download.fd)
         expected = remote.checksums or ()
         size = os.fstat(download.fd).st_size
+        why: str | None
         if size != remote.size:
             why = f"size mismatch: the source says {remote.size} bytes, {size} arrived"
         else:
