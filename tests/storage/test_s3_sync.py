@@ -23,7 +23,7 @@ from appliance.storage import ArtifactStore, SyncError, run_sync_command
 from appliance.units import MiB
 from tests.conftest import ServerFactory
 from tests.support.config import model_table
-from tests.support.http import request
+from tests.support.http import call
 from tests.support.models import Mlp
 from tests.support.proxy import FaultyProxy
 from tests.support.s3 import S3Server, admin_client
@@ -437,10 +437,9 @@ def test_a_server_serves_a_model_from_s3(
     )
     x = [[0.25 * i for i in range(8)]]
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": x[0]}]}
-    headers = {"Content-Type": "application/json"}
-    reply = request(
-        server.host, server.port, "POST", "/v2/models/mlp/infer", json.dumps(body).encode(), headers
-    ).json()
+    reply = call(server, "POST", "/v2/models/mlp/infer", json.dumps(body).encode())
 
+    assert reply.status == 200, reply
+    assert "s3://" in server.log() and "artifact_synced" in server.log()
     expected = Mlp()(torch.tensor(x)).detach().flatten().tolist()
-    assert reply["outputs"][0]["data"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert reply.json()["outputs"][0]["data"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
