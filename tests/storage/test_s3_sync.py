@@ -17,9 +17,9 @@ import structlog
 import torch
 from boto3.s3.transfer import TransferConfig
 
-from appliance.config import parse_config
+from appliance.config import StorageConfig, parse_config
 from appliance.metrics import Metrics
-from appliance.storage import ArtifactStore, SyncError, run_sync_command
+from appliance.storage import ArtifactStore, RetryPolicy, SyncError, run_sync_command
 from appliance.units import MiB
 from tests.conftest import ServerFactory
 from tests.support.config import model_table
@@ -389,16 +389,20 @@ def test_retries_are_bounded(
     s3_admin: Any,
     s3_bucket: str,
     s3_server: S3Server,
-    make_store: StoreFactory,
     use_s3_endpoint: Callable[[str], None],
+    cache_dir: Path,
 ) -> None:
     s3_admin.put_object(Bucket=s3_bucket, Key="m/a.pt2", Body=b"a")
+    # A deadline no loaded machine reaches: the count of attempts alone must stop the retries.
+    policy = RetryPolicy(attempts=4, initial_backoff_s=0.02, max_backoff_s=0.1, deadline_s=60.0)
+    store = ArtifactStore(StorageConfig(cache_dir=str(cache_dir)), retry=policy)
     with FaultyProxy(s3_server.url) as proxy:
         use_s3_endpoint(proxy.url)
         proxy.fail_next = 1000
         with pytest.raises(SyncError, match="503"):
-            make_store().sync("m", "1", f"s3://{s3_bucket}/m/a.pt2")
-        assert len(proxy.requests) == 4  # the policy's 4 attempts; boto3's own retries are off
+            store.sync("m", "1", f"s3://{s3_bucket}/m/a.pt2")
+        # The policy's 4 attempts; boto3's own retries are off.
+        assert len(proxy.requests) == 4, proxy.requests
 
 
 class Terminal(io.StringIO):
