@@ -27,16 +27,10 @@ def serve(
     models: ModelRegistry = registry,
 ) -> int:
     """Serve until SIGTERM; returns the exit code. A path is re-read on SIGHUP."""
-    from appliance.lifecycle.server import run
+    from appliance.lifecycle.supervisor import ConfigSource, serve_host
 
     if isinstance(config, (str, Path)):
-        path = config
-        return run(
-            with_registered_models(load_config(path), models),
-            bind,
-            lambda: with_registered_models(load_config(path), models),
-        )
-    base = config or AppConfig()
-    return run(
-        with_registered_models(base, models), bind, lambda: with_registered_models(base, models)
-    )
+        loaded = with_registered_models(load_config(config), models)
+        return serve_host(ConfigSource(loaded, str(config), models.models()), bind)
+    base = with_registered_models(config or AppConfig(), models)
+    return serve_host(ConfigSource(base, None, models.models()), bind)

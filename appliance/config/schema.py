@@ -329,6 +329,16 @@ class _NameAndVersion(_Table):
     version: ModelVersion
 
 
+def _replicas(value: object) -> object:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise invalid(f'must be "auto" or an integer >= 1, got {value!r}')
+
+
+# "auto": one replica per TPU chip when a model runs on the TPU, else 1.
+Replicas = Annotated[Literal["auto"] | int, BeforeValidator(_replicas)]
+
+
 def _bind_list(value: object) -> object:
     # A single bind string is a list of one.
     return [value] if isinstance(value, str) else value
@@ -341,6 +351,7 @@ class ServerConfig(_Table):
     max_request_bytes: PositiveInt = 64 * MiB
     shutdown_grace_s: NonNegativeNumber = 30.0
     admin_token_file: Text = ""
+    replicas: Replicas = "auto"
 
     @field_validator("bind")
     @classmethod

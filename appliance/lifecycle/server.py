@@ -38,6 +38,7 @@ from appliance.lifecycle.process import shorten_switch_interval
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import AppContext, HttpSettings, create_app
+from appliance.rest.app import RepositoryControl
 
 log = structlog.get_logger("aegis.lifecycle")
 
@@ -98,15 +99,19 @@ class Appliance:
         config: AppConfig,
         reread_config: Callable[[], AppConfig] | None = None,
         notifier: SystemdNotifier | None = None,
+        metrics: Metrics | None = None,
+        control: RepositoryControl | None = None,
     ) -> None:
         self.config = config
         self.notifier = notifier or SystemdNotifier.from_environment()
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.repository = ModelRepository()
         self.models = ModelLifecycle(
             config, self.repository, self.metrics, self.notifier, reread_config
         )
         self.exit_code = 0
+        # A replica restarted beside serving ones warms before it accepts from the shared socket.
+        self.warm_before_serving = False
         self._started = False
         self._draining = False
         self._stop = asyncio.Event()
@@ -118,7 +123,7 @@ class Appliance:
             admin_token=read_admin_token(config.server.admin_token_file),
             server_version=server_version(),
         )
-        context = AppContext(self.repository, self.metrics, settings, self, self.models)
+        context = AppContext(self.repository, self.metrics, settings, self, control or self.models)
         self.app: ASGIApp = create_app(context, lifespan=self._lifespan)
 
     def is_ready(self) -> bool:
@@ -152,7 +157,8 @@ class Appliance:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         shorten_switch_interval()
-        self._spawn(self._start_models())
+        if not self._started:
+            self._spawn(self._start_models())
         if self.notifier.watchdog_interval() is not None:
             self._spawn(self.notifier.run_watchdog())
         try:
@@ -194,6 +200,20 @@ class Appliance:
         self._stop_deadline = loop.time() + grace_s
         loop.call_later(window, self._stop.set)
 
+    async def _warm_first(self) -> bool:
+        """Bring the models up before serving; False when that failed or a stop came first."""
+        loop = asyncio.get_running_loop()
+        start = loop.create_task(self._start_models())
+        stop = loop.create_task(self._stop.wait())
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        start.cancel()
+        await asyncio.gather(start, stop, return_exceptions=True)
+        if self._started and not self._stop.is_set():
+            return True
+        await self._close_models()
+        return False
+
     def hypercorn_config(self, bind: list[str] | None = None) -> HypercornConfig:
         server = self.config.server
         hyper = HypercornConfig()
@@ -223,6 +243,8 @@ class Appliance:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
+            if self.warm_before_serving and not await self._warm_first():
+                return self.exit_code
             await serve(self.app, self.hypercorn_config(bind), shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -236,6 +258,11 @@ def run(
     reread_config: Callable[[], AppConfig] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; the process exit code."""
+    return run_appliance(lambda: Appliance(config, reread_config), bind)
+
+
+def run_appliance(make: Callable[[], Appliance], bind: list[str] | None = None) -> int:
+    """Serve the appliance `make` builds (inside the event loop) until it stops."""
     try:
         import uvloop
     except ImportError:
@@ -244,8 +271,7 @@ def run(
         runner = uvloop.run
 
     async def main() -> int:
-        appliance = Appliance(config, reread_config)
-        return await appliance.serve(bind)
+        return await make().serve(bind)
 
     code = runner(main())
     _abandon_stuck_threads(code)

@@ -1,6 +1,11 @@
 """Prometheus metrics of the contract, held in one `Metrics` object per app (no global registry).
 
 Histograms, not summaries, so that latency aggregates across replicas of a fleet.
+
+Several serving processes (replicas) on one host use prometheus-client's multiprocess mode: their
+values live in files under PROMETHEUS_MULTIPROC_DIR, set for each replica by the supervisor before
+prometheus-client is imported, and `exposition` renders every replica's (see `replicas.py`).
+Gauges are `livesum` there, so a dead process's gauges are dropped, not summed.
 """
 
 from __future__ import annotations
@@ -41,8 +46,15 @@ SYNC_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 class Metrics:
     """Every metric Aegis exports; `render()` gives the Prometheus text format."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        exposition: CollectorRegistry | None = None,
+    ) -> None:
+        """`exposition`: what `render()` shows, when not this process's own `registry`."""
         self.registry = registry or CollectorRegistry()
+        self.exposition = exposition or self.registry
+        self.runtime_collectors: list[Collector] = []
         r = self.registry
         model = ("model", "version")
         self.requests = Counter(
@@ -90,12 +102,14 @@ class Metrics:
             "Requests waiting for a batch.",
             model,
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_ready = Gauge(
             "aegis_model_ready",
             "1 when the model version is loaded and warm.",
             (*model, "device"),
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.cpu_fallback_requests = Counter(
             "aegis_cpu_fallback_requests",
@@ -121,14 +135,17 @@ class Metrics:
             "1 when a model is served from its last good local copy because the source failed.",
             model,
             registry=r,
+            multiprocess_mode="livesum",
         )
 
     def watch_runtimes(self, source: Callable[[], Iterable[RuntimeSample]]) -> None:
         """Export the runtimes' own counters (XLA compiles, CPU-fallback ops) at scrape time."""
-        self.registry.register(_RuntimeStatsCollector(source))
+        collector = _RuntimeStatsCollector(source)
+        self.registry.register(collector)
+        self.runtime_collectors.append(collector)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.exposition)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,187 @@
+"""One replica: a serving process the supervisor starts (`python -m appliance.lifecycle.replica`).
+
+It is the single-process appliance with four differences:
+- it serves the supervisor's listening sockets (inherited, `fd://N`), so every replica accepts
+  from the same queue and a restarting replica loses no connection that is still queued;
+- its sd_notify messages go to the supervisor (NOTIFY_SOCKET points there), which alone speaks
+  to systemd;
+- it is ready only once the supervisor says the whole host is (the same answer from every
+  replica), and admin load/unload are forwarded to the supervisor, which rolls them through
+  every replica;
+- restarted beside serving replicas, it warms its models before it accepts anything.
+
+What it is given comes pickled on stdin (`ReplicaSpec`): the config as the supervisor resolved
+it, which cannot always be re-created from a file (models declared from Python).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from appliance.config import AppConfig, DeclaredModel, load_config
+from appliance.errors import ModelNotReady
+from appliance.lifecycle.link import Link, LinkClosed, Message, raise_for_reply
+from appliance.lifecycle.server import Appliance, run_appliance
+from appliance.logs import configure_logging
+from appliance.metrics import Metrics
+from appliance.metrics.replicas import RUNTIME_FILE, ReplicasCollector, write_text
+
+log = structlog.get_logger("aegis.replica")
+
+# How often a replica writes its runtimes' counters beside its metric files.
+RUNTIME_METRICS_PERIOD_S = 5.0
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    index: int
+    threads: int  # torch intra-op threads
+    config: AppConfig  # the models this replica starts with, its own XLA cache folder
+    config_path: str | None  # re-read on SIGHUP; None: `config` is re-used
+    extra_models: tuple[DeclaredModel, ...]  # declared from Python, added on every re-read
+    binds: tuple[str, ...]  # fd://N of the inherited listening sockets
+    control_fd: int
+    metrics_root: str
+    warm_before_serving: bool
+    log_level: str
+
+
+def reread_function(spec: ReplicaSpec) -> Callable[[], AppConfig]:
+    if spec.config_path is None:
+        return lambda: spec.config
+    path = spec.config_path
+
+    def reread() -> AppConfig:
+        fresh = load_config(path)
+        declared = {(m.name, m.version) for m in fresh.models}
+        extra = tuple(m for m in spec.extra_models if (m.name, m.version) not in declared)
+        return replace(fresh, models=fresh.models + extra)
+
+    return reread
+
+
+class ForwardedControl:
+    """The admin endpoints' `RepositoryControl`: the supervisor rolls the change everywhere."""
+
+    def __init__(self) -> None:
+        self.link: Link | None = None  # opened with the event loop
+
+    async def _forward(self, op: str, name: str) -> None:
+        if self.link is None:
+            raise ModelNotReady("this replica is not connected to its supervisor yet")
+        try:
+            reply = await self.link.call({"op": op, "name": name})
+        except LinkClosed:
+            raise ModelNotReady("the host is shutting down") from None
+        raise_for_reply(reply)
+
+    async def load(self, name: str) -> None:
+        await self._forward("load", name)
+
+    async def unload(self, name: str) -> None:
+        await self._forward("unload", name)
+
+
+class ReplicaAppliance(Appliance):
+    def __init__(self, spec: ReplicaSpec) -> None:
+        root = Path(spec.metrics_root)
+        exposition = CollectorRegistry(auto_describe=False)
+        exposition.register(ReplicasCollector(root))
+        super().__init__(
+            spec.config,
+            reread_function(spec),
+            metrics=Metrics(exposition=exposition),
+            control=(forwarded := ForwardedControl()),
+        )
+        self.spec = spec
+        self._forwarded = forwarded
+        self.warm_before_serving = spec.warm_before_serving
+        self.host_ready = False
+        self._metrics_folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR", root))
+
+    def is_ready(self) -> bool:
+        return self.host_ready and super().is_ready()
+
+    def not_ready_reason(self) -> str:
+        if super().is_ready():
+            return "waiting for the other replicas"
+        return super().not_ready_reason()
+
+    async def _command(self, message: Message) -> Message | None:
+        """What the supervisor asks of this replica."""
+        op = message.get("op")
+        if op == "host_ready":
+            self.host_ready = True
+        elif op == "load":
+            await self.models.load(str(message["name"]))
+        elif op == "unload":
+            await self.models.unload(str(message["name"]))
+        else:
+            log.warning("control link: unknown op", op=op)
+        return None
+
+    async def _follow_link(self, link: Link) -> None:
+        await link.run(self._command)
+        # The supervisor is gone (killed, or it closed the link): nobody can restart or report
+        # this replica any more, so it stops like on SIGTERM.
+        if not self._draining:
+            log.error("supervisor gone, stopping")
+            self.request_stop()
+
+    async def _write_runtime_metrics(self) -> None:
+        path = self._metrics_folder / RUNTIME_FILE
+        while True:
+            await asyncio.sleep(RUNTIME_METRICS_PERIOD_S)
+            if any(True for model in self.repository if model.device.startswith("xla")):
+                with contextlib.suppress(OSError):
+                    write_text(path, self.metrics.runtime_collectors)
+
+    async def serve(self, bind: list[str] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        link = await Link.open(socket.socket(fileno=self.spec.control_fd))
+        self._forwarded.link = link
+        follow = loop.create_task(self._follow_link(link))
+        runtime = loop.create_task(self._write_runtime_metrics())
+        try:
+            return await super().serve(bind)
+        finally:
+            runtime.cancel()
+            follow.cancel()
+            await asyncio.gather(follow, runtime, return_exceptions=True)
+            link.close()
+
+
+def _set_threads(threads: int) -> None:
+    """torch's intra-op pool, once, before any model loads (the lifecycle's, not a runtime's)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
+def main() -> int:
+    spec: ReplicaSpec = pickle.load(sys.stdin.buffer)
+    configure_logging(spec.log_level)
+    structlog.contextvars.bind_contextvars(replica=spec.index)
+    _set_threads(spec.threads)
+    try:
+        return run_appliance(lambda: ReplicaAppliance(spec), list(spec.binds))
+    except (OSError, ValueError) as error:  # as `aegis serve` says it: a key file, a token
+        print(f"aegis: replica {spec.index}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""How many serving processes (replicas) a host runs, and what each one is given.
+
+A TPU chip is opened by one process only, so TPU models are served by one replica per chip, each
+seeing only its own chip (the single-chip topology of the PJRT docs) with its own libtpu port and
+its own XLA compilation cache. CPU replicas split the host's cores: torch's intra-op threads per
+replica are the cores over the replicas, so they do not fight over the same cores.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import AppConfig
+
+# libtpu's own default port for its process server; replica i takes the i-th one after it.
+TPU_PROCESS_BASE_PORT = 8476
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    index: int
+    threads: int  # torch intra-op threads
+    chip: str | None  # the PCI address of the TPU chip it owns
+    environment: dict[str, str]  # set on top of the supervisor's own environment
+
+    def xla_cache_dir(self, base: str) -> str:
+        """Its own XLA cache folder: compiled programs are per chip, and two writers would race."""
+        return str(Path(base) / f"replica-{self.index}") if base else ""
+
+
+def runs_on_tpu(config: AppConfig) -> bool:
+    return any(model.config.runtime == "tpu" for model in config.models)
+
+
+def replica_count(config: AppConfig, chips: int) -> int:
+    """The number of replicas `[server] replicas` asks for on a host with `chips` TPU chips."""
+    setting = config.server.replicas
+    on_tpu = runs_on_tpu(config) and chips > 0
+    if setting == "auto":
+        return chips if on_tpu else 1
+    if on_tpu and setting > chips:
+        raise ValueError(
+            f"server.replicas = {setting}, but this host has {chips} TPU chip(s) and a model "
+            "runs on the TPU: each replica owns one chip"
+        )
+    return setting
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, e.g. systemd's CPUAffinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def plan_replicas(config: AppConfig, chips: list[str], cpus: int) -> list[ReplicaPlan]:
+    count = replica_count(config, len(chips))
+    threads = max(1, cpus // count)
+    on_tpu = runs_on_tpu(config) and bool(chips)
+    plans = []
+    for index in range(count):
+        environment = {"OMP_NUM_THREADS": str(threads)}
+        if on_tpu:
+            environment |= {
+                "TPU_VISIBLE_CHIPS": str(index),
+                "TPU_PROCESS_BOUNDS": "1,1,1",
+                "TPU_CHIPS_PER_PROCESS_BOUNDS": "1,1,1",
+                "TPU_PROCESS_PORT": str(TPU_PROCESS_BASE_PORT + index),
+            }
+        chip = chips[index] if on_tpu else None
+        plans.append(ReplicaPlan(index, threads, chip, environment))
+    return plans
