@@ -1,0 +1,88 @@
+"""How many replicas a host runs and what each is given, from a fake PCI tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from appliance.config import ConfigError, parse_config
+from appliance.lifecycle.chips import tpu_chips
+from appliance.lifecycle.replicas import plan_replicas, replica_count
+
+TPU_MODEL = '[[models]]\nname = "t"\nmodel_path = "/m/t.pt2"\nruntime = "tpu"\ndevice = "tpu"\n'
+CPU_MODEL = '[[models]]\nname = "c"\nmodel_path = "/m/c.pt2"\n'
+
+
+def pci_tree(root: Path, devices: dict[str, tuple[str, str]]) -> Path:
+    """A sysfs root whose PCI bus holds `devices` (address -> (vendor, device))."""
+    for address, (vendor, device) in devices.items():
+        folder = root / "bus" / "pci" / "devices" / address
+        folder.mkdir(parents=True)
+        (folder / "vendor").write_text(vendor + "\n")
+        (folder / "device").write_text(device + "\n")
+    return root
+
+
+def tpu_host(root: Path, chips: int, device: str = "0x0063") -> Path:
+    devices = {f"0000:00:{4 + i:02x}.0": ("0x1ae0", device) for i in range(chips)}
+    devices["0000:00:03.0"] = ("0x1ae0", "0x0042")  # gVNIC: Google's vendor id, not a TPU
+    devices["0000:00:01.0"] = ("0x8086", "0x7110")
+    return pci_tree(root, devices)
+
+
+def config(server: str = "", models: str = TPU_MODEL):
+    return parse_config(tomllib.loads(f"[server]\n{server}\n{models}"))
+
+
+def test_chips_are_google_tpu_functions_in_address_order(tmp_path: Path) -> None:
+    root = tpu_host(tmp_path, 4, device="0x005e")
+    assert tpu_chips(root) == [f"0000:00:{4 + i:02x}.0" for i in range(4)]
+
+
+def test_no_pci_bus_means_no_chips(tmp_path: Path) -> None:
+    assert tpu_chips(tmp_path) == []
+    assert tpu_chips(pci_tree(tmp_path / "vm", {"0000:00:03.0": ("0x1ae0", "0x0042")})) == []
+
+
+@pytest.mark.parametrize("chips", [4, 8])
+def test_auto_is_one_replica_per_chip_each_owning_its_chip(tmp_path: Path, chips: int) -> None:
+    found = tpu_chips(tpu_host(tmp_path, chips))
+    plans = plan_replicas(config(), found, cpus=224)
+    assert [plan.chip for plan in plans] == found
+    ports = set()
+    for index, plan in enumerate(plans):
+        env = plan.environment
+        assert env["TPU_VISIBLE_CHIPS"] == str(index)
+        assert env["TPU_PROCESS_BOUNDS"] == "1,1,1"
+        assert env["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,1,1"
+        assert env["OMP_NUM_THREADS"] == str(224 // chips) == str(plan.threads)
+        ports.add(env["TPU_PROCESS_PORT"])
+    assert len(ports) == chips
+    caches = {plan.xla_cache_dir("/var/cache/aegis/xla") for plan in plans}
+    assert len(caches) == chips
+
+
+def test_auto_is_one_replica_without_a_tpu_model_or_without_chips(tmp_path: Path) -> None:
+    assert replica_count(config(models=CPU_MODEL), chips=8) == 1
+    assert replica_count(config(), chips=0) == 1
+    assert replica_count(config(models=""), chips=8) == 1
+
+
+def test_a_number_of_cpu_replicas_splits_the_cores() -> None:
+    plans = plan_replicas(config("replicas = 3", CPU_MODEL), [], cpus=8)
+    assert [plan.threads for plan in plans] == [2, 2, 2]
+    assert all("TPU_VISIBLE_CHIPS" not in plan.environment for plan in plans)
+    assert [p.threads for p in plan_replicas(config("replicas = 4", CPU_MODEL), [], 2)] == [1] * 4
+
+
+def test_more_tpu_replicas_than_chips_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="replicas = 5, but this host has 4 TPU chip"):
+        plan_replicas(config("replicas = 5"), tpu_chips(tpu_host(tmp_path, 4)), cpus=8)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"two"', "true", "1.5", '"AUTO"'])
+def test_replicas_must_be_auto_or_a_positive_integer(value: str) -> None:
+    with pytest.raises(ConfigError, match=r'server\.replicas: must be "auto" or an integer >= 1'):
+        config(f"replicas = {value}")

@@ -1,0 +1,258 @@
+"""Several replicas behind one port, as real processes: `aegis serve` with `[server] replicas`."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import model_table
+from tests.lifecycle.test_reload import admin, expected, infer, replace_model, token_file
+from tests.support.models import mlp_pt2
+from tests.support.server import ServerProcess
+
+X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "models" / "m.pt2"
+    path.parent.mkdir()
+    mlp_pt2(path, seed=1)
+    return path
+
+
+def events(server: ServerProcess, name: str) -> list[dict]:
+    found = []
+    for line in server.log().splitlines():
+        if f'"{name}"' in line:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == name:
+                found.append(event)
+    return found
+
+
+def replica_pids(server: ServerProcess) -> dict[int, int]:
+    """The latest process of each replica, from the supervisor's log."""
+    return {event["replica"]: event["pid"] for event in events(server, "replica started")}
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} after {timeout_s} s")
+
+
+def scrape(server: ServerProcess) -> str:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def served_by_replica(text: str, code: str = "200") -> dict[str, float]:
+    pattern = re.compile(r"^aegis_inference_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        match = pattern.match(line)
+        if match and f'code="{code}"' in match["labels"]:
+            replica = re.search(r'replica="(\d+)"', match["labels"])
+            assert replica, line
+            counts[replica.group(1)] = counts.get(replica.group(1), 0) + float(match["value"])
+    return counts
+
+
+def sample(text: str, name: str, replica: str) -> float:
+    match = re.search(rf'^{name}\{{replica="{replica}"\}} (\S+)$', text, re.MULTILINE)
+    assert match, f"{name} for replica {replica} not in the scrape"
+    return float(match.group(1))
+
+
+class Load(threading.Thread):
+    """Back-to-back requests, each over a fresh connection, bounded in count and time."""
+
+    def __init__(self, server: ServerProcess, limit_s: float = 120, limit_count: int = 5000):
+        super().__init__(daemon=True)
+        self.server = server
+        self.limit_s, self.limit_count = limit_s, limit_count
+        self.results: list[tuple[float, int, list[float] | str]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        end = time.monotonic() + self.limit_s
+        while (
+            not self.stop.is_set()
+            and time.monotonic() < end
+            and len(self.results) < self.limit_count
+        ):
+            try:
+                status, body = infer(self.server, X)
+                data = body["outputs"][0]["data"] if status == 200 else str(body.get("error"))
+            except (OSError, http.client.HTTPException) as error:
+                status, data = 0, repr(error)
+            self.results.append((time.monotonic(), status, data))
+
+
+def run_load(clients: list[Load], action, settle_s: float = 0.5) -> None:
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(settle_s)
+        action()
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(30)
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_fresh_connections_reach_every_replica_and_one_scrape_counts_them_all(
+    serve, model_file: Path, replicas: int
+) -> None:
+    server = serve(model_table("m", model_file, "max_batch_size = 8"), f"replicas = {replicas}")
+    assert len(replica_pids(server)) == replicas
+    clients = [Load(server, limit_count=40) for _ in range(4)]
+    run_load(clients, lambda: [client.join(120) for client in clients], settle_s=0)
+    statuses = [status for client in clients for _, status, _ in client.results]
+    assert statuses == [200] * 160
+    counts = served_by_replica(scrape(server))
+    assert set(counts) == {str(i) for i in range(replicas)}, counts
+    assert sum(counts.values()) == 160
+    assert all(count > 0 for count in counts.values()), counts
+
+
+def test_keep_alive_connections_opened_at_once_are_spread(serve, model_file: Path) -> None:
+    server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
+    connections = 32
+    barrier = threading.Barrier(connections, timeout=30)
+    held: list[http.client.HTTPConnection] = []
+    statuses: list[int] = []
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
+    )
+
+    def one() -> None:
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        held.append(connection)
+        barrier.wait()
+        connection.request("POST", "/v2/models/m/infer", body=body)
+        response = connection.getresponse()
+        response.read()
+        statuses.append(response.status)
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(connections)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert statuses == [200] * connections
+        # One request per connection, all still open: the counts are where the connections went.
+        counts = served_by_replica(scrape(server))
+    finally:
+        for connection in held:
+            connection.close()
+    assert sum(counts.values()) == connections
+    assert set(counts) == {"0", "1"} and min(counts.values()) > 0, counts
+
+
+def test_a_killed_replica_loses_at_most_its_requests_and_serves_again(
+    serve, model_file: Path
+) -> None:
+    server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
+    victim = replica_pids(server)[1]
+    clients = [Load(server) for _ in range(4)]
+    killed_at: list[float] = []
+
+    def kill_and_wait() -> None:
+        killed_at.append(time.monotonic())
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: (
+                replica_pids(server)[1] != victim
+                and any(e["pid"] == replica_pids(server)[1] for e in events(server, "replica warm"))
+            ),
+            120,
+            "replica 1 not warm again",
+        )
+        before = served_by_replica(scrape(server)).get("1", 0)
+        wait_for(
+            lambda: served_by_replica(scrape(server)).get("1", 0) > before,
+            30,
+            "replica 1 not serving again",
+        )
+
+    run_load(clients, kill_and_wait)
+    results = sorted(r for client in clients for r in client.results)
+    failed = [r for r in results if r[1] != 200]
+    # A request the killed replica held is lost (its connection is reset); none other is.
+    assert len(failed) <= len(clients), failed
+    assert all(r[1] == 0 for r in failed), failed
+    assert all(abs(r[0] - killed_at[0]) < 5 for r in failed), failed
+    assert all(np.allclose(r[2], expected(X, 1).ravel(), atol=1e-5) for r in results if r[1] == 200)
+    text = scrape(server)
+    assert sample(text, "aegis_replica_up", "1") == 1
+    assert sample(text, "aegis_replica_restarts_total", "1") == 1
+    assert server.status("/v2/health/ready") == 200
+
+
+def test_sighup_rolls_a_reload_through_the_replicas_under_load(serve, model_file: Path) -> None:
+    server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
+    clients = [Load(server) for _ in range(3)]
+
+    def reload() -> None:
+        replace_model(model_file, seed=2)
+        os.kill(server.process.pid, signal.SIGHUP)
+        wait_for(lambda: len(events(server, "replica reloaded")) == 2, 120, "no rolling reload")
+
+    run_load(clients, reload)
+    results = [r for client in clients for r in client.results]
+    assert {status for _, status, _ in results} == {200}, [r for r in results if r[1] != 200][:3]
+    reloaded = [event["replica"] for event in events(server, "replica reloaded")]
+    assert reloaded == [0, 1]
+    # Both replicas now answer with the new version, over fresh connections.
+    new = expected(X, 2).ravel()
+    for _ in range(20):
+        status, body = infer(server, X)
+        assert status == 200
+        np.testing.assert_allclose(body["outputs"][0]["data"], new, atol=1e-5)
+
+
+def test_admin_unload_and_load_reach_every_replica(serve, model_file: Path, tmp_path: Path) -> None:
+    server = serve(
+        model_table("m", model_file, "max_batch_size = 8"),
+        f'replicas = 3\nadmin_token_file = "{token_file(tmp_path)}"',
+    )
+    assert admin(server, "/v2/repository/models/m/unload") == (200, {})
+    assert {infer(server, X)[0] for _ in range(30)} == {404}
+    replace_model(model_file, seed=3)
+    assert admin(server, "/v2/repository/models/m/load") == (200, {})
+    for _ in range(30):
+        status, body = infer(server, X)
+        assert status == 200
+        np.testing.assert_allclose(body["outputs"][0]["data"], expected(X, 3).ravel(), atol=1e-5)
+    status, body = admin(server, "/v2/repository/models/other/load")
+    assert status == 404 and "other" in body["error"]
+
+
+def test_sigterm_stops_every_replica_and_leaves_no_process(serve, model_file: Path) -> None:
+    server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 3")
+    pids = list(replica_pids(server).values())
+    assert len(pids) == 3 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert server.stop(timeout_s=30) == 0, server.log()
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert len(events(server, "replica exited")) == 3
