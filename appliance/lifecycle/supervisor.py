@@ -339,6 +339,7 @@ class Supervisor:
             log.error(
                 "replica keeps failing", replica=replica.index, failures=replica.failures, code=code
             )
+            self._write_metrics()
         self._report()
         await asyncio.sleep(delay)
         if self._stopping:

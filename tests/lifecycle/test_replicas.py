@@ -15,12 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import model_table
+from tests.conftest import model_table, server_config
 from tests.lifecycle.test_reload import admin, expected, infer, replace_model, token_file
+from tests.lifecycle.test_startup_notify import NotifySocket
 from tests.support.models import mlp_pt2
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, start_server
 
 X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
+
+
+@pytest.fixture
+def systemd(tmp_path: Path):
+    listener = NotifySocket(tmp_path / "notify.sock")
+    listener.start()
+    yield listener
+    listener.close()
 
 
 @pytest.fixture
@@ -256,3 +265,61 @@ def test_sigterm_stops_every_replica_and_leaves_no_process(serve, model_file: Pa
     assert server.stop(timeout_s=30) == 0, server.log()
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
     assert len(events(server, "replica exited")) == 3
+
+
+def test_systemd_hears_ready_once_when_every_replica_is_warm(
+    tmp_path: Path, artifacts, systemd: NotifySocket
+) -> None:
+    config = tmp_path / "aegis.toml"
+    config.write_text(
+        server_config(tmp_path, model_table("m", artifacts["mlp.pt2"]), "replicas = 3")
+    )
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
+    server = start_server(config, tmp_path / "server.log", env)
+    systemd.server = server
+    try:
+        server.wait_ready(180)
+        wait_for(lambda: any("READY=1" in m for m, _ in systemd.messages), 10, "no READY=1")
+        warm = events(server, "replica warm")
+        time.sleep(1.5)  # a watchdog period
+    finally:
+        code = server.stop(timeout_s=30)
+    time.sleep(0.3)
+    assert code == 0, server.log()
+    texts = [message for message, _ in systemd.messages]
+    ready = [(t, r) for t, r in systemd.messages if "READY=1" in t]
+    assert len(ready) == 1, texts
+    assert ready[0][1] == 200, "READY=1 arrived while readiness still said 503"
+    assert "on 3 replicas" in ready[0][0]
+    assert len(warm) == 3
+    before = texts[: texts.index(ready[0][0])]
+    assert any(t.startswith("STATUS=replica 2: warming m:1") for t in before), before
+    after = texts[texts.index(ready[0][0]) :]
+    assert "WATCHDOG=1" in after and "STOPPING=1" in after, after
+
+
+def test_a_replica_that_keeps_failing_is_reported_while_the_others_serve(
+    serve, model_file: Path
+) -> None:
+    server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
+    pids = replica_pids(server)
+    model_file.write_bytes(b"not a model")  # replica 1 cannot start again from here on
+    os.kill(pids[1], signal.SIGKILL)
+    clients = [Load(server) for _ in range(2)]
+    run_load(
+        clients,
+        lambda: wait_for(
+            lambda: events(server, "replica keeps failing"), 180, "replica 1 never reported"
+        ),
+        settle_s=0,
+    )
+    results = [r for client in clients for r in client.results]
+    # Replica 0 served throughout (a request replica 1 held when it was killed may be lost).
+    assert len([r for r in results if r[1] != 200]) <= len(clients)
+    assert len(results) > 50
+    text = scrape(server)
+    assert sample(text, "aegis_replica_failing", "1") == 1
+    assert sample(text, "aegis_replica_up", "1") == 0
+    assert sample(text, "aegis_replica_up", "0") == 1
+    assert events(server, "replica keeps failing")[0]["replica"] == 1
+    assert server.status("/v2/health/ready") == 200
