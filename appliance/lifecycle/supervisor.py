@@ -34,9 +34,10 @@ import socket
 import struct
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 from hypercorn.config import Config as HypercornConfig
@@ -218,8 +219,8 @@ class Supervisor:
                     sock.close()
         return self.exit_code
 
-    def _spawn_task(self, coroutine: object) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+    def _spawn_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -341,11 +342,21 @@ class Supervisor:
             )
             self._write_metrics()
         self._report()
-        await asyncio.sleep(delay)
-        if self._stopping:
-            return
-        replica.restarts += 1
-        await self._start(replica, warm_first=True)
+        await self._restart(replica, delay)
+
+    async def _restart(self, replica: Replica, delay_s: float) -> None:
+        while True:
+            await asyncio.sleep(delay_s)
+            if self._stopping:
+                return
+            replica.restarts += 1
+            try:
+                await self._start(replica, warm_first=True)
+                return
+            except OSError as error:  # could not even start the process: try again later
+                replica.failures += 1
+                delay_s = backoff_s(replica.failures)
+                log.error("replica not started", replica=replica.index, reason=str(error))
 
     # -- what the replicas say ---------------------------------------------------------------
 
