@@ -8,8 +8,9 @@ itself, TorchServe's handler sets one thread per worker.
 
 1. scaling: Aegis JSON at c=64 with replicas = 1 (the single process), 2 and 4, tiny and compute;
 2. peers: Aegis replicas = 2 against TorchServe 2 workers (batch 32, 5 ms, as compare.py), the
-   same wrk at c=16 and c=64, one run;
-3. restart: replicas = 2, tiny, wrk c=16 for 20 s; replica 1 is SIGKILLed after 5 s. The time
+   same wrk at c=16 and c=64, one run of alternating rounds; with each figure the server's CPU
+   time per request (its process tree's), which other load on the host does not move;
+3. restart: replicas = 2, tiny, wrk c=16 for 45 s; replica 1 is SIGKILLed after 5 s. The time
    from the kill until replica 1 answers again (its request counter moves, polled every 20 ms)
    and the requests lost (wrk's socket errors and timeouts; non-2xx answers are counted apart).
 
@@ -58,15 +59,42 @@ def wait_host_ready(server: compare.Server, timeout_s: float = compare.START_TIM
     raise RuntimeError(f"{server.key} not ready after {timeout_s:.0f} s")
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU time (user + system) of `pid` and its live descendants, in seconds."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        stack.extend(children.get(current, []))
+        total += times.get(current, 0.0)
+    return total
+
+
 def load(
     server: compare.Server, target: compare.Target, concurrency: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     compare.run_wrk(server.port, target, concurrency, args.warmup, args.work, cores=CORES)
+    cpu_before = tree_cpu_s(server.proc.pid)
     result = compare.run_wrk(server.port, target, concurrency, args.window, args.work, cores=CORES)
+    cpu_s = tree_cpu_s(server.proc.pid) - cpu_before
     duration_s = result["duration_us"] / 1e6
+    served = result["requests"] - result["non2xx"]
     row = {
         "concurrency": concurrency,
-        "rps": (result["requests"] - result["non2xx"]) / duration_s,
+        "rps": served / duration_s,
+        # What the server spent per request: unlike req/s, not moved by other load on the host.
+        "cpu_ms_per_request": 1000 * cpu_s / served if served else None,
         "p50_ms": result["p50_us"] / 1000,
         "p99_ms": result["p99_us"] / 1000,
         "errors": result["non2xx"] + result["socket_errors"] + result["timeouts"],
@@ -75,6 +103,7 @@ def load(
     compare.log(
         f"{server.key:10s} c={concurrency:<3d} {row['rps']:8.1f} req/s  p50 {row['p50_ms']:6.2f}"
         f"  p99 {row['p99_ms']:6.2f} ms  errors {row['errors']}  rss {row['rss_mb']:.0f} MB"
+        f"  cpu/request {row['cpu_ms_per_request'] or 0:.3f} ms"
     )
     return row
 
@@ -162,7 +191,7 @@ def restart(launcher: compare.Launcher, args: argparse.Namespace) -> dict[str, A
 
         watcher = threading.Thread(target=kill_and_watch, daemon=True)
         watcher.start()
-        result = compare.run_wrk(server.port, target, 16, 20.0, args.work, cores=CORES)
+        result = compare.run_wrk(server.port, target, 16, 45.0, args.work, cores=CORES)
         watcher.join(60)
         outcome |= {
             "requests": result["requests"],
@@ -187,6 +216,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--replicas", default="1,2,4")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating peer rounds")
     parser.add_argument("--out", type=Path, default=BENCH / "out" / "replicas")
     parser.add_argument("--skip", default="", help="comma-separated: scaling,peers,restart")
     args = parser.parse_args(argv)
@@ -215,9 +245,11 @@ def main(argv: list[str]) -> int:
                 for row in served(launcher, "aegis", model, size, [64], args)
             ]
         if "peers" not in skip:
+            # Alternating rounds, so that a change in the host's other load hits both servers.
             results["peers"] = [
-                row
+                {"round": round_, **row}
                 for model in ("tiny", "compute")
+                for round_ in range(args.rounds)
                 for key in ("aegis", "torchserve")
                 for row in served(launcher, key, model, 2, [16, 64], args)
             ]
