@@ -20,7 +20,7 @@ import structlog
 
 from appliance.errors import InferenceError, LoadFailed, ModelNotFound
 
-log = structlog.get_logger("aegis.link")
+log = structlog.get_logger("aegis.lifecycle")
 
 Message = dict[str, Any]
 Handler = Callable[[Message], Awaitable[Message | None]]
@@ -92,14 +92,14 @@ class Link:
                 try:
                     line = await self._reader.readline()
                 except (ValueError, ConnectionError) as error:  # over the limit, or reset
-                    log.error("control link broken", reason=str(error))
+                    log.error("control_link_broken", reason=str(error))
                     break
                 if not line:
                     break
                 try:
                     message = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    log.error("control link: not a JSON line", line=line[:200])
+                    log.error("control_link_bad_line", line=line[:200])
                     continue
                 if "reply" in message:
                     future = self._pending.get(message["reply"])
@@ -118,7 +118,7 @@ class Link:
         except InferenceError as error:
             result = error_fields(error)
         except Exception as error:  # the caller still gets an answer; the log gets the trace
-            log.error("control link: handler failed", op=message.get("op"), exc_info=error)
+            log.error("control_link_handler_failed", op=message.get("op"), exc_info=error)
             result = {"error": "InferenceError", "message": "internal error"}
         if "id" in message and not self._closed:
             with contextlib.suppress(LinkClosed, ConnectionError):

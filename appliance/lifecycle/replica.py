@@ -37,7 +37,7 @@ from appliance.logs import configure_logging
 from appliance.metrics import Metrics
 from appliance.metrics.replicas import RUNTIME_FILE, ReplicasCollector, write_text
 
-log = structlog.get_logger("aegis.replica")
+log = structlog.get_logger("aegis.lifecycle")
 
 # How often a replica writes its runtimes' counters beside its metric files.
 RUNTIME_METRICS_PERIOD_S = 5.0
@@ -128,7 +128,7 @@ class ReplicaAppliance(Appliance):
         elif op == "unload":
             await self.models.unload(str(message["name"]))
         else:
-            log.warning("control link: unknown op", op=op)
+            log.warning("control_link_unknown_op", op=op)
         return None
 
     async def _follow_link(self, link: Link) -> None:
@@ -136,7 +136,7 @@ class ReplicaAppliance(Appliance):
         # The supervisor is gone (killed, or it closed the link): nobody can restart or report
         # this replica any more, so it stops like on SIGTERM.
         if not self._draining:
-            log.error("supervisor gone, stopping")
+            log.error("supervisor_gone")
             self.request_stop()
 
     async def _write_runtime_metrics(self) -> None:

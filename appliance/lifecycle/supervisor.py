@@ -52,7 +52,7 @@ from appliance.lifecycle.replica import ReplicaSpec
 from appliance.lifecycle.replicas import ReplicaPlan, plan_replicas, usable_cpus
 from appliance.metrics.replicas import SUPERVISOR_FILE, forget_process, replica_folder, write_text
 
-log = structlog.get_logger("aegis.supervisor")
+log = structlog.get_logger("aegis.lifecycle")
 
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -200,7 +200,7 @@ class Supervisor:
                 if self.notifier.watchdog_interval() is not None:
                     self._spawn_task(self.notifier.run_watchdog())
                     self._spawn_task(self._watch_replicas())
-                log.info("starting replicas", replicas=len(self.plans), binds=self.binds)
+                log.info("replicas_starting", replicas=len(self.plans), binds=self.binds)
                 self.notifier.status(f"starting {len(self.plans)} replicas")
                 for replica in self.replicas:
                     await self._start(replica, warm_first=False)
@@ -294,7 +294,7 @@ class Supervisor:
             await process.stdin.drain()
         process.stdin.close()
         replica.link = await Link.open(ours)
-        log.info("replica started", replica=replica.index, pid=process.pid, chip=replica.plan.chip)
+        log.info("replica_started", replica=replica.index, pid=process.pid, chip=replica.plan.chip)
         self._spawn_task(replica.link.run(self._on_request))
         self._spawn_task(self._follow(replica, process))
         self._write_metrics()
@@ -312,11 +312,11 @@ class Supervisor:
         forget_process(replica.metrics_folder, process.pid)
         self._write_metrics()
         if self._stopping:
-            log.info("replica exited", replica=replica.index, pid=process.pid, code=code)
+            log.info("replica_exited", replica=replica.index, pid=process.pid, code=code)
             return
         if not self.host_ready:
             log.error(
-                "replica exited while the host was starting",
+                "replica_exited_while_starting",
                 replica=replica.index,
                 code=code,
                 status=replica.status,
@@ -328,7 +328,7 @@ class Supervisor:
         replica.failures = 0 if served_s >= STABLE_AFTER_S else replica.failures + 1
         delay = backoff_s(replica.failures)
         log.error(
-            "replica exited, starting it again",
+            "replica_restarting",
             replica=replica.index,
             pid=process.pid,
             code=code,
@@ -338,7 +338,7 @@ class Supervisor:
         if replica.failures >= FAILING_AFTER and not replica.failing:
             replica.failing = True
             log.error(
-                "replica keeps failing", replica=replica.index, failures=replica.failures, code=code
+                "replica_failing", replica=replica.index, failures=replica.failures, code=code
             )
             self._write_metrics()
         self._report()
@@ -356,7 +356,7 @@ class Supervisor:
             except OSError as error:  # could not even start the process: try again later
                 replica.failures += 1
                 delay_s = backoff_s(replica.failures)
-                log.error("replica not started", replica=replica.index, reason=str(error))
+                log.error("replica_spawn_failed", replica=replica.index, reason=str(error))
 
     # -- what the replicas say ---------------------------------------------------------------
 
@@ -394,10 +394,10 @@ class Supervisor:
                 self._on_warm(replica)
 
     def _on_warm(self, replica: Replica) -> None:
-        log.info("replica warm", replica=replica.index, pid=replica.pid)
+        log.info("replica_warm", replica=replica.index, pid=replica.pid)
         if replica.failing:
             replica.failing = False
-            log.info("replica recovered", replica=replica.index)
+            log.info("replica_recovered", replica=replica.index)
         if self.host_ready:
             self._tell(replica, {"op": "host_ready"})
         elif all(r.alive and r.warm for r in self.replicas):
@@ -433,13 +433,13 @@ class Supervisor:
                 except LinkClosed:
                     continue  # it died: it starts again with the models as they are now
                 if reply.get("error"):
-                    log.error("admin change failed", op=op, model=name, replica=replica.index)
+                    log.error("admin_change_failed", op=op, model=name, replica=replica.index)
                     return {"error": reply["error"], "message": reply.get("message", "")}
             if op == "unload":
                 self._unloaded.add(name)
             else:
                 self._unloaded.discard(name)
-            log.info("admin change rolled through the replicas", op=op, model=name)
+            log.info("admin_change_rolled", op=op, model=name)
         return None
 
     def _report(self) -> None:
@@ -468,7 +468,7 @@ class Supervisor:
                 silent_s = loop.time() - replica.last_ping
                 if replica.alive and replica.warm and silent_s > interval * 2:
                     log.error(
-                        "replica stopped answering its watchdog, killing it",
+                        "replica_watchdog_timeout",
                         replica=replica.index,
                         silent_s=round(silent_s, 1),
                     )
@@ -480,7 +480,7 @@ class Supervisor:
 
     def _request_reload(self) -> None:
         if not self.host_ready:
-            log.info("reload requested while starting: it follows once the host is ready")
+            log.info("reload_deferred_until_ready")
             self._reload_pending = True
             return
         self._reload_pending = False
@@ -488,7 +488,7 @@ class Supervisor:
 
     async def _reload(self) -> None:
         async with self._roll:
-            log.info("rolling reload", replicas=len(self.replicas))
+            log.info("rolling_reload", replicas=len(self.replicas))
             self.notifier.reloading()
             failed = []
             for replica in self.replicas:
@@ -499,12 +499,12 @@ class Supervisor:
                 await replica.reload_done.wait()
                 if replica.exited.is_set() or "failed" in replica.status:
                     failed.append(str(replica.index))
-                log.info("replica reloaded", replica=replica.index, status=replica.status)
+                log.info("replica_reloaded", replica=replica.index, status=replica.status)
             try:
                 self._models = self.source.reread().models
                 self._unloaded.clear()
             except Exception as error:  # the replicas have said why already; keep the models
-                log.error("reload: config not re-read by the supervisor", reason=str(error))
+                log.error("reload_config_invalid", reason=str(error))
             status = f"serving; reload failed on replica {', '.join(failed)}" if failed else ""
             self.notifier.ready(status or f"serving on {len(self.replicas)} replicas")
 
@@ -518,7 +518,7 @@ class Supervisor:
         self._stop.set()
 
     async def _stop_replicas(self) -> None:
-        log.info("stopping replicas", grace_s=self.grace_s)
+        log.info("replicas_stopping", grace_s=self.grace_s)
         self.notifier.stopping()
         live = [r for r in self.replicas if r.alive and r.process is not None]
         for replica in live:
@@ -533,7 +533,7 @@ class Supervisor:
     async def _kill_leftovers(self) -> None:
         leftovers = [r for r in self.replicas if r.alive and r.process is not None]
         for replica in leftovers:
-            log.error("replica did not exit in time, killing it", replica=replica.index)
+            log.error("replica_stop_timeout", replica=replica.index)
             with contextlib.suppress(ProcessLookupError):
                 replica.process.kill()  # type: ignore[union-attr]
         for replica in leftovers:

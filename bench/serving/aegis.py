@@ -13,13 +13,15 @@ from serving.payload import Payload
 AEGIS = Path(sys.executable).parent / "aegis"
 
 
-def start(launch: Launch, model: str, payload: Payload, queue_size: int = 1024) -> Server:
-    home = launch.home(f"aegis-{model}-{queue_size}")
+def start(
+    launch: Launch, model: str, payload: Payload, queue_size: int = 1024, replicas: int = 1
+) -> Server:
+    home = launch.home(f"aegis-{model}-{queue_size}-{replicas}")
     spec = models.MODELS[model]
     port = free_port()
     config = home / "aegis.toml"
     config.write_text(
-        f'[server]\nbind = ["{HOST}:{port}"]\nshutdown_grace_s = 2\n\n'
+        f'[server]\nbind = ["{HOST}:{port}"]\nshutdown_grace_s = 2\nreplicas = {replicas}\n\n'
         f'[storage]\ncache_dir = "{home / "cache"}"\n\n'
         f'[[models]]\nname = "{model}"\nversion = "1"\n'
         f'model_path = "{launch.artifacts / (model + ".pt2")}"\n'

@@ -41,6 +41,9 @@ class Launch:
     fleet: Fleet
     work: Path
     artifacts: Path
+    cores: str = SERVER_CORE  # what the servers may run on
+    # One intra-op thread each; False: every server sets its own, as it would when deployed.
+    one_thread: bool = True
 
     def home(self, name: str) -> Path:
         path = self.work / name
@@ -51,9 +54,11 @@ class Launch:
     def spawn(
         self, command: list[str | Path], home: Path, env: dict[str, str] | None = None
     ) -> tuple[subprocess.Popen[bytes], Path]:
-        """Runs `command` on the server core with its output in `home/server.log`."""
+        """Runs `command` on the server cores with its output in `home/server.log`."""
         log = home / "server.log"
         # Every server gets one intra-op thread on its one core (field notes: stable latency).
-        base = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        pinned = ["taskset", "-c", SERVER_CORE, *map(str, command)]
+        base: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+        if self.one_thread:
+            base |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        pinned = ["taskset", "-c", self.cores, *map(str, command)]
         return self.fleet.start(pinned, log, home, {**base, **(env or {})}), log

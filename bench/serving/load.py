@@ -79,7 +79,12 @@ def wait_ready(server: Server, target: Target, payload: Payload) -> None:
 
 
 def run_wrk(
-    port: int, target: Target, concurrency: int, seconds: float, work: Path
+    port: int,
+    target: Target,
+    concurrency: int,
+    seconds: float,
+    work: Path,
+    cores: str = CLIENT_CORE,
 ) -> dict[str, Any]:
     body_file = work / f"body-{target.name}.bin"
     body_file.write_bytes(target.body)
@@ -91,7 +96,7 @@ def run_wrk(
     command = [
         "taskset",
         "-c",
-        CLIENT_CORE,
+        cores,
         "wrk",
         "-t1",
         f"-c{concurrency}",
@@ -111,7 +116,7 @@ def run_wrk(
 
 
 def batch_histogram(port: int, model: str) -> tuple[float, float]:
-    """(sum, count) of aegis_batch_size for `model`."""
+    """(sum, count) of aegis_batch_size for `model`, over every replica."""
     with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     found = {"aegis_batch_size_sum": 0.0, "aegis_batch_size_count": 0.0}
@@ -120,7 +125,7 @@ def batch_histogram(port: int, model: str) -> tuple[float, float]:
             continue
         for sample in family.samples:
             if sample.name in found and sample.labels.get("model") == model:
-                found[sample.name] = sample.value
+                found[sample.name] += sample.value
     return found["aegis_batch_size_sum"], found["aegis_batch_size_count"]
 
 

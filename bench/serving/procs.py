@@ -61,6 +61,21 @@ class Fleet:
             self.stop(proc, grace_s=3.0)
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU time (user + system) of `pid` and its live descendants, in seconds."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of `pid` and all its descendants (workers, the JVM), in MiB."""
     try:

@@ -13,7 +13,7 @@ from serving.launch import HOST, PEER_FILES, Launch, Server, free_port
 from serving.payload import Payload
 
 
-def start(launch: Launch, model: str, payload: Payload) -> Server:
+def start(launch: Launch, model: str, payload: Payload, workers: int = 1) -> Server:
     home = launch.home(f"torchserve-{model}")
     bin_dir = envs.ensure("torchserve").parent
     store = home / "store"
@@ -46,8 +46,8 @@ def start(launch: Launch, model: str, payload: Payload) -> Server:
             "1": {
                 "defaultVersion": True,
                 "marName": model,
-                "minWorkers": 1,
-                "maxWorkers": 1,
+                "minWorkers": workers,
+                "maxWorkers": workers,
                 "batchSize": spec.max_batch_size,
                 "maxBatchDelay": int(spec.max_queue_delay_ms),
                 "responseTimeout": 120,
@@ -61,7 +61,7 @@ def start(launch: Launch, model: str, payload: Payload) -> Server:
         f"grpc_inference_address={HOST}\ngrpc_management_address={HOST}\n"
         f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
         "disable_token_authorization=true\nenable_model_api=false\n"
-        "disable_system_metrics=true\ndefault_workers_per_model=1\n"
+        f"disable_system_metrics=true\ndefault_workers_per_model={workers}\n"
         f"model_store={store}\nload_models={model}\n"
         f"models={json.dumps(registered)}\n"
     )

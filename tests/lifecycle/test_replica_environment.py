@@ -16,7 +16,8 @@ import pytest
 
 from tests.lifecycle.test_replica_plan import tpu_host
 from tests.lifecycle.test_replicas import replica_pids, wait_for
-from tests.support.server import ServerProcess, free_port
+from tests.support.http import free_port
+from tests.support.server import ServerProcess
 
 
 def environment(pid: int) -> dict[str, str]:
@@ -96,7 +97,7 @@ def test_each_replica_owns_one_chip(tmp_path: Path, artifacts, chips: int) -> No
         assert "WATCHDOG_PID" not in env
         notify_sockets.add(env["NOTIFY_SOCKET"])
     assert len(notify_sockets) == chips
-    started = [line for line in server.log().splitlines() if '"replica started"' in line]
+    started = [line for line in server.log().splitlines() if '"replica_started"' in line]
     assert all(f'"chip":"0000:00:{4 + i:02x}.0"' in started[i] for i in range(chips)), started
     time.sleep(0.2)
     assert not [pid for pid in pids.values() if Path(f"/proc/{pid}").exists()]
