@@ -44,7 +44,9 @@ while True:
 """
 
 
-def start_listeners(mode: str, port: int, shared: socket.socket | None) -> list[subprocess.Popen]:
+def start_listeners(
+    mode: str, port: int, shared: socket.socket | None
+) -> list[subprocess.Popen[bytes]]:
     listeners = []
     for _ in range(2):
         env = dict(os.environ)

@@ -98,7 +98,7 @@ def listening_sockets(config: AppConfig, binds: list[str]) -> list[socket.socket
 def backoff_s(failures: int) -> float:
     if failures <= 0:
         return 0.0
-    return min(BACKOFF_FIRST_S * 2 ** (failures - 1), BACKOFF_MAX_S)
+    return min(BACKOFF_FIRST_S * 2.0 ** min(failures - 1, 16), BACKOFF_MAX_S)
 
 
 class Replica:
@@ -545,7 +545,7 @@ def _sender_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
             pid, _uid, _gid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
-            return pid
+            return int(pid)
     return None
 
 

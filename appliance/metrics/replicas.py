@@ -33,7 +33,8 @@ def replica_folder(root: Path, index: int) -> Path:
 
 def forget_process(folder: Path, pid: int) -> None:
     """A replica process is gone: its gauges and runtime counters no longer count."""
-    mark_process_dead(pid, str(folder))
+    # prometheus-client's multiprocess module carries no annotations.
+    mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
     (folder / RUNTIME_FILE).unlink(missing_ok=True)
 
 
@@ -65,7 +66,9 @@ class ReplicasCollector(Collector):
         families: dict[str, Metric] = {}
         for replica, folder in self._replicas():
             files = [str(path) for path in folder.glob("*.db")]
-            merged = list(MultiProcessCollector.merge(files, accumulate=True))
+            merged = list(
+                MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+            )
             merged += _read_text(folder / RUNTIME_FILE)
             for metric in merged:
                 family = families.get(metric.name)

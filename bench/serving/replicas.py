@@ -45,7 +45,9 @@ def wait_host_ready(server: Server, timeout_s: float = START_TIMEOUT_S) -> None:
     raise RuntimeError(f"{server.key} not ready after {timeout_s:.0f} s")
 
 
-def load(server: Server, target: Target, concurrency: int, args: argparse.Namespace) -> dict:
+def load(
+    server: Server, target: Target, concurrency: int, args: argparse.Namespace
+) -> dict[str, Any]:
     run_wrk(server.port, target, concurrency, args.warmup, args.work, cores=CORES)
     cpu_before = tree_cpu_s(server.proc.pid)
     result = run_wrk(server.port, target, concurrency, args.window, args.work, cores=CORES)
