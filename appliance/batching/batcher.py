@@ -10,6 +10,14 @@ back, named output dimensions cut back to its own lengths.
 
 Deadlines are timers on the event loop, so a request whose deadline passes fails at that moment,
 not when a running batch ends; if it had not started it is dropped and never computed.
+
+A batch that fails is taken apart so that one request the model cannot take fails alone: the
+first request is rerun by itself, and if it passes, the rest is bisected (both halves rerun, a
+failing half split again) down to the requests that fail on their own; every other request is
+answered. If the first request fails alone and the rest fails too, the model is taken to fail on
+every input and all of them get the error: a model that fails on everything costs its batch and
+one more batch's rows (two reruns), not a rerun per request. Reruns go through the same padded
+path, so on XLA they run shapes that warmup compiled.
 """
 
 from __future__ import annotations
@@ -68,6 +76,9 @@ class BatchObserver:
     on_batch: Callable[[int, int, float], None] = lambda rows, bucket, compute_s: None
     on_dequeue: Callable[[float], None] = lambda queue_s: None
     on_depth: Callable[[int], None] = lambda depth: None
+    # (requests that failed on their own, requests answered by reruns, requests failed because
+    # the model failed on every part tried), once per failed batch.
+    on_failure: Callable[[int, int, int], None] = lambda culprits, rescued, unsorted: None
 
 
 @dataclass(slots=True)
@@ -249,41 +260,91 @@ class DynamicBatcher:
             live = [pending for pending in batch if pending.state is _State.QUEUED]
             if not live:
                 return
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            rows = 0
+            started = asyncio.get_running_loop().time()
             for pending in live:
                 pending.state = _State.RUNNING
-                rows += pending.rows
                 self._observer.on_dequeue(started - pending.enqueued)
             self._set_waiting(self._waiting - len(live))
-            bucket = self._policy.bucket_for(rows)
-            parts = [pending.inputs for pending in live]
-            padded = live[0].padded  # the same for all: they share a shape key
-            try:
-                outputs, compute_s = await loop.run_in_executor(
-                    self._executor, self._run_padded, parts, bucket, padded
-                )
-            except Exception as error:
-                self._fail(live, ModelFailed(f"the model failed on a batch of {rows}: {error}"))
-                return
-            self._observer.on_batch(rows, bucket, compute_s)
-            offset = 0
-            for pending in live:
-                if pending.timer is not None:
-                    pending.timer.cancel()
-                end = offset + pending.rows
-                if not pending.future.done():
-                    mine = self._policy.dims.slice_outputs(outputs, offset, end, pending.lengths)
-                    queue_s = started - pending.enqueued
-                    pending.future.set_result(BatchResult(mine, rows, queue_s, compute_s))
-                pending.state = _State.DONE
-                offset = end
+            error = await self._attempt(live, started)
+            if error is not None:
+                await self._isolate(live, error, started)
         finally:
             self._batches_running -= 1
             self._slots.release()
             if self._idle is not None:
                 self._note_idle()
+
+    async def _attempt(self, part: list[_Pending], started: float) -> Exception | None:
+        """Run `part` as one padded batch and answer it; the model's exception if it failed.
+
+        Requests whose deadline passed meanwhile are left out (they have their answer).
+        """
+        live = [pending for pending in part if not pending.future.done()]
+        if not live:
+            return None
+        rows = sum(pending.rows for pending in live)
+        bucket = self._policy.bucket_for(rows)
+        parts = [pending.inputs for pending in live]
+        padded = live[0].padded  # the same for all: they share a shape key
+        try:
+            outputs, compute_s = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_padded, parts, bucket, padded
+            )
+        except Exception as error:
+            return error
+        self._observer.on_batch(rows, bucket, compute_s)
+        offset = 0
+        for pending in live:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            end = offset + pending.rows
+            if not pending.future.done():
+                mine = self._policy.dims.slice_outputs(outputs, offset, end, pending.lengths)
+                queue_s = started - pending.enqueued
+                pending.future.set_result(BatchResult(mine, rows, queue_s, compute_s))
+            pending.state = _State.DONE
+            offset = end
+        return None
+
+    async def _isolate(self, live: list[_Pending], error: Exception, started: float) -> None:
+        """Answer every request of a failed batch that the model can take; fail the others."""
+        rows = sum(pending.rows for pending in live)
+        if len(live) == 1:
+            self._fail(live, _own_failure(live[0], error))
+            self._observer.on_failure(1, 0, 0)
+            return
+        first, rest = live[:1], live[1:]
+        first_error = await self._attempt(first, started)
+        if first_error is not None:
+            self._fail(first, _own_failure(first[0], first_error))
+            rest_error = await self._attempt(rest, started)
+            if rest_error is not None:
+                self._fail(
+                    rest,
+                    ModelFailed(
+                        f"the model failed on a batch of {rows} rows, and again on its parts "
+                        f"rerun apart: {rest_error}"
+                    ),
+                )
+                self._observer.on_failure(1, 0, len(rest))
+            else:
+                self._observer.on_failure(1, len(rest), 0)
+            return
+        culprits = await self._bisect(rest, error, started)
+        self._observer.on_failure(culprits, len(live) - culprits, 0)
+
+    async def _bisect(self, part: list[_Pending], error: Exception, started: float) -> int:
+        """`part` failed with `error`: rerun its halves, split the failing ones; the culprits."""
+        if len(part) == 1:
+            self._fail(part, _own_failure(part[0], error))
+            return 1
+        middle = len(part) // 2
+        culprits = 0
+        for half in (part[:middle], part[middle:]):
+            half_error = await self._attempt(half, started)
+            if half_error is not None:
+                culprits += await self._bisect(half, half_error, started)
+        return culprits
 
     def _run_padded(
         self, parts: list[Tensors], bucket: int, padded: dict[str, int]
@@ -334,3 +395,9 @@ class DynamicBatcher:
                 pending.future.set_exception(ModelNotReady("the model was unloaded"))
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _own_failure(pending: _Pending, error: Exception) -> ModelFailed:
+    """The error of a request that the model fails on by itself, naming its inputs."""
+    names = ", ".join(repr(name) for name in pending.inputs)
+    return ModelFailed(f"the model failed on this request's input {names}: {error}")

@@ -117,6 +117,19 @@ class Metrics:
             model,
             registry=r,
         )
+        self.failed_batches = Counter(
+            "aegis_failed_batches",
+            "Batches the model raised on (before they were taken apart).",
+            model,
+            registry=r,
+        )
+        self.failed_batch_requests = Counter(
+            "aegis_failed_batch_requests",
+            "Requests of failed batches, by outcome: culprit (fails alone), rescued (answered "
+            "by a rerun), unsorted (the model failed on every part tried).",
+            (*model, "outcome"),
+            registry=r,
+        )
         self.artifact_sync_bytes = Counter(
             "aegis_artifact_sync_bytes",
             "Bytes downloaded while syncing model artifacts.",
@@ -221,6 +234,11 @@ class ModelMetrics:
         self.padded_rows = metrics.padded_rows.labels(*labels)
         self.queue_depth = metrics.queue_depth.labels(*labels)
         self.cpu_fallback_requests = metrics.cpu_fallback_requests.labels(*labels)
+        self.failed_batches = metrics.failed_batches.labels(*labels)
+        self._failed_requests = {
+            outcome: metrics.failed_batch_requests.labels(*labels, outcome)
+            for outcome in ("culprit", "rescued", "unsorted")
+        }
         self._requests: dict[int, Counter] = {}
 
     def count_request(self, code: int) -> None:
@@ -235,6 +253,12 @@ class ModelMetrics:
         self.compute_duration.observe(compute_s)
         if bucket > rows:
             self.padded_rows.inc(bucket - rows)
+
+    def observe_failure(self, culprits: int, rescued: int, unsorted: int) -> None:
+        self.failed_batches.inc()
+        for outcome, count in (("culprit", culprits), ("rescued", rescued), ("unsorted", unsorted)):
+            if count:
+                self._failed_requests[outcome].inc(count)
 
     def set_ready(self, device: str, ready: bool) -> None:
         self._metrics.model_ready.labels(self.name, self.version, device).set(1 if ready else 0)

@@ -52,6 +52,7 @@ def make_replica(
         on_batch=metrics.observe_batch,
         on_dequeue=metrics.queue_duration.observe,
         on_depth=metrics.queue_depth.set,
+        on_failure=metrics.observe_failure,
     )
     assert runtime.signature is not None, "replicas hold loaded runtimes"
     policy = _policy(config, runtime.signature)

@@ -200,6 +200,74 @@ def test_a_failing_batch_fails_only_its_own_requests() -> None:
     run(scenario())
 
 
+class Picky:
+    """x -> x * 10 on a batch without negative values, raising on any that has one; records the
+    rows of every batch it ran, padding included."""
+
+    def __init__(self, fail_always: bool = False) -> None:
+        self.fail_always = fail_always
+        self.runs: list[int] = []
+        self.release = threading.Event()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.release.wait(10)
+        self.runs.append(batch["x"].shape[0])
+        if self.fail_always or (batch["x"] < 0).any():
+            raise ValueError("negative input")
+        return {"y": batch["x"] * 10}
+
+
+async def poisoned_batch(model: Picky, values: list[float]) -> list[object]:
+    """One batch of one-row requests holding `values`, queued behind a request that holds the
+    model, so they are batched together; each request's result or exception."""
+    with ThreadPoolExecutor(1) as executor:
+        observer_calls: list[tuple[int, int, int]] = []
+        observer = BatchObserver(on_failure=lambda *counts: observer_calls.append(counts))
+        batcher = DynamicBatcher(model, policy(max_queue_delay_s=0.05), executor, observer)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        holder = asyncio.ensure_future(
+            batcher.submit({"x": np.ones((1, 1), np.float32)}, 1, loop.time() + 10)
+        )
+        await asyncio.sleep(0.05)
+        requests = [
+            batcher.submit({"x": np.full((1, 1), value, np.float32)}, 1, loop.time() + 10)
+            for value in values
+        ]
+        gathered = asyncio.gather(*requests, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        model.release.set()
+        results = await gathered
+        await asyncio.gather(holder, return_exceptions=True)
+        await batcher.close()
+    return [*results, observer_calls]
+
+
+def test_a_poisoned_batch_fails_only_its_culprits() -> None:
+    model = Picky()
+    values = [1.0, 2.0, -3.0, 4.0, 5.0, 6.0, -7.0, 8.0]
+    *results, failures = run(poisoned_batch(model, values))  # type: ignore[misc]
+    for value, result in zip(values, results, strict=True):
+        if value < 0:
+            assert isinstance(result, ModelFailed), result
+            assert "this request's input 'x'" in str(result) and "negative input" in str(result)
+        else:
+            assert result.outputs["y"].tolist() == [[value * 10]], result
+    assert failures == [(2, 6, 0)]
+    # Reruns are padded to the buckets like any batch: no new shape reaches the model.
+    assert set(model.runs) <= {1, 2, 4, 8}, model.runs
+
+
+def test_a_model_failing_on_every_input_costs_one_batch_more_not_one_per_request() -> None:
+    model = Picky(fail_always=True)
+    *results, failures = run(poisoned_batch(model, [1.0] * 8))  # type: ignore[misc]
+    assert all(isinstance(result, ModelFailed) for result in results), results
+    assert "again on its parts rerun apart" in str(results[-1])
+    # The holder's batch, the batch of 8, the first request alone, the other 7 (padded to 8).
+    assert model.runs == [1, 8, 1, 8], model.runs
+    assert failures == [(1, 0, 0), (1, 0, 7)]
+
+
 def test_requests_with_different_inner_shapes_are_not_mixed() -> None:
     recorder = Recorder()
 
