@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,9 +33,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
+import structlog
 
 from appliance.batching.padding import NamedDims, assemble
 from appliance.errors import DeadlineExceeded, InvalidInput, ModelFailed, ModelNotReady, QueueFull
+
+log = structlog.get_logger("aegis.batcher")
 
 Tensors = dict[str, np.ndarray]
 RunBatch = Callable[[Tensors], Tensors]
@@ -146,6 +150,21 @@ class DynamicBatcher:
             self._loop_task = asyncio.get_running_loop().create_task(
                 self._batch_loop(), name="aegis-batcher"
             )
+            self._loop_task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """A batch loop that died (a bug of ours) would leave every request to its deadline:
+        refuse from now on, fail what waits, and say so."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("batcher_stopped", exc_info=task.exception())
+        self._closed = True
+        for pending in self._queue:
+            if pending.state is _State.QUEUED:
+                self._withdraw(pending)
+                if not pending.future.done():
+                    pending.future.set_exception(ModelFailed("internal error: the batcher stopped"))
+        self._queue.clear()
 
     async def submit(self, inputs: Tensors, rows: int, deadline: float) -> BatchResult:
         """Queue `inputs` (`rows` rows each) and wait for their outputs until `deadline`.
@@ -207,7 +226,14 @@ class DynamicBatcher:
             batch = await self._collect()
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(functools.partial(self._batch_ended, batch))
+
+    def _batch_ended(self, batch: list[_Pending], task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("batcher_batch_failed", exc_info=task.exception())
+        self._fail(batch, ModelFailed("internal error while running the batch"))
 
     def _pop_live(self) -> _Pending | None:
         while self._queue and self._queue[0].state is not _State.QUEUED:

@@ -28,7 +28,7 @@ from appliance.repository import (
     warm_up,
     warmup_shapes,
 )
-from appliance.runtimes import RuntimeFailure
+from appliance.runtimes import Runtime, RuntimeFailure
 from appliance.storage import ArtifactStore, SyncError
 
 log = structlog.get_logger("aegis.lifecycle")
@@ -36,6 +36,19 @@ log = structlog.get_logger("aegis.lifecycle")
 
 class StartupFailed(Exception):
     """A model could not be brought up at start: the process must exit non-zero."""
+
+
+# What bringing a model up is expected to fail with; their messages say what and why already.
+_EXPECTED_FAILURES = (SyncError, RuntimeFailure, OSError)
+
+
+def describe_failure(error: Exception) -> str:
+    """One line for a failed sync, load or warmup. An unexpected kind of exception (a model whose
+    outputs do not map onto its signature raises KeyError, say) is named, as its message alone
+    ("'y'") would not say what happened."""
+    if isinstance(error, _EXPECTED_FAILURES):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def fingerprint(path: Path) -> str:
@@ -102,9 +115,11 @@ class ModelLifecycle:
             for model in self._declared.values():
                 try:
                     served = await self._bring_up(model)
-                except (SyncError, RuntimeFailure, OSError) as error:
+                except Exception as error:
+                    if not isinstance(error, _EXPECTED_FAILURES):
+                        log.error("start_failed", model=model.name, exc_info=error)
                     raise StartupFailed(
-                        f"model {model.name!r} version {model.version!r}: {error}"
+                        f"model {model.name!r} version {model.version!r}: {describe_failure(error)}"
                     ) from None
                 # Nothing is serving yet, so there is no unchanged copy to keep.
                 assert served is not None
@@ -128,13 +143,18 @@ class ModelLifecycle:
         )
         loaded = await asyncio.to_thread(_load, model, synced.path, self._config.xla)
         config = model.config
+        runtimes = [r for r in (loaded.primary, loaded.overflow) if r is not None]
         shapes = len(list(warmup_shapes(config.batch_buckets, config.dims)))
         self._notifier.status(f"warming {label} ({shapes} shapes)")
-        for runtime in (loaded.primary, loaded.overflow):
-            if runtime is not None:
+        try:
+            for runtime in runtimes:
                 await asyncio.to_thread(
                     warm_up, runtime, config.batch_buckets, config.dims, config.warmup_iters
                 )
+        except BaseException:
+            # A version that does not come up must not keep its device memory.
+            await _close_runtimes(runtimes)
+            raise
         metrics = ModelMetrics(self._metrics, model.name, model.version)
         primary = make_replica(model.name, loaded.primary, config, metrics)
         overflow = (
@@ -166,15 +186,20 @@ class ModelLifecycle:
         self._repository.expect(model.name, model.version)
         try:
             served = await self._bring_up(model, unchanged)
-        except (SyncError, RuntimeFailure, OSError) as error:
+        except Exception as error:
+            reason = describe_failure(error)
             log.error(
                 "model_reload_failed",
                 kept="the serving version",
                 model=model.name,
                 version=model.version,
-                reason=str(error),
+                reason=reason,
+                exc_info=None if isinstance(error, _EXPECTED_FAILURES) else error,
             )
-            return _Outcome(model.name, model.version, str(error))
+            if current is None:
+                # Nothing serves it: readiness must not wait for a version that failed.
+                self._repository.forget(model.name, model.version)
+            return _Outcome(model.name, model.version, reason)
         if served is not None:
             previous = self._repository.put(served)
             if previous is not None:
@@ -189,29 +214,40 @@ class ModelLifecycle:
             log.info("model_unloaded", model=name, version=version)
 
     async def reload(self) -> list[_Outcome]:
-        """SIGHUP: re-read the model list, re-sync, swap changed versions, remove dropped ones."""
+        """SIGHUP: re-read the model list, re-sync, swap changed versions, remove dropped ones.
+
+        Whatever fails, the serving versions stay and systemd hears READY=1 again.
+        """
         async with self._changing:
             self._notifier.reloading()
-            if self._reread_config is not None:
-                try:
-                    fresh = self._reread_config()
-                except Exception as error:
-                    log.error("config_reload_failed", kept="the current config", reason=str(error))
-                    self._notifier.ready("serving; last reload failed: config invalid")
-                    return []
-                if fresh.server != self._config.server or fresh.storage != self._config.storage:
-                    log.warning(
-                        "config_reload_partial", unchanged="[server] and [storage] until restart"
-                    )
-                self._declared = {(m.name, m.version): m for m in fresh.models}
-            for model in list(self._repository):
-                if (model.name, model.version) not in self._declared:
-                    await self._retire(model.name, model.version)
-            outcomes = [await self._swap_in(model) for model in self._declared.values()]
-            failed = [o for o in outcomes if o.error]
-            status = f"serving; reload failed for {len(failed)} model(s)" if failed else "serving"
-            self._notifier.ready(status)
-            return outcomes
+            try:
+                return await self._reload()
+            except Exception as error:
+                log.error("reload_failed", kept="the serving versions", exc_info=error)
+                self._notifier.ready(f"serving; last reload failed: {describe_failure(error)}")
+                return []
+
+    async def _reload(self) -> list[_Outcome]:
+        if self._reread_config is not None:
+            try:
+                fresh = self._reread_config()
+            except Exception as error:
+                log.error("config_reload_failed", kept="the current config", reason=str(error))
+                self._notifier.ready("serving; last reload failed: config invalid")
+                return []
+            if fresh.server != self._config.server or fresh.storage != self._config.storage:
+                log.warning(
+                    "config_reload_partial", unchanged="[server] and [storage] until restart"
+                )
+            self._declared = {(m.name, m.version): m for m in fresh.models}
+        for model in list(self._repository):
+            if (model.name, model.version) not in self._declared:
+                await self._retire(model.name, model.version)
+        outcomes = [await self._swap_in(model) for model in self._declared.values()]
+        failed = [o for o in outcomes if o.error]
+        status = f"serving; reload failed for {len(failed)} model(s)" if failed else "serving"
+        self._notifier.ready(status)
+        return outcomes
 
     async def load(self, name: str) -> None:
         """Admin `load`: re-sync every declared version of `name` and swap changed ones in."""
@@ -237,3 +273,11 @@ class ModelLifecycle:
     async def close(self) -> None:
         for model in list(self._repository):
             await self._retire(model.name, model.version)
+
+
+async def _close_runtimes(runtimes: list[Runtime]) -> None:
+    for runtime in runtimes:
+        try:
+            await asyncio.to_thread(runtime.close)
+        except Exception as error:
+            log.error("runtime_close_failed", exc_info=error)

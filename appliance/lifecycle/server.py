@@ -135,19 +135,38 @@ class Appliance:
         pending = ", ".join(f"{name}:{version}" for name, version in self.repository.pending())
         return f"loading {pending}" if pending else "starting"
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+    def _spawn(self, coroutine: Coroutine[Any, Any, object], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        """No background task dies silently: an exception that escaped one is logged, and the
+        process, which can no longer be trusted to start, serve or be watched, exits non-zero."""
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("background_task_failed", task=task.get_name(), exc_info=error)
+        self.notifier.status(f"{task.get_name()} failed: {type(error).__name__}: {error}")
+        self.exit_code = 1
+        self._stop.set()
+
+    def _fail_start(self, reason: str) -> None:
+        log.error("start_failed", reason=reason)
+        self.notifier.status(f"start failed: {reason}")
+        self.exit_code = 1
+        self._stop.set()
 
     async def _start_models(self) -> None:
         try:
             await self.models.start()
         except StartupFailed as error:
-            log.error("start_failed", reason=str(error))
-            self.notifier.status(f"start failed: {error}")
-            self.exit_code = 1
-            self._stop.set()
+            self._fail_start(str(error))
+            return
+        except Exception as error:
+            log.error("start_failed", exc_info=error)
+            self._fail_start(f"{type(error).__name__}: {error}")
             return
         self._started = True
         count = sum(1 for _ in self.repository)
@@ -158,9 +177,9 @@ class Appliance:
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         shorten_switch_interval()
         if not self._started:
-            self._spawn(self._start_models())
+            self._spawn(self._start_models(), "start")
         if self.notifier.watchdog_interval() is not None:
-            self._spawn(self.notifier.run_watchdog())
+            self._spawn(self.notifier.run_watchdog(), "watchdog")
         try:
             yield
         finally:
@@ -184,7 +203,7 @@ class Appliance:
 
     def request_reload(self) -> None:
         log.info("reload_requested")
-        self._spawn(self.models.reload())
+        self._spawn(self.models.reload(), "reload")
 
     def request_stop(self) -> None:
         """Readiness turns 503 at once; after the unready window Hypercorn stops accepting."""

@@ -34,3 +34,22 @@ def declared_table(name: str, path: Path, width: int, extra: str = "") -> str:
         + tensor_table("inputs", "x", "FP32", [-1, width])
         + tensor_table("outputs", "y", "FP32", [-1, width])
     )
+
+
+class ReturnsANumber(torch.nn.Module):
+    """Returns a tensor and a plain int where two tensors are declared."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return x, 3
+
+
+class ReturnsAnotherName(torch.nn.Module):
+    """Returns its output under a name that no declaration uses."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"z": x * 2.0}
+
+
+class Doubles(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0
