@@ -74,8 +74,14 @@ def warm_up(
     iterations: int,
 ) -> None:
     """Run every shape the batcher can send `iterations` times, so serving compiles and
-    allocates nothing new."""
+    allocates nothing new.
+
+    With no iterations the smallest bucket still runs once: each warmup run checks the outputs
+    against the signature, and a model that breaks its declaration must not come up.
+    """
     for bucket, sizes in warmup_shapes(buckets, dims):
         for _ in range(iterations):
             runtime.warmup(bucket, sizes)
+    if iterations == 0:
+        runtime.warmup(buckets[0])
     runtime.finish_warmup()

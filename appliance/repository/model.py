@@ -135,6 +135,12 @@ class ServedModel:
                     f"input {spec.name!r} has shape {list(array.shape)}, "
                     f"the model takes {list(spec.shape)} (-1: any size)"
                 )
+            if array.size == 0 and array.shape[0] > 0:
+                # Nothing to infer on, and on XLA a shape that warmup never compiled.
+                raise InvalidInput(
+                    f"input {spec.name!r} has shape {list(array.shape)}: a dimension of size 0 "
+                    "holds no data to infer on"
+                )
             if rows not in (-1, array.shape[0]):
                 raise InvalidInput(
                     f"input {spec.name!r} has {array.shape[0]} rows, other inputs have {rows}"

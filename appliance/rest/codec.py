@@ -124,6 +124,9 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
             f"{where}: shape {list(shape)} needs {count} elements, 'data' has {parsed.size}"
         )
     target = _little_endian(datatype)
+    if count == 0:
+        # numpy reads [] as floats, whatever the datatype: an empty tensor has no values to check.
+        return np.empty(shape, dtype=target)
     if target.kind == "f" and parsed.dtype.kind in "UO":
         # Replies spell NaN and the infinities as strings (`protocol.spelled`): a client may send
         # back what it was given.

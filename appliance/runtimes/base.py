@@ -15,7 +15,7 @@ from types import MappingProxyType
 import numpy as np
 
 from appliance.config import ModelConfig
-from appliance.tensors import Signature, numpy_dtype
+from appliance.tensors import NUMPY_TO_DATATYPE, Signature, numpy_dtype
 
 NO_DIMS: Mapping[str, int] = MappingProxyType({})
 
@@ -101,8 +101,38 @@ class Runtime(abc.ABC):
 
     def warmup(self, batch_size: int, dims: Mapping[str, int] = NO_DIMS) -> None:
         """Run one batch of zeros of `batch_size` rows, each named dimension at its size in
-        `dims`, so the first real request of that shape is not slow."""
-        self.run(self.zeros(batch_size, dims))
+        `dims`, so the first real request of that shape is not slow; and check that what the
+        model returns is what its signature declares."""
+        self.check_outputs(self.run(self.zeros(batch_size, dims)), batch_size)
+
+    def check_outputs(self, outputs: dict[str, np.ndarray], batch_size: int) -> None:
+        """ArtifactError unless `outputs` are the signature's, in datatype and shape.
+
+        A TorchScript signature is only declared, and a declaration the model does not keep would
+        send replies whose bytes do not match their datatype.
+        """
+        assert self.signature is not None, "load() first"
+        where = self.artifact.name
+        for spec in self.signature.outputs:
+            array = outputs.get(spec.name)
+            if array is None:
+                raise ArtifactError(f"{where}: the model returned no output {spec.name!r}")
+            want = numpy_dtype(spec.datatype)
+            if array.dtype != want:
+                got = NUMPY_TO_DATATYPE.get(array.dtype, str(array.dtype))
+                raise ArtifactError(
+                    f"{where}: output {spec.name!r} is declared {spec.datatype}, "
+                    f"the model returns {got}"
+                )
+            expected = (batch_size, *spec.shape[1:])
+            if array.ndim != len(expected) or any(
+                isinstance(want_dim, int) and want_dim not in (-1, got_dim)
+                for want_dim, got_dim in zip(expected, array.shape, strict=True)
+            ):
+                raise ArtifactError(
+                    f"{where}: output {spec.name!r} is declared {list(spec.shape)}, the model "
+                    f"returns {list(array.shape)} for a batch of {batch_size}"
+                )
 
     def finish_warmup(self) -> None:
         """Called once every bucket has been warmed: anything compiled after this is a defect."""

@@ -118,11 +118,12 @@ def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Sig
             raise ArtifactError(
                 f"{artifact}: config declares {len(declared)} {kind}, the model has {len(have)}"
             )
+        verb = "takes" if kind == "inputs" else "returns"
         for spec, actual in zip(declared, have, strict=False):
             if actual.datatype != spec.datatype:
                 raise ArtifactError(
                     f"{artifact}: {kind} {spec.name!r} is declared {spec.datatype}, "
-                    f"the model takes {actual.datatype}"
+                    f"the model {verb} {actual.datatype}"
                 )
         for spec, actual in zip(declared, have, strict=False):
             for axis, dim in spec.named_axes():
