@@ -86,14 +86,44 @@ class OnnxRuntime(Runtime):
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None and self.signature is not None, "load() first"
-        feed = {self._feed_names[name]: array for name, array in inputs.items()}
+        feed = {
+            self._feed_names[name]: _as_text(name, array) if array.dtype == np.object_ else array
+            for name, array in inputs.items()
+        }
         try:
             values = self._session.run(self._fetch_names, feed)
         except Exception as error:
             raise ModelExecutionError(f"{type(error).__name__}: {error}") from error
         return {
-            spec.name: value for spec, value in zip(self.signature.outputs, values, strict=True)
+            spec.name: _as_bytes(value) if spec.datatype == "BYTES" else value
+            for spec, value in zip(self.signature.outputs, values, strict=True)
         }
 
     def close(self) -> None:
         self._session = None
+
+
+# onnxruntime's Python binding takes and gives string tensors as `str`, UTF-8 inside: a `bytes`
+# element would be fed as its printed form ("b'abc'"). BYTES tensors are bytes everywhere else.
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    text = np.empty(array.shape, dtype=np.object_)
+    try:
+        text.reshape(-1)[:] = [
+            element.decode() if isinstance(element, bytes) else element
+            for element in array.reshape(-1)
+        ]
+    except UnicodeDecodeError as error:
+        raise ModelExecutionError(
+            f"input {name!r}: ONNX string tensors hold UTF-8 text, an element is not ({error})"
+        ) from None
+    return text
+
+
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    raw = np.empty(array.shape, dtype=np.object_)
+    raw.reshape(-1)[:] = [
+        element.encode() if isinstance(element, str) else element for element in array.reshape(-1)
+    ]
+    return raw

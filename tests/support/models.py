@@ -102,6 +102,23 @@ def onnx_mlp(path: Path, inputs: int = 8, outputs: int = 3, seed: int = 7) -> Pa
     return path
 
 
+def onnx_strings(path: Path) -> Path:
+    """An ONNX Identity on a string (BYTES) tensor of shape [batch, 1]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["t"])],
+        "strings",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("t", TensorProto.STRING, ["batch", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def build_artifacts(root: Path) -> dict[str, Path]:
     """The test models under `root`, by file name: what the `artifacts` fixture hands out."""
     return {
