@@ -7,7 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+import structlog
+
 from appliance.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from appliance.lifecycle.preflight import PreflightFailed
 from appliance.logs import configure_logging
 
 EXIT_INVALID_CONFIG = 2
@@ -39,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         if args.command == "check-config":
+            from appliance.lifecycle.preflight import preflight
+
             config = load_config(args.path)
+            preflight(config)
             print(f"{args.path}: valid ({len(config.models)} model(s))")
             return 0
         if args.command == "demo":
@@ -56,11 +62,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve(path, args.bind)
     except ConfigError as error:
-        print(f"aegis: invalid configuration: {error}", file=sys.stderr)
+        _report(args.command, f"invalid configuration: {error}")
         return EXIT_INVALID_CONFIG
+    except PreflightFailed as error:
+        where = f"{args.path}: " if args.command == "check-config" else ""
+        for problem in error.problems:
+            _report(args.command, f"invalid configuration: {where}{problem}")
+        return EXIT_INVALID_CONFIG if args.command == "check-config" else 1
     except (OSError, ValueError) as error:
-        print(f"aegis: {error}", file=sys.stderr)
+        _report(args.command, str(error))
         return 1
+
+
+def _report(command: str, message: str) -> None:
+    """check-config speaks to a person; the serving commands write to the JSON log stream."""
+    if command == "check-config":
+        print(f"aegis: {message}", file=sys.stderr)
+    else:
+        structlog.get_logger("aegis.cli").error("start failed", command=command, reason=message)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import signal
-import stat
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from starlette.types import ASGIApp
 from appliance.config import AppConfig
 from appliance.lifecycle.models import ModelLifecycle, StartupFailed
 from appliance.lifecycle.notify import SystemdNotifier
+from appliance.lifecycle.preflight import preflight
 from appliance.lifecycle.process import shorten_switch_interval
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
@@ -66,31 +66,6 @@ def server_version() -> str:
         return "0+unknown"
 
 
-def check_key_file(path: str) -> None:
-    """Refuse a TLS private key that every user could read (group-readable, as Debian's
-    ssl-cert group has it, is fine)."""
-    if path and os.stat(path).st_mode & stat.S_IRWXO:
-        raise PermissionError(f"server.keyfile {path} is readable by others: chmod o-rwx it")
-
-
-def read_admin_token(path: str) -> str | None:
-    """The bearer token, refusing a file that other users could read."""
-    if not path:
-        return None
-    info = os.stat(path)
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise PermissionError(
-            f"server.admin_token_file {path} is readable by group or others: chmod 600 it"
-        )
-    with open(path, encoding="utf-8") as stream:
-        token = stream.read().strip()
-    if len(token) < 16:
-        raise ValueError(
-            f"server.admin_token_file {path}: the token must be at least 16 characters"
-        )
-    return token
-
-
 class Appliance:
     """One serving process: the app, its models, and what systemd is told."""
 
@@ -117,10 +92,10 @@ class Appliance:
         self._stop = asyncio.Event()
         self._stop_deadline: float | None = None
         self._tasks: set[asyncio.Task[object]] = set()
-        check_key_file(config.server.keyfile)
+        admin_token = preflight(config)
         settings = HttpSettings(
             max_request_bytes=config.server.max_request_bytes,
-            admin_token=read_admin_token(config.server.admin_token_file),
+            admin_token=admin_token,
             server_version=server_version(),
         )
         context = AppContext(self.repository, self.metrics, settings, self, control or self.models)
