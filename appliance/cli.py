@@ -11,7 +11,7 @@ import structlog
 
 from appliance.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from appliance.lifecycle.preflight import PreflightFailed
-from appliance.logs import configure_logging
+from appliance.logs import capture_native_output, configure_logging
 
 EXIT_INVALID_CONFIG = 2
 
@@ -39,7 +39,8 @@ def _config_path(given: str | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+    serving = args.command in ("serve", "demo")
+    configure_logging(args.log_level, capture_native_output() if serving else None)
     try:
         if args.command == "check-config":
             from appliance.lifecycle.preflight import preflight

@@ -7,6 +7,7 @@ The same schema validates the file and models declared from Python (`ModelConfig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -352,6 +353,16 @@ class ServerConfig(_Table):
     shutdown_grace_s: NonNegativeNumber = 30.0
     admin_token_file: Text = ""
     replicas: Replicas = "auto"
+    access_log: Text = "all"
+
+    @field_validator("access_log")
+    @classmethod
+    def _access_log(cls, value: str) -> str:
+        try:
+            access_log_rate(value)
+        except ValueError as error:
+            raise invalid(str(error)) from None
+        return value
 
     @field_validator("bind")
     @classmethod
@@ -371,6 +382,26 @@ class ServerConfig(_Table):
         if bool(self.certfile) != bool(self.keyfile):
             raise broken_rule("certfile", "TLS needs both certfile and keyfile, or neither")
         return self
+
+
+def access_log_rate(setting: str) -> float | None:
+    """`server.access_log` as the share of successful requests logged: "all" (1.0), "errors"
+    (None: error lines only) or "sampled:RATE" with 0 < RATE <= 1. Error lines are always logged.
+    ValueError for anything else."""
+    if setting == "all":
+        return 1.0
+    if setting == "errors":
+        return None
+    kind, _, rate = setting.partition(":")
+    try:
+        share = float(rate) if kind == "sampled" else math.nan
+    except ValueError:
+        share = math.nan
+    if not 0.0 < share <= 1.0:
+        raise ValueError(
+            f'must be "all", "errors" or "sampled:RATE" (0 < RATE <= 1), got {setting!r}'
+        )
+    return share
 
 
 class StorageConfig(_Table):

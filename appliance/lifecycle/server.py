@@ -31,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from appliance.config import AppConfig
+from appliance.config.schema import access_log_rate
 from appliance.lifecycle.models import ModelLifecycle, StartupFailed
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.preflight import preflight
@@ -38,6 +39,7 @@ from appliance.lifecycle.process import shorten_switch_interval
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import AppContext, HttpSettings, create_app
+from appliance.rest.access import AccessLogSampler
 from appliance.rest.app import RepositoryControl
 
 log = structlog.get_logger("aegis.lifecycle")
@@ -98,7 +100,14 @@ class Appliance:
             admin_token=admin_token,
             server_version=server_version(),
         )
-        context = AppContext(self.repository, self.metrics, settings, self, control or self.models)
+        context = AppContext(
+            self.repository,
+            self.metrics,
+            settings,
+            self,
+            control or self.models,
+            AccessLogSampler(access_log_rate(config.server.access_log)),
+        )
         self.app: ASGIApp = create_app(context, lifespan=self._lifespan)
 
     def is_ready(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import admin, health, inference
+from appliance.rest.access import AccessLogSampler
 from appliance.rest.errors import error_response
 from appliance.units import MiB
 
@@ -57,6 +58,7 @@ class AppContext:
     settings: HttpSettings
     readiness: Readiness
     control: RepositoryControl | None
+    access_log: AccessLogSampler = field(default_factory=AccessLogSampler)
 
 
 def create_app(

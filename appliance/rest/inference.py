@@ -7,6 +7,7 @@ import re
 import sys
 import time
 import zlib
+from typing import TYPE_CHECKING
 
 import structlog
 from starlette.requests import Request
@@ -20,6 +21,9 @@ from appliance.rest.access import Outcome, record, request_id_of
 from appliance.rest.codec import OutputTensor, decode_request, encode_response
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.responses import json_response
+
+if TYPE_CHECKING:
+    from appliance.rest.app import AppContext
 
 log = structlog.get_logger("aegis.rest")
 
@@ -142,12 +146,13 @@ class InferEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        context = scope["app"].state.aegis
         headers = _headers(scope)
         request_id = request_id_of(_header(headers, b"x-request-id"))
         outcome = Outcome()
         try:
             status, response_headers, body = await _serve(
-                scope, receive, headers, request_id, outcome
+                context, scope, receive, headers, request_id, outcome
             )
         except Exception as error:
             # A bug of ours: the client gets the usual 500 and no trace, the log gets the trace.
@@ -156,7 +161,7 @@ class InferEndpoint:
                 HTTPFailure(500, "internal server error"), request_id, outcome
             )
         except BaseException:
-            record(scope, outcome, request_id, time.perf_counter() - started)
+            record(scope, outcome, request_id, time.perf_counter() - started, context.access_log)
             raise
         elapsed = time.perf_counter() - started
         try:
@@ -166,20 +171,20 @@ class InferEndpoint:
             await send({"type": "http.response.body", "body": body})
         finally:
             # After the reply: the client does not wait for the log line and the metrics.
-            record(scope, outcome, request_id, elapsed)
+            record(scope, outcome, request_id, elapsed, context.access_log)
 
 
 infer = InferEndpoint()
 
 
 async def _serve(
+    context: AppContext,
     scope: Scope,
     receive: Receive,
     headers: dict[bytes, bytes],
     request_id: str,
     outcome: Outcome,
 ) -> Reply:
-    context = scope["app"].state.aegis
     params = scope["path_params"]
     try:
         model = outcome.model = context.repository.get(
