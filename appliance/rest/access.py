@@ -48,6 +48,7 @@ class Outcome:
     model: ServedModel | None = None
     status: int = 200
     fields: dict[str, object] = field(default_factory=dict)
+    refused: bool = False  # turned away because the model's queue was full
 
 
 class AccessLogSampler:

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from appliance.errors import InferenceError, InvalidInput
+from appliance.errors import InferenceError, InvalidInput, QueueFull
 from appliance.repository import ModelRepository, ServedModel
 from appliance.rest import metadata
 from appliance.rest.access import Outcome, record, request_id_of
@@ -35,6 +35,9 @@ _OCTETS = (b"content-type", b"application/octet-stream")
 _HEADER_LENGTH = re.compile(r"[0-9]{1,18}")
 # A client that went away: nginx's convention, so dashboards can tell it from server errors.
 CLIENT_CLOSED = 499
+# How long a connection refused for overload waits before its next request is read: the
+# Retry-After that the refusal carries.
+OVERLOAD_HOLD_S = 1.0
 
 
 def _model(request: Request) -> ServedModel:
@@ -82,6 +85,25 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
     """The whole body, refused with 413 past `limit` bytes (compressed or not)."""
+    body = await read_raw_body(receive, headers, limit)
+    encoding = (_header(headers, b"content-encoding") or "identity").lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise HTTPFailure(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+    # wbits 47 accepts gzip and zlib headers; max_length guards against decompression bombs.
+    inflater = zlib.decompressobj(47)
+    try:
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise InvalidInput(f"body is not valid {encoding} data: {error}") from None
+    if len(plain) > limit or inflater.unconsumed_tail:
+        raise HTTPFailure(413, f"decompressed request body exceeds {limit} bytes")
+    return plain
+
+
+async def read_raw_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    """The body as sent (not inflated), refused with 413 past `limit` bytes."""
     declared = _header(headers, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPFailure(413, f"request body of {declared} bytes exceeds {limit} bytes")
@@ -99,21 +121,7 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = (_header(headers, b"content-encoding") or "identity").lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise HTTPFailure(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
-    # wbits 47 accepts gzip and zlib headers; max_length guards against decompression bombs.
-    inflater = zlib.decompressobj(47)
-    try:
-        plain = inflater.decompress(body, limit + 1)
-    except zlib.error as error:
-        raise InvalidInput(f"body is not valid {encoding} data: {error}") from None
-    if len(plain) > limit or inflater.unconsumed_tail:
-        raise HTTPFailure(413, f"decompressed request body exceeds {limit} bytes")
-    return plain
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:
@@ -130,6 +138,27 @@ async def _watch_disconnect(receive: Receive, handler: asyncio.Task[object]) -> 
     message = await receive()
     if message["type"] == "http.disconnect":
         handler.cancel()
+
+
+def _keeps_alive(scope: Scope, headers: dict[bytes, bytes]) -> bool:
+    if scope.get("http_version") != "1.1":
+        return False  # HTTP/1.0 closes; HTTP/2 has no connection to hold, only a stream
+    return b"close" not in headers.get(b"connection", b"").lower()
+
+
+async def _hold_connection(send: Send) -> None:
+    """Under overload, hold a keep-alive connection's next request for Retry-After.
+
+    The 503 itself has gone out whole (its Content-Length is known, so the client has its answer
+    at once); the response is only ended after the hold, and until then the connection reads no
+    next request. A client that honours Retry-After never notices; one that retries at once, on
+    the same connection, waits as it was told to, instead of making the server spend its time
+    refusing it: one refusal per connection per Retry-After, so goodput stays near capacity.
+    """
+    try:
+        await asyncio.sleep(OVERLOAD_HOLD_S)
+    finally:
+        await send({"type": "http.response.body", "body": b""})
 
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -164,14 +193,17 @@ class InferEndpoint:
             record(scope, outcome, request_id, time.perf_counter() - started, context.access_log)
             raise
         elapsed = time.perf_counter() - started
+        hold = outcome.refused and _keeps_alive(scope, headers)
         try:
             await send(
                 {"type": "http.response.start", "status": status, "headers": response_headers}
             )
-            await send({"type": "http.response.body", "body": body})
+            await send({"type": "http.response.body", "body": body, "more_body": hold})
         finally:
             # After the reply: the client does not wait for the log line and the metrics.
             record(scope, outcome, request_id, elapsed, context.access_log)
+        if hold:
+            await _hold_connection(send)
 
 
 infer = InferEndpoint()
@@ -190,8 +222,16 @@ async def _serve(
         model = outcome.model = context.repository.get(
             params["model_name"], params.get("model_version")
         )
-        body = await read_body(receive, headers, context.settings.max_request_bytes)
-        model.check_room()
+        limit = context.settings.max_request_bytes
+        try:
+            # At the door: under overload the refusal is the common answer, and it must not
+            # cost an inflate or a decode.
+            model.check_room()
+        except QueueFull:
+            # Read, not decoded: a body left unread would close the keep-alive connection.
+            await read_raw_body(receive, headers, limit)
+            raise
+        body = await read_body(receive, headers, limit)
         decoded = decode_request(body, _header_length(headers))
         rows = model.check_inputs(decoded.inputs, decoded.datatypes)
         if decoded.outputs is None:
@@ -244,6 +284,7 @@ async def _serve(
 
 def _failure(error: InferenceError | HTTPFailure, request_id: str, outcome: Outcome) -> Reply:
     outcome.status = error.status if isinstance(error, HTTPFailure) else status_of(error)
+    outcome.refused = isinstance(error, QueueFull)
     outcome.fields["error"] = str(error)
     response = failure_response(error)
     return (
