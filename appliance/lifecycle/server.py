@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -44,8 +45,14 @@ from appliance.rest.app import RepositoryControl
 
 log = structlog.get_logger("aegis.lifecycle")
 
-# Hypercorn's keep-alive timeout; also the least a silent connection is given (see read_timeout).
-KEEP_ALIVE_S = 75.0
+# How long an idle keep-alive connection is kept; also the least a silent connection is given
+# (see read_timeout). Hypercorn holds a connection that the client has closed until this timer
+# ends too (its idle task outlives the read loop), so a burst of short connections occupies
+# descriptors for this long: 5 s (Hypercorn's and uvicorn's default), not nginx's 75 s.
+KEEP_ALIVE_S = 5.0
+# Connections the kernel completes and queues while the loop is busy (Hypercorn's default: 100,
+# so a burst of new connections saw SYNs dropped and retried a second later).
+LISTEN_BACKLOG = 2048
 # How long the worker threads get to finish once the event loop has stopped.
 THREAD_JOIN_S = 0.5
 
@@ -233,6 +240,7 @@ class Appliance:
         # stdlib logger instead, which reaches the JSON handler that logs.py installs on root.
         hyper.errorlog = logging.getLogger("hypercorn.error")
         hyper.keep_alive_timeout = KEEP_ALIVE_S
+        hyper.backlog = LISTEN_BACKLOG
         # Without a read timeout a client that sends half a request holds its connection forever
         # (slowloris). Reads also wait while a request runs, so the bound must outlast the
         # longest request deadline as well as an idle keep-alive connection.
@@ -276,9 +284,22 @@ def run_appliance(make: Callable[[], Appliance], bind: list[str] | None = None) 
     async def main() -> int:
         return await make().serve(bind)
 
+    raise_descriptor_limit()
     code = runner(main())
     _abandon_stuck_threads(code)
     return code
+
+
+def raise_descriptor_limit() -> None:
+    """Raise the soft limit on open files to the hard one: every connection is a descriptor.
+
+    systemd gives services a soft limit of 1024 (for select()-based programs) and a high hard
+    limit for programs like this one, which use epoll, to raise themselves.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.info("open files limit", soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard=hard)
 
 
 def _abandon_stuck_threads(code: int) -> None:

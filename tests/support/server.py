@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,7 @@ def start_server(
     log_path: Path,
     env: dict[str, str] | None = None,
     python: str = sys.executable,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> ServerProcess:
     port = free_port()
     with open(log_path, "wb") as log:
@@ -90,6 +91,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=preexec_fn,
         )
     return ServerProcess(process, "127.0.0.1", port, log_path)
 
@@ -101,12 +103,13 @@ def running_server(
     env: dict[str, str] | None = None,
     ready_timeout_s: float = 120.0,
     python: str = sys.executable,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[ServerProcess]:
     """A served config, ready; stopped (and killed if need be) on exit, even on failure."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "aegis.toml"
     config_path.write_text(config_text)
-    server = start_server(config_path, workdir / "server.log", env, python)
+    server = start_server(config_path, workdir / "server.log", env, python, preexec_fn)
     try:
         server.wait_ready(ready_timeout_s)
         yield server
