@@ -120,6 +120,9 @@ class Appliance:
     def is_ready(self) -> bool:
         return self._started and not self._draining and self.repository.ready
 
+    def is_draining(self) -> bool:
+        return self._draining
+
     def not_ready_reason(self) -> str:
         if self._draining:
             return "shutting down"

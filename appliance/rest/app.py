@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
@@ -33,6 +33,10 @@ class Readiness(Protocol):
     def is_ready(self) -> bool: ...
 
     def not_ready_reason(self) -> str: ...
+
+    def is_draining(self) -> bool:
+        """True from SIGTERM on: replies then ask clients to close their connections."""
+        ...
 
 
 class RepositoryControl(Protocol):
@@ -100,7 +104,7 @@ def create_app(
         },
     )
     app.state.aegis = context
-    return InferFirst(app, infer_routes)
+    return InferFirst(app, infer_routes, context.readiness)
 
 
 class InferFirst:
@@ -112,11 +116,14 @@ class InferFirst:
     bench/RESULTS.md). The endpoint answers its own errors, unexpected ones included.
     """
 
-    def __init__(self, app: Starlette, infer_routes: list[Route]) -> None:
+    def __init__(self, app: Starlette, infer_routes: list[Route], readiness: Readiness) -> None:
         self.app = app
         self.infer_routes = infer_routes
+        self.readiness = readiness
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.readiness.is_draining():
+            send = _closing(send)
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             for route in self.infer_routes:
                 # The route's own pattern and convertors: what Starlette's router would match.
@@ -130,6 +137,22 @@ class InferFirst:
                     await route.endpoint(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+def _closing(send: Send) -> Send:
+    """`send`, with `Connection: close` on the response: while the server drains, a keep-alive
+    client closes its connection after this reply and opens its next one elsewhere, instead of
+    sending it on a connection that is about to be closed under it."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                (name, value) for name, value in message.get("headers", []) if name != b"connection"
+            ]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
 
 
 async def _not_found(request: Request, _exc: Exception) -> Response:

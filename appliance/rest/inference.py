@@ -140,7 +140,9 @@ async def _watch_disconnect(receive: Receive, handler: asyncio.Task[object]) -> 
         handler.cancel()
 
 
-def _keeps_alive(scope: Scope, headers: dict[bytes, bytes]) -> bool:
+def _keeps_alive(scope: Scope, headers: dict[bytes, bytes], context: AppContext) -> bool:
+    if context.readiness.is_draining():
+        return False  # the reply closes the connection
     if scope.get("http_version") != "1.1":
         return False  # HTTP/1.0 closes; HTTP/2 has no connection to hold, only a stream
     return b"close" not in headers.get(b"connection", b"").lower()
@@ -193,7 +195,7 @@ class InferEndpoint:
             record(scope, outcome, request_id, time.perf_counter() - started, context.access_log)
             raise
         elapsed = time.perf_counter() - started
-        hold = outcome.refused and _keeps_alive(scope, headers)
+        hold = outcome.refused and _keeps_alive(scope, headers, context)
         try:
             await send(
                 {"type": "http.response.start", "status": status, "headers": response_headers}

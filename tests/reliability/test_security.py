@@ -108,6 +108,9 @@ def test_the_token_is_compared_in_constant_time(monkeypatch) -> None:
         def not_ready_reason(self) -> str:
             return ""
 
+        def is_draining(self) -> bool:
+            return False
+
     class Control:
         async def load(self, name: str) -> None: ...
 

@@ -86,6 +86,9 @@ class Ready:
     def not_ready_reason(self) -> str:
         return ""
 
+    def is_draining(self) -> bool:
+        return False
+
 
 def test_a_bug_in_the_endpoint_is_a_json_500_and_the_trace_goes_to_the_log() -> None:
     assert not issubclass(KeyError, InferenceError)
