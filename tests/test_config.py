@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import ConfigError, ModelConfig, load_config
+from appliance.config import ConfigError, ModelConfig, ServerConfig, load_config
+from appliance.config.schema import access_log_rate
 
 CONTRACT_EXAMPLE = """
 [server]
@@ -234,3 +235,15 @@ def test_check_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
 def test_relative_model_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, '[[models]]\nname = "m"\nmodel_path = "models/m.pt2"\n'))
     assert config.models[0].config.model_path == str(tmp_path.resolve() / "models" / "m.pt2")
+
+
+@pytest.mark.parametrize("value", ["some", "sampled", "sampled:0", "sampled:1.5", "sampled:x", 1])
+def test_access_log_must_be_all_errors_or_a_sampled_rate(value: object) -> None:
+    with pytest.raises(ConfigError, match="access_log"):
+        ServerConfig(access_log=value)  # type: ignore[arg-type]
+
+
+def test_access_log_rates() -> None:
+    assert access_log_rate("all") == 1.0
+    assert access_log_rate("errors") is None
+    assert access_log_rate("sampled:0.01") == 0.01

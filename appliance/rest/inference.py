@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import sys
 import time
@@ -158,7 +159,9 @@ async def _hold_connection(send: Send) -> None:
     refusing it: one refusal per connection per Retry-After, so goodput stays near capacity.
     """
     try:
-        await asyncio.sleep(OVERLOAD_HOLD_S)
+        # Spread around Retry-After: connections refused together must not all come back
+        # together (a burst the queue cannot take, then an idle model until the next one).
+        await asyncio.sleep(OVERLOAD_HOLD_S * random.uniform(0.8, 1.2))
     finally:
         await send({"type": "http.response.body", "body": b""})
 
