@@ -80,7 +80,7 @@ def _report(command: str, message: str) -> None:
     if command == "check-config":
         print(f"aegis: {message}", file=sys.stderr)
     else:
-        structlog.get_logger("aegis.cli").error("start failed", command=command, reason=message)
+        structlog.get_logger("aegis.cli").error("start_failed", command=command, reason=message)
 
 
 if __name__ == "__main__":

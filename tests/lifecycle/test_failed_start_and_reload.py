@@ -42,7 +42,7 @@ def test_an_unexpected_failure_in_warmup_ends_the_start(tmp_path: Path) -> None:
     log = server.log()
     print(f"\nFIGURES failed start: exit {code} {took:.1f} s after the process started")
     assert code == 1, log[-3000:]
-    assert "model 'pair' version '1'" in log and "start failed" in log, log[-3000:]
+    assert "model 'pair' version '1'" in log and "start_failed" in log, log[-3000:]
 
 
 def test_a_failed_reload_keeps_the_old_version_and_tells_systemd_ready(
@@ -67,7 +67,7 @@ def test_a_failed_reload_keeps_the_old_version_and_tells_systemd_ready(
         script_pt(ReturnsAnotherName(), tmp_path / "staging.pt").replace(artifact)
         server.process.send_signal(signal.SIGHUP)
         end = time.monotonic() + 60
-        while time.monotonic() < end and "reload failed" not in server.log():
+        while time.monotonic() < end and "model_reload_failed" not in server.log():
             time.sleep(0.05)
         end = time.monotonic() + 10
         texts: list[str] = []
@@ -82,7 +82,7 @@ def test_a_failed_reload_keeps_the_old_version_and_tells_systemd_ready(
     finally:
         code = server.stop()
     log = server.log()
-    assert "reload failed, keeping the serving version" in log, log[-3000:]
+    assert "model_reload_failed" in log, log[-3000:]
     reloading = [i for i, t in enumerate(texts) if t.startswith("RELOADING=1")]
     assert reloading, texts
     assert any("READY=1" in t and "reload failed" in t for t in texts[reloading[-1] :]), texts
