@@ -62,6 +62,11 @@ CASES = {
         lambda d: "",
         "is not a valid bucket name",
     ),
+    "invalid S3 bucket name": (
+        lambda a, d: model_table("m", "s3://Not_A_Bucket!/m.pt2"),
+        lambda d: "",
+        "is not a valid bucket name",
+    ),
     "missing certificate": (
         lambda a, d: model_table("m", a),
         lambda d: f'certfile = "{d / "absent.crt"}"\nkeyfile = "{self_signed(d)[1]}"\n',
