@@ -82,7 +82,7 @@ def capture_native_output() -> TextIO:
     os.dup2(write_end, 2)
     os.close(write_end)
     relay = threading.Thread(
-        target=_relay, args=(read_end,), name="aegis-native-output", daemon=True
+        target=_relay, args=(read_end, output), name="aegis-native-output", daemon=True
     )
     relay.start()
 
@@ -99,19 +99,25 @@ def capture_native_output() -> TextIO:
     return output
 
 
-def _relay(read_end: int) -> None:
+def _relay(read_end: int, output: TextIO) -> None:
     native = structlog.get_logger("aegis.native")
     pending = b""
     while chunk := os.read(read_end, 65536):
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            _relay_line(native, line)
-    _relay_line(native, pending)
+            _relay_line(native, line, output)
+    _relay_line(native, pending, output)
     os.close(read_end)
 
 
-def _relay_line(native: Any, line: bytes) -> None:
-    text = _COLOUR.sub(b"", line).decode("utf-8", "replace").strip()
+def _relay_line(native: Any, line: bytes, output: TextIO) -> None:
+    raw = line.strip()
+    if raw.startswith(b"{") and raw.endswith(b"}"):
+        # Already a JSON line: a child process's log (a replica writes to the descriptors it
+        # inherited), passed on as it is.
+        output.write(raw.decode("utf-8", "replace") + "\n")
+        return
+    text = _COLOUR.sub(b"", raw).decode("utf-8", "replace").strip()
     if text:
         native.warning(text, stream="native")

@@ -33,7 +33,7 @@ from appliance.config import AppConfig, DeclaredModel, load_config
 from appliance.errors import ModelNotReady
 from appliance.lifecycle.link import Link, LinkClosed, Message, raise_for_reply
 from appliance.lifecycle.server import Appliance, run_appliance
-from appliance.logs import configure_logging
+from appliance.logs import capture_native_output, configure_logging
 from appliance.metrics import Metrics
 from appliance.metrics.replicas import RUNTIME_FILE, ReplicasCollector, write_text
 
@@ -173,7 +173,7 @@ def _set_threads(threads: int) -> None:
 
 def main() -> int:
     spec: ReplicaSpec = pickle.load(sys.stdin.buffer)
-    configure_logging(spec.log_level)
+    configure_logging(spec.log_level, capture_native_output())
     structlog.contextvars.bind_contextvars(replica=spec.index)
     _set_threads(spec.threads)
     try:
