@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils._pytree as pytree
 
 from appliance.config import ModelConfig
 from appliance.runtimes.artifacts import resolve_artifact
@@ -25,6 +26,7 @@ from appliance.runtimes.base import (
     Runtime,
     check_buckets_fit,
 )
+from appliance.runtimes.exported import ExportedForward, output_names
 from appliance.tensors import DimLimit, Signature, TensorSpec
 
 TORCH_TO_DATATYPE: dict[torch.dtype, str] = {
@@ -87,7 +89,9 @@ def _limits_from_meta(name: str, value: torch.Tensor, ranges: dict[Any, Any]) ->
 
 def exported_signature(program: torch.export.ExportedProgram) -> Signature:
     """Inputs, outputs and dimension limits of a torch.export program, by its placeholder and
-    output nodes and its range constraints."""
+    output nodes and its range constraints. A model that returns a dict names its outputs by
+    the dict's keys."""
+    names = output_names(program)
     user_inputs = set(program.graph_signature.user_inputs)
     inputs = []
     outputs: list[TensorSpec] = []
@@ -100,8 +104,26 @@ def exported_signature(program: torch.export.ExportedProgram) -> Signature:
         elif node.op == "output":
             values = node.args[0]
             for index, out in enumerate(values):
-                outputs.append(_spec_from_meta(f"output__{index}", out.meta.get("val")))
+                name = names[index] if names else f"output__{index}"
+                outputs.append(_spec_from_meta(name, out.meta.get("val")))
     return Signature(tuple(inputs), tuple(outputs), tuple(limits))
+
+
+def output_order(found: Signature, config: ModelConfig) -> tuple[int, ...] | None:
+    """Where each declared output sits among the graph's outputs, when the declaration names
+    the keys of a dict the model returns (in any order); None: by position."""
+    declared = [spec.name for spec in config.output_specs]
+    have = [spec.name for spec in found.outputs]
+    if declared and sorted(declared) == sorted(have) and declared != have:
+        return tuple(have.index(name) for name in declared)
+    return None
+
+
+def load_exported(path: Path) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.load(str(path))
+    except Exception as error:
+        raise ArtifactError(f"{path.name}: not a loadable torch.export program ({error})") from None
 
 
 def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Signature:
@@ -173,16 +195,13 @@ class TorchRuntime(Runtime):
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
 
-    def _load_exported(self, path: Path) -> tuple[torch.nn.Module, Signature]:
-        try:
-            program = torch.export.load(str(path))
-        except Exception as error:
-            raise ArtifactError(
-                f"{path.name}: not a loadable torch.export program ({error})"
-            ) from None
-        signature = exported_signature(program)
-        module = program.module().to(self._torch_device)
-        return module, signature
+    def _load_exported(self, path: Path) -> tuple[Callable[..., Any], Signature]:
+        program = load_exported(path)
+        found = exported_signature(program)
+        order = output_order(found, self.config)
+        if order is not None:
+            found = dataclasses.replace(found, outputs=tuple(found.outputs[i] for i in order))
+        return ExportedForward(program, self._torch_device, order), found
 
     def _load_torchscript(self, path: Path) -> torch.jit.ScriptModule:
         try:
@@ -237,10 +256,10 @@ class TorchRuntime(Runtime):
         specs = self.signature.outputs
         if isinstance(result, torch.Tensor):
             values: Sequence[Any] = (result,)
-        elif isinstance(result, dict):
+        elif isinstance(result, dict) and all(spec.name in result for spec in specs):
             values = [result[spec.name] for spec in specs]
         else:
-            values = tuple(result)
+            values = pytree.tree_leaves(result)
         if len(values) != len(specs):
             raise ModelExecutionError(
                 f"the model returned {len(values)} outputs, the signature names {len(specs)}"
