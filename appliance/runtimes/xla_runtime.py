@@ -1,10 +1,13 @@
 """The `tpu` runtime: PyTorch/XLA on a Cloud TPU, or on the CPU (XLA:CPU) with PJRT_DEVICE=CPU.
 
 It is the torch runtime with an XLA device: the same artifact rules, signature and output naming,
-plus what XLA needs. Every distinct input shape compiles a program, so the batcher pads batches to
-the configured buckets and warmup compiles each bucket once; a compilation after `finish_warmup`
-is logged with the shapes that caused it and counted. Compilations, compile times and the ops that
-fell back to the CPU come from `torch_xla.debug.metrics`, attributed to the runtime that ran.
+plus what XLA needs. Every distinct input shape compiles a program, so the batcher pads batches
+(and named dimensions) to the configured buckets and warmup compiles each shape once; later batches
+of a shape replay its program without running the model's Python (`xla_replay`). A model whose
+trace cannot be replayed is traced lazily on every batch, and says so in the log. A compilation
+after `finish_warmup` is logged with the shapes that caused it and counted. Compilations, compile
+times and the ops that fell back to the CPU come from `torch_xla.debug.metrics`, attributed to the
+runtime that ran.
 
 torch_xla is imported only here, and only in `load`: a host without it can import this module, and
 a missing or mismatched torch_xla surfaces as `DeviceUnavailable` for the CPU-fallback policy.
@@ -20,11 +23,12 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import structlog
@@ -33,24 +37,35 @@ import torch
 from appliance.config import ModelConfig
 from appliance.runtimes.base import (
     NO_DIMS,
+    ArtifactError,
     DeviceUnavailable,
     ModelExecutionError,
     RuntimeStats,
 )
-from appliance.runtimes.torch_runtime import TorchRuntime, to_tensor
+from appliance.runtimes.exported import ExportedForward
+from appliance.runtimes.torch_runtime import (
+    TorchRuntime,
+    exported_signature,
+    load_exported,
+    output_order,
+    to_tensor,
+)
+from appliance.runtimes.xla_replay import Program, trace_program
 from appliance.tensors import Signature
 
 log = structlog.get_logger(__name__)
 
 # One lock for the process's XLA device, shared by every XlaRuntime, held while a batch is traced,
-# compiled, executed and copied back. Why not let batches overlap:
-# - `torch_xla.sync()` materialises every pending lazy tensor of the device, not just the caller's:
-#   two threads tracing at once would cut each other's graphs at arbitrary points, giving programs
-#   that warmup never compiled (recompiles while serving) and outputs computed in a foreign graph.
+# compiled and executed lazily, and while a compiled program is launched. Why:
+# - `torch_xla.sync()` materialises every pending lazy tensor of the device, not just the caller's,
+#   and a trace clears every pending tensor when it is done: two threads tracing at once would cut
+#   each other's graphs at arbitrary points, giving programs that warmup never compiled
+#   (recompiles while serving) and outputs computed in a foreign graph.
 # - torch_xla's metrics are process-wide; holding the lock makes a counter delta taken around one
-#   batch belong to that batch and model.
-# A TPU runs one program at a time anyway; host work (decoding, padding, numpy conversion) still
-# overlaps, because it happens outside the lock.
+#   trace belong to that trace and model.
+# A replayed batch holds the lock only to launch its program: its inputs are copied to the device
+# before, and its outputs copied back after, so with max_concurrency > 1 one batch's host work
+# (decoding, padding, copies) overlaps another's device work.
 _DEVICE_LOCK = threading.Lock()
 
 
@@ -61,6 +76,7 @@ class _XlaDevice:
     torch_xla: ModuleType
     xr: ModuleType  # torch_xla.runtime
     metrics: ModuleType
+    bridge: ModuleType | None  # torch_xla._dynamo.dynamo_bridge: compile once, replay
     device: torch.device
     label: str  # what `Runtime.device` reports, e.g. "xla:tpu:0" or "xla:cpu:0"
 
@@ -103,8 +119,18 @@ def _open_device(pjrt_device: str) -> _XlaDevice:
         real = torch_xla.real_devices()[0]
     except Exception as error:  # PJRT client creation: busy TPU, wrong topology, missing plugin
         raise DeviceUnavailable(f"the XLA device {pjrt_device} cannot be opened: {error}") from None
+    try:
+        from torch_xla._dynamo import dynamo_bridge
+    except ImportError as error:  # a private module: a later torch_xla may move it
+        log.warning("xla replay unavailable, every batch is traced", reason=str(error))
+        dynamo_bridge = None
     _opened = _XlaDevice(
-        torch_xla, torch_xla.runtime, torch_xla.debug.metrics, device, f"xla:{real.lower()}"
+        torch_xla,
+        torch_xla.runtime,
+        torch_xla.debug.metrics,
+        dynamo_bridge,
+        device,
+        f"xla:{real.lower()}",
     )
     log.info(
         "xla device opened",
@@ -177,6 +203,13 @@ def _compile_seconds_since(metrics: ModuleType, samples_before: int) -> tuple[fl
     return tuple(value / 1e9 for _when, value in samples[-(total - samples_before) :])
 
 
+@dataclass
+class _Window:
+    """What one measured block did, known once it has ended."""
+
+    fell_back: tuple[str, ...] = ()
+
+
 class XlaRuntime(TorchRuntime):
     name = "tpu"
 
@@ -194,6 +227,9 @@ class XlaRuntime(TorchRuntime):
         self._totals_lock = threading.Lock()  # scrapes must not wait behind a long compilation
         self._warm = False
         self._fallback_reported: set[str] = set()
+        # Compiled programs by input shapes; a model whose trace cannot be replayed gets none.
+        self._programs: dict[tuple[tuple[int, ...], ...], Program] = {}
+        self._replayable = True
 
     def load(self) -> None:
         with _DEVICE_LOCK:
@@ -203,16 +239,54 @@ class XlaRuntime(TorchRuntime):
         # holds the device lock, so a reload stalls the models being served as little as it can.
         super().load()
         self.device = self._xla.label
+        self._check_static_shapes()
+        self._replayable = self._xla.bridge is not None and self._replay_reason() is None
+        if not self._replayable:
+            log.warning(
+                "xla program cannot be replayed: every batch is traced lazily",
+                artifact=self.artifact.name,
+                reason=self._replay_reason() or "torch_xla has no dynamo bridge",
+            )
+
+    def _replay_reason(self) -> str | None:
+        """Why replaying one trace per shape could differ from running the model; None: it can't.
+
+        An exported program is a static graph: one trace per shape records all it does. A
+        TorchScript model may branch on tensor values in code that one trace would freeze."""
+        if not isinstance(self._forward, ExportedForward):
+            return "a TorchScript model may branch on values; export with torch.export (.pt2)"
+        if not self._forward.static:
+            return "the exported graph reads tensor values into Python (.item())"
+        return None
+
+    def _check_static_shapes(self) -> None:
+        # The config refuses a declared dynamic dimension without buckets; an undeclared
+        # signature comes from the artifact, and is checked here.
+        assert self.signature is not None
+        for spec in self.signature.inputs:
+            for axis, dim in enumerate(spec.shape[1:], start=1):
+                if dim == -1:
+                    raise ArtifactError(
+                        f"{self.artifact.name}: input {spec.name!r} dimension {axis} is dynamic "
+                        "without buckets, and XLA compiles one program per size: declare the "
+                        'input with a named dimension (shape = [-1, "seq"]) and its buckets in '
+                        "[models.dims]"
+                    )
 
     def _open_device(self) -> torch.device:
         assert self._xla is not None
         return self._xla.device
 
-    def _load_exported(self, path: Path) -> tuple[torch.nn.Module, Signature]:
-        module, signature = self._cpu_loader()._load_exported(path)
+    def _load_exported(self, path: Path) -> tuple[Callable[..., Any], Signature]:
+        program = load_exported(path)
+        found = exported_signature(program)
+        order = output_order(found, self.config)
+        if order is not None:
+            found = dataclasses.replace(found, outputs=tuple(found.outputs[i] for i in order))
+        # Weights, constants and the device arguments of the graph's own tensor factories.
         with self._moving_to_device():
-            module = module.to(self._torch_device)
-        return module, signature
+            forward = ExportedForward(program, self._torch_device, order)
+        return forward, found
 
     def _load_torchscript(self, path: Path) -> torch.jit.ScriptModule:
         module = self._cpu_loader()._load_torchscript(path)
@@ -243,18 +317,72 @@ class XlaRuntime(TorchRuntime):
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._forward is not None and self.signature is not None, "load() first"
-        assert self._xla is not None
         specs = self.signature.inputs
         host = [to_tensor(inputs[spec.name], spec.datatype) for spec in specs]
-        shapes = {spec.name: tuple(inputs[spec.name].shape) for spec in specs}
-        with _DEVICE_LOCK, self._measured(shapes), torch.no_grad():
+        program = self._programs.get(tuple(tuple(tensor.shape) for tensor in host))
+        if program is None:
+            return self._run_new_shape(host)
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():
+                device_inputs = [tensor.to(self._torch_device) for tensor in host]
+                with _DEVICE_LOCK:
+                    outputs = program(*device_inputs)
+                named = self._name_outputs(outputs)  # copies back: waits for the device
+        except Exception as error:
+            raise ModelExecutionError(f"{type(error).__name__}: {error}") from error
+        with self._totals_lock:
+            self._totals.cached_compilations += 1
+            self._totals.execute_seconds += time.perf_counter() - started
+        return named
+
+    def _run_new_shape(self, host: list[torch.Tensor]) -> dict[str, np.ndarray]:
+        """A shape with no program yet: compile one and run it, or trace this batch lazily."""
+        assert self._xla is not None and self.signature is not None
+        shapes = {
+            spec.name: tuple(t.shape) for spec, t in zip(self.signature.inputs, host, strict=True)
+        }
+        with _DEVICE_LOCK, torch.no_grad():
             try:
-                result = self._forward(*(tensor.to(self._torch_device) for tensor in host))
-                # One program per batch, outputs included: compile (or reuse) and execute it now.
-                self._xla.torch_xla.sync()
+                device_inputs = [tensor.to(self._torch_device) for tensor in host]
+                program = self._compile(shapes, device_inputs) if self._replayable else None
+                with self._measured(shapes):
+                    if program is not None:
+                        outputs = program(*device_inputs)
+                    else:
+                        outputs = self._forward(*device_inputs)
+                        # One program per batch, outputs included: compile or reuse, execute.
+                        self._xla.torch_xla.sync()
+                    named = self._name_outputs(outputs)
             except Exception as error:
                 raise ModelExecutionError(f"{type(error).__name__}: {error}") from error
-            return self._name_outputs(result)
+        if program is not None:
+            with self._totals_lock:
+                self._totals.cached_compilations += 1  # the first replay of the new program
+        return named
+
+    def _compile(
+        self, shapes: dict[str, tuple[int, ...]], device_inputs: list[torch.Tensor]
+    ) -> Program | None:
+        """Trace and compile the program for these shapes; `_DEVICE_LOCK` held. None, and the
+        model served lazily from now on, when the trace had to execute on its way."""
+        assert self._xla is not None and self._xla.bridge is not None
+        assert self.signature is not None
+        names = [spec.name for spec in self.signature.outputs]
+        with self._measured(shapes, count_fallbacks=False) as window:
+            program = trace_program(self._xla.bridge, self._forward, names, device_inputs)
+        if window.fell_back:
+            # The trace ran part of the graph to feed the CPU op: its program is only the rest.
+            self._replayable = False
+            self._programs.clear()
+            log.warning(
+                "xla program cannot be replayed: every batch is traced lazily",
+                artifact=self.artifact.name,
+                reason=f"ops fall back to the CPU: {', '.join(window.fell_back)}",
+            )
+            return None
+        self._programs[tuple(shapes.values())] = program
+        return program
 
     def warmup(self, batch_size: int, dims: Mapping[str, int] = NO_DIMS) -> None:
         with self._totals_lock:
@@ -289,21 +417,35 @@ class XlaRuntime(TorchRuntime):
             return dataclasses.replace(self._totals, fallback_ops=dict(self._totals.fallback_ops))
 
     @contextmanager
-    def _measured(self, shapes: dict[str, tuple[int, ...]]) -> Iterator[None]:
+    def _measured(
+        self, shapes: dict[str, tuple[int, ...]], *, count_fallbacks: bool = True
+    ) -> Iterator[_Window]:
         """Attribute what XLA compiled, executed and fell back on inside the block to this runtime.
 
         Call with `_DEVICE_LOCK` held. Accounts even when the block fails: a compilation is never
         silent. Execute time is the block's wall time less its compile time: upload, run, download.
+        Ops that fell back are not counted when `count_fallbacks` is false (a trace whose batch is
+        then run again, and counted, lazily).
         """
         assert self._xla is not None
         metrics = self._xla.metrics
         before = _Counters.read(metrics)
         started = time.perf_counter()
+        window = _Window()
         try:
-            yield
+            yield window
         finally:
             elapsed = time.perf_counter() - started
             after = _Counters.read(metrics)
+            window.fell_back = tuple(
+                sorted(
+                    name
+                    for name, count in after.fallback_ops.items()
+                    if count > before.fallback_ops.get(name, 0)
+                )
+            )
+            if not count_fallbacks:
+                after = dataclasses.replace(after, fallback_ops=before.fallback_ops)
             self._account(
                 before,
                 after,

@@ -111,7 +111,13 @@ def test_models_are_served_on_xla(xla_server: ServerProcess) -> None:
     for name in SERVED:
         metadata = get_json(xla_server, f"/v2/models/{name}")
         assert metadata["platform"] == "pytorch_xla"
-        assert metadata["parameters"] == {"device": "xla:cpu:0", "runtime": "tpu"}
+        parameters = metadata["parameters"]
+        assert (parameters["device"], parameters["runtime"]) == ("xla:cpu:0", "tpu")
+    # The export's Dim("batch", min=1, max=1024); TorchScript carries no limits.
+    assert get_json(xla_server, "/v2/models/demo")["parameters"]["dimension_limits"] == [
+        {"input": "input__0", "axis": 0, "min": 1, "max": 1024}
+    ]
+    assert "dimension_limits" not in get_json(xla_server, "/v2/models/standardized")["parameters"]
 
 
 def test_every_batch_size_matches_eager_and_serving_compiles_nothing(
