@@ -30,11 +30,11 @@ _BOUND_INPUTS = frozenset({InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONS
 def output_names(program: torch.export.ExportedProgram) -> tuple[str, ...] | None:
     """The keys of a model that returns a flat dict of tensors, in the graph's output order."""
     spec = program.call_spec.out_spec
-    if (
-        spec is not None
-        and spec.type is dict
-        and all(child.is_leaf() for child in spec.children_specs)
-    ):
+    if spec is None or spec.type is not dict:
+        return None
+    # torch 2.13 has children() and deprecates children_specs, which is all that 2.9 has.
+    children = spec.children() if hasattr(spec, "children") else spec.children_specs
+    if all(child.is_leaf() for child in children):
         return tuple(str(key) for key in spec.context)
     return None
 
