@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo dist bench test test-unit test-xla test-e2e lint clean
+.PHONY: venv demo dist bench test test-unit test-xla test-tpu test-e2e lint clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ test-unit: venv
 # The XLA tier: its own venv with the pinned torch/torch-xla pair, PJRT_DEVICE=CPU.
 test-xla: venv
 	bash tests/xla/run_tier.sh
+
+# The XLA tier on a Cloud TPU VM's own chips (PJRT_DEVICE=TPU); exits non-zero without one.
+test-tpu: venv
+	XLA_TIER_DEVICE=TPU bash tests/xla/run_tier.sh
 
 # The deploy tier: a booted systemd container, deployed over ssh by ansible-playbook (root).
 test-e2e: venv

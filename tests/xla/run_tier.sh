@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The XLA tier (`make test-xla`): the `tpu` runtime on PyTorch/XLA's real code path, on the CPU.
+# With XLA_TIER_DEVICE=TPU (`make test-tpu`, on a Cloud TPU VM) the same tests run on the TPU.
 #
 # torch-xla only imports against the torch it was built with (2.9.0), while the main venv runs a newer
 # torch, so the tier has its own venv, .venv-xla, holding the set pinned in requirements/tpu.txt plus
@@ -17,6 +18,25 @@ VENV=.venv-xla
 PY=$VENV/bin/python
 STAMP=$VENV/.installed
 started=$SECONDS
+DEVICE=${XLA_TIER_DEVICE:-CPU}
+
+if [[ $DEVICE == TPU ]]; then
+    # The way torch_xla counts chips: PCI devices of Google's vendor id. Checked before the
+    # install, which downloads gigabytes, and before libtpu, which retries for minutes without.
+    chips=0
+    for vendor in /sys/bus/pci/devices/*/vendor; do
+        [[ -r $vendor && $(<"$vendor") == 0x1ae0 ]] && chips=$((chips + 1))
+    done
+    if [[ $chips -eq 0 ]]; then
+        echo "xla tier: FAILED - no TPU chip on this host's PCI bus; make test-tpu runs on a" \
+            "Cloud TPU VM (make test-xla runs the same tests on XLA:CPU)" >&2
+        exit 2
+    fi
+    echo "xla tier: $chips TPU chip(s) found, running on PJRT_DEVICE=TPU"
+elif [[ $DEVICE != CPU ]]; then
+    echo "xla tier: XLA_TIER_DEVICE must be CPU or TPU, got '$DEVICE'" >&2
+    exit 2
+fi
 
 inputs=(requirements/tpu.txt constraints.txt pyproject.toml tests/xla/run_tier.sh)
 key=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
@@ -47,8 +67,27 @@ else
 fi
 
 tests_started=$SECONDS
+DEVICE=${XLA_TIER_DEVICE:-CPU}
+
+if [[ $DEVICE == TPU ]]; then
+    # The way torch_xla counts chips: PCI devices of Google's vendor id. Checked before the
+    # install, which downloads gigabytes, and before libtpu, which retries for minutes without.
+    chips=0
+    for vendor in /sys/bus/pci/devices/*/vendor; do
+        [[ -r $vendor && $(<"$vendor") == 0x1ae0 ]] && chips=$((chips + 1))
+    done
+    if [[ $chips -eq 0 ]]; then
+        echo "xla tier: FAILED - no TPU chip on this host's PCI bus; make test-tpu runs on a" \
+            "Cloud TPU VM (make test-xla runs the same tests on XLA:CPU)" >&2
+        exit 2
+    fi
+    echo "xla tier: $chips TPU chip(s) found, running on PJRT_DEVICE=TPU"
+elif [[ $DEVICE != CPU ]]; then
+    echo "xla tier: XLA_TIER_DEVICE must be CPU or TPU, got '$DEVICE'" >&2
+    exit 2
+fi
 status=0
-PJRT_DEVICE=CPU "$PY" -m pytest -m xla tests/xla "$@" || status=$?
+PJRT_DEVICE=$DEVICE "$PY" -m pytest -m xla tests/xla "$@" || status=$?
 echo "xla tier: tests took $((SECONDS - tests_started)) s, tier $((SECONDS - started)) s"
 if [[ $status -eq 5 ]]; then
     echo "xla tier: FAILED - pytest collected no xla tests" >&2

@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 from appliance.config import ModelConfig
 from appliance.demo import DEMO_INPUTS
 from appliance.runtimes.xla_runtime import XlaRuntime
+from tests.xla.device import DEVICE_LABEL, ON_TPU, PJRT_DEVICE, TOLERANCE, without_tpu
 from tests.xla.xla_models import SIGNATURE, eager, pad
 
 pytestmark = pytest.mark.xla
@@ -78,7 +79,7 @@ def test_every_batch_size_matches_eager_and_compiles_nothing_after_warmup(
     make_runtime: RuntimeFactory, artifact: str, figures: Callable[[str], None]
 ) -> None:
     runtime = make_runtime(artifact, max_batch_size=64)
-    assert runtime.device == "xla:cpu:0"
+    assert runtime.device == DEVICE_LABEL
     buckets = runtime.config.batch_buckets
     assert buckets == (1, 2, 4, 8, 16, 32, 64)
     per_bucket = warm(runtime)
@@ -91,9 +92,7 @@ def test_every_batch_size_matches_eager_and_compiles_nothing_after_warmup(
     compiles_before = uncached_compiles()
     for rows in range(1, runtime.config.max_batch_size + 1):
         batch = rng.standard_normal((rows, DEMO_INPUTS)).astype(np.float32)
-        np.testing.assert_allclose(
-            serve_rows(runtime, batch), eager(artifact, batch), rtol=1e-5, atol=1e-5
-        )
+        np.testing.assert_allclose(serve_rows(runtime, batch), eager(artifact, batch), **TOLERANCE)
     compiles_after = uncached_compiles()
     served = runtime.stats()
     cached = served.cached_compilations - warmed.cached_compilations
@@ -120,7 +119,7 @@ def test_a_shape_warmup_missed_is_counted_and_logged(make_runtime: RuntimeFactor
     rows = np.ones((11, DEMO_INPUTS), dtype=np.float32)
     with capture_logs() as logs:
         output = runtime.run({"input__0": rows})["output__0"]
-    np.testing.assert_allclose(output, eager("demo.pt2", rows), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(output, eager("demo.pt2", rows), **TOLERANCE)
     stats = runtime.stats()
     assert stats.compilations_after_warmup == 1
     assert len(stats.compile_seconds) == stats.compilations
@@ -137,7 +136,7 @@ def test_ops_that_fall_back_to_the_cpu_are_reported(make_runtime: RuntimeFactory
     assert any(entry.get("ops") == ["aten::special_erfcx"] for entry in logs)
     rows = np.linspace(-1, 1, 2 * DEMO_INPUTS, dtype=np.float32).reshape(2, DEMO_INPUTS)
     output = runtime.run({"input__0": rows})["output__0"]
-    np.testing.assert_allclose(output, eager("fallback.pt", rows), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(output, eager("fallback.pt", rows), **TOLERANCE)
     assert runtime.stats().fallback_ops == {"aten::special_erfcx": 2}
 
 
@@ -156,7 +155,7 @@ def test_concurrent_callers_get_their_own_rows_and_compile_nothing(
                 batch = rng.standard_normal((int(rng.integers(1, 7)), DEMO_INPUTS))
                 batch = batch.astype(np.float32)
                 np.testing.assert_allclose(
-                    serve_rows(runtime, batch), eager("demo.pt2", batch), rtol=1e-5, atol=1e-5
+                    serve_rows(runtime, batch), eager("demo.pt2", batch), **TOLERANCE
                 )
         except BaseException as error:
             failures.append(error)
@@ -177,7 +176,7 @@ def test_the_compilation_cache_is_written(make_runtime: RuntimeFactory, cache_di
     warm(runtime, iterations=1)
     assert runtime.stats().compilations >= 1
     [folder] = cache_dir.iterdir()
-    assert folder.name == "torch_xla-2.9.0-cpu-0"
+    assert folder.name == f"torch_xla-2.9.0-{PJRT_DEVICE.lower()}-0"
     assert any(entry.is_file() and entry.stat().st_size > 0 for entry in folder.iterdir())
 
 
@@ -218,11 +217,11 @@ def test_a_restarted_process_looks_its_programs_up_in_the_cache(
     xla_artifacts: dict[str, Path], tmp_path: Path
 ) -> None:
     """The second process finds every program the first one wrote. XLA:CPU cannot deserialize
-    them (it compiles again, counted as a deserialize failure), where a TPU would load them."""
+    them (it compiles again, counted as a deserialize failure), where a TPU loads them."""
     artifact = str(xla_artifacts["demo.pt2"])
     counts = []
     for _ in range(2):
-        env = {**os.environ, "PJRT_DEVICE": "CPU"}
+        env = {**os.environ, "PJRT_DEVICE": PJRT_DEVICE}
         done = run_python(WARM_AND_COUNT, artifact, str(tmp_path), env=env)
         assert done.returncode == 0, done.stderr
         counts.append(json.loads(done.stdout.splitlines()[-1]))
@@ -253,6 +252,7 @@ except DeviceUnavailable as error:
 """
 
 
+@without_tpu
 def test_no_pjrt_device_means_tpu_never_a_silent_xla_cpu(xla_artifacts: dict[str, Path]) -> None:
     """PJRT_DEVICE unset on a host without a TPU: load raises DeviceUnavailable at once (not
     libtpu's minutes of metadata retries, nor torch_xla's own quiet default of XLA:CPU)."""
@@ -262,3 +262,55 @@ def test_no_pjrt_device_means_tpu_never_a_silent_xla_cpu(xla_artifacts: dict[str
     assert done.returncode == 0, done.stderr
     assert "DeviceUnavailable: PJRT_DEVICE=TPU, but this host has no TPU chip" in done.stdout
     assert time.monotonic() - started < 60
+
+
+# A fresh process given one chip the way the supervisor gives it (TPU_VISIBLE_CHIPS and the
+# process bounds): loads and runs the demo model, then reports what it saw and opened.
+ASSIGNED_CHIP = """
+import json, os, sys
+from pathlib import Path
+from appliance.config import ModelConfig
+from appliance.runtimes.xla_runtime import XlaRuntime
+
+names = ("PJRT_DEVICE", "TPU_VISIBLE_CHIPS", "TPU_PROCESS_BOUNDS", "TPU_CHIPS_PER_PROCESS_BOUNDS")
+before = {name: os.environ.get(name) for name in names}
+path = Path(sys.argv[1])
+config = ModelConfig(model_path=str(path), runtime="tpu", device="tpu", max_batch_size=2)
+runtime = XlaRuntime(config, path)
+runtime.load()
+runtime.warmup(2)
+import torch_xla.runtime as xr
+opened = set()
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        continue
+    # TPU chips: /dev/accelN (v2-v4), or a VFIO group /dev/vfio/N (v5e and later).
+    chip = target.startswith("/dev/accel") or target.startswith("/dev/vfio/")
+    if chip and target != "/dev/vfio/vfio":
+        opened.add(target)
+after = {name: os.environ.get(name) for name in names}
+print(json.dumps({"before": before, "after": after, "devices": xr.addressable_device_count(),
+                  "device": runtime.device, "opened": sorted(opened)}))
+"""
+
+
+def test_the_runtime_opens_only_the_chip_its_process_is_given(
+    xla_artifacts: dict[str, Path],
+) -> None:
+    """Nothing in the runtime overrides the chip assignment, and it opens one chip only."""
+    assignment = {
+        "TPU_VISIBLE_CHIPS": "0",
+        "TPU_PROCESS_BOUNDS": "1,1,1",
+        "TPU_CHIPS_PER_PROCESS_BOUNDS": "1,1,1",
+    }
+    env = {**os.environ, "PJRT_DEVICE": PJRT_DEVICE, **assignment}
+    done = run_python(ASSIGNED_CHIP, str(xla_artifacts["demo.pt2"]), env=env)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["before"] == {"PJRT_DEVICE": PJRT_DEVICE, **assignment}
+    assert seen["after"] == seen["before"]
+    assert seen["devices"] == 1
+    assert seen["device"] == DEVICE_LABEL
+    assert len(seen["opened"]) == (1 if ON_TPU else 0), seen["opened"]

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance.demo import DEMO_INPUTS
 from tests.support.http import call, get_json, get_text
 from tests.support.server import ServerProcess, running_server, start_server
+from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE, TOLERANCE, without_tpu
 from tests.xla.xla_models import SIGNATURE, eager
 
 pytestmark = pytest.mark.xla
@@ -103,7 +104,9 @@ def xla_server(
 ) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("xla-server")
     models = "".join(model_toml(name, xla_artifacts[SERVED[name]]) for name in SERVED)
-    with running_server(config_toml(workdir, models), workdir, {"PJRT_DEVICE": "CPU"}) as server:
+    with running_server(
+        config_toml(workdir, models), workdir, {"PJRT_DEVICE": PJRT_DEVICE}
+    ) as server:
         yield server
 
 
@@ -112,7 +115,7 @@ def test_models_are_served_on_xla(xla_server: ServerProcess) -> None:
         metadata = get_json(xla_server, f"/v2/models/{name}")
         assert metadata["platform"] == "pytorch_xla"
         parameters = metadata["parameters"]
-        assert (parameters["device"], parameters["runtime"]) == ("xla:cpu:0", "tpu")
+        assert (parameters["device"], parameters["runtime"]) == (DEVICE_LABEL, "tpu")
     # The export's Dim("batch", min=1, max=1024); TorchScript carries no limits.
     assert get_json(xla_server, "/v2/models/demo")["parameters"]["dimension_limits"] == [
         {"input": "input__0", "axis": 0, "min": 1, "max": 1024}
@@ -126,8 +129,8 @@ def test_every_batch_size_matches_eager_and_serving_compiles_nothing(
     rng = np.random.default_rng(3)
     warm = scrape(xla_server)
     for name, artifact in SERVED.items():
-        labels = {"model": name, "version": "1", "device": "xla:cpu:0"}
-        assert warm("aegis_model_ready", model=name, version="1", device="xla:cpu:0") == 1
+        labels = {"model": name, "version": "1", "device": DEVICE_LABEL}
+        assert warm("aegis_model_ready", model=name, version="1", device=DEVICE_LABEL) == 1
         assert warm("aegis_xla_compilations_total", phase="warmup", **labels) == len(BUCKETS)
         assert warm("aegis_xla_compilations_total", phase="serving", **labels) == 0
         assert warm("aegis_xla_compile_seconds_count", **labels) == len(BUCKETS)
@@ -135,11 +138,11 @@ def test_every_batch_size_matches_eager_and_serving_compiles_nothing(
         for rows in range(1, MAX_BATCH + 1):
             batch = rng.standard_normal((rows, DEMO_INPUTS)).astype(np.float32)
             np.testing.assert_allclose(
-                infer(xla_server, name, batch), eager(artifact, batch), rtol=1e-5, atol=1e-5
+                infer(xla_server, name, batch), eager(artifact, batch), **TOLERANCE
             )
     served = scrape(xla_server)
     for name in SERVED:
-        labels = {"model": name, "version": "1", "device": "xla:cpu:0"}
+        labels = {"model": name, "version": "1", "device": DEVICE_LABEL}
         assert served("aegis_xla_compilations_total", phase="serving", **labels) == 0
         assert served("aegis_xla_compilations_total", phase="warmup", **labels) == len(BUCKETS)
         cached_before = warm("aegis_xla_cached_compilations_total", **labels)
@@ -160,6 +163,7 @@ def test_every_batch_size_matches_eager_and_serving_compiles_nothing(
     figures(f"over HTTP, demo.pt2 warmup compile time per bucket (server log): {times}")
 
 
+@without_tpu
 def test_no_xla_device_serves_on_the_cpu_and_says_so(
     tmp_path: Path, xla_artifacts: dict[str, Path]
 ) -> None:
@@ -173,7 +177,7 @@ def test_no_xla_device_serves_on_the_cpu_and_says_so(
         assert ready["device"] == "cpu" and "no TPU chip" in ready["fallback"]
         rows = np.random.default_rng(4).standard_normal((5, DEMO_INPUTS)).astype(np.float32)
         np.testing.assert_allclose(
-            infer(server, "demo", rows), eager("demo.pt2", rows), rtol=1e-5, atol=1e-5
+            infer(server, "demo", rows), eager("demo.pt2", rows), **TOLERANCE
         )
 
 
@@ -188,8 +192,10 @@ def test_overflow_sends_what_the_full_xla_queue_cannot_take_to_the_cpu(
         max_concurrency=1,
         max_queue_delay_ms=20.0,
     )
-    with running_server(config_toml(tmp_path, models), tmp_path, {"PJRT_DEVICE": "CPU"}) as server:
-        assert get_json(server, "/v2/models/demo")["parameters"]["device"] == "xla:cpu:0"
+    with running_server(
+        config_toml(tmp_path, models), tmp_path, {"PJRT_DEVICE": PJRT_DEVICE}
+    ) as server:
+        assert get_json(server, "/v2/models/demo")["parameters"]["device"] == DEVICE_LABEL
         rng = np.random.default_rng(5)
         requests = [rng.standard_normal((2, DEMO_INPUTS)).astype(np.float32) for _ in range(48)]
         with ThreadPoolExecutor(16) as pool:
@@ -197,18 +203,17 @@ def test_overflow_sends_what_the_full_xla_queue_cannot_take_to_the_cpu(
         # Beyond both replicas' queues a request is still refused: only the 200s are checked.
         for rows, (status, payload) in zip(requests, replies, strict=True):
             if status == 200:
-                np.testing.assert_allclose(
-                    answer(payload), eager("demo.pt2", rows), rtol=1e-5, atol=1e-5
-                )
+                np.testing.assert_allclose(answer(payload), eager("demo.pt2", rows), **TOLERANCE)
             else:
                 assert (status, payload["error"]) == (503, "queue full (4 requests waiting)")
         value = scrape(server)
         overflowed = value("aegis_cpu_fallback_requests_total", model="demo", version="1")
         assert overflowed > 0
-        labels = {"model": "demo", "version": "1", "device": "xla:cpu:0"}
+        labels = {"model": "demo", "version": "1", "device": DEVICE_LABEL}
         assert value("aegis_xla_compilations_total", phase="serving", **labels) == 0
 
 
+@without_tpu
 def test_fallback_off_fails_the_start_with_a_clear_message(
     tmp_path: Path, xla_artifacts: dict[str, Path]
 ) -> None:
