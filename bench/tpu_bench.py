@@ -1,0 +1,232 @@
+"""The `tpu` runtime on XLA:CPU: per-batch host time, lazy against compiled, and requests/s over
+HTTP for the deep model on `tpu` against `torch`. Run with the XLA tier's venv (it has torch 2.9,
+torch-xla 2.9 and the appliance), one thread, after `bash tests/xla/run_tier.sh --co -q`:
+
+    PJRT_DEVICE=CPU OMP_NUM_THREADS=1 .venv-xla/bin/python bench/tpu_bench.py host OUT
+    PJRT_DEVICE=CPU .venv-xla/bin/python bench/tpu_bench.py http OUT   # root: taskset, wrk
+
+`host` runs in this process, pinned to one core: for each zoo model and batch bucket, the wall
+time of one batch traced lazily (the model's forward and `torch_xla.sync()`, what the runtime did
+before), replayed by `XlaRuntime.run`, and the compiled program's own `ExecuteTime`.
+`http` starts one server pinned to core 0 serving the deep model three times (`torch`, `tpu`,
+and `tpu` with two batches in flight) and drives each with wrk on core 1, interleaved: windows
+alternate between the models, so a change in the machine's load hits every model alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.zoo import ZOO, model_toml  # noqa: E402
+
+SERVER_CORE, CLIENT_CORE = "0", "1"
+HOST_BUCKETS = (1, 8, 16)
+REPEATS = 60
+
+
+def export(out: Path) -> Path:
+    zoo = out / "zoo"
+    # A fresh process: torch_xla, once imported, keeps torch.nn.GRU from exporting.
+    subprocess.run([sys.executable, "-m", "tests.support.zoo", str(zoo)], check=True, cwd=ROOT)
+    return zoo
+
+
+def timed(run: object, repeats: int = REPEATS) -> float:
+    """Median wall milliseconds of `run()`, after two runs that compile and warm."""
+    run()  # type: ignore[operator]
+    run()  # type: ignore[operator]
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()  # type: ignore[operator]
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def host(out: Path) -> None:
+    os.sched_setaffinity(0, {int(SERVER_CORE)})
+    import torch
+    import torch_xla
+    import torch_xla.debug.metrics as metrics
+
+    from appliance.config import ModelConfig
+    from appliance.runtimes.exported import ExportedForward
+    from appliance.runtimes.torch_runtime import load_exported, to_tensor
+    from appliance.runtimes.xla_runtime import XlaRuntime
+
+    torch.set_num_threads(1)
+    zoo = export(out)
+    device = torch_xla.device()
+    rows = []
+    for name, model in ZOO.items():
+        path = zoo / f"{name}.pt2"
+        config = ModelConfig(
+            model_path=str(path),
+            runtime="tpu",
+            device="tpu",
+            max_batch_size=HOST_BUCKETS[-1],
+            batch_buckets=HOST_BUCKETS,
+            **model.config(),
+        )
+        runtime = XlaRuntime(config, path)
+        runtime.load()
+        lazy = ExportedForward(load_exported(path), device)
+        for bucket in HOST_BUCKETS:
+            batch = model.example(np.random.default_rng(0), bucket)
+            host_tensors = [to_tensor(batch[spec.name], spec.datatype) for spec in model.inputs]
+
+            def traced(lazy: ExportedForward = lazy, host_tensors: list = host_tensors) -> None:
+                with torch.no_grad():
+                    outputs = lazy(*(tensor.to(device) for tensor in host_tensors))
+                    torch_xla.sync()
+                    [output.cpu() for output in outputs]
+
+            lazy_ms = timed(traced)
+            execute_before = metrics.metric_data("ExecuteTime")
+            compiled_ms = timed(lambda: runtime.run(batch))  # noqa: B023
+            execute_after = metrics.metric_data("ExecuteTime")
+            count = execute_after[0] - execute_before[0]
+            # The two warming runs are in the window too: ExecuteTime's mean over all of it.
+            execute_ms = (execute_after[1] - execute_before[1]) / count / 1e6
+            rows.append(
+                {
+                    "model": name,
+                    "batch": bucket,
+                    "shape": {spec.name: list(batch[spec.name].shape) for spec in model.inputs},
+                    "lazy_ms": round(lazy_ms, 3),
+                    "compiled_ms": round(compiled_ms, 3),
+                    "execute_ms": round(execute_ms, 3),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+        runtime.close()
+    (out / "host.json").write_text(json.dumps(rows, indent=1))
+
+
+def wrk(port: int, model: str, body: Path, seconds: int, connections: int) -> dict:
+    env = {**os.environ, "WRK_BODY_FILE": str(body), "WRK_HEADERS": ""}
+    command = [
+        "taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+        "--timeout", "10s", "-s", str(ROOT / "bench" / "wrk_post.lua"),
+        f"http://127.0.0.1:{port}/v2/models/{model}/infer",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK_RESULT "):
+            return json.loads(line.removeprefix("WRK_RESULT "))
+    raise RuntimeError(f"wrk gave no result: {done.stdout[-500:]} {done.stderr[-500:]}")
+
+
+def http(out: Path, rounds: int = 3, seconds: int = 10, connections: int = 16) -> None:
+    zoo = export(out)
+    deep = ZOO["deep"]
+    path = zoo / "deep.pt2"
+    common = {"max_batch_size": 16, "max_queue_delay_ms": 2.0, "warmup_iters": 2}
+    variants = {
+        "deep_torch": {"runtime": "torch", "device": "cpu", **common},
+        "deep_tpu": {"runtime": "tpu", "device": "tpu", **common},
+        "deep_tpu_c2": {"runtime": "tpu", "device": "tpu", "max_concurrency": 2, **common},
+    }
+    models = "".join(model_toml(name, path, deep, **fields) for name, fields in variants.items())
+    work = Path(tempfile.mkdtemp(prefix="tpu-bench-"))
+    config = work / "aegis.toml"
+    config.write_text(
+        f'[server]\nshutdown_grace_s = 5\n[storage]\ncache_dir = "{work / "cache"}"\n'
+        f'[xla]\ncompilation_cache_dir = ""\n{models}'
+    )
+    port = 18431
+    env = {**os.environ, "PJRT_DEVICE": "CPU", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    log = open(work / "server.log", "wb")  # noqa: SIM115 - held for the server's lifetime
+    server = subprocess.Popen(
+        ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "appliance", "serve",
+         "--config", str(config), "--bind", f"127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError((work / "server.log").read_text()[-2000:]) from None
+                time.sleep(1)
+        rows = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+        body = work / "body.json"
+        body.write_text(
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "datatype": "FP32",
+                            "shape": [1, 16],
+                            "data": rows.ravel().tolist(),
+                        }
+                    ]
+                }
+            )
+        )
+        for name in variants:  # warm the connection path of each
+            wrk(port, name, body, 2, connections)
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        for round_ in range(rounds):
+            for name in variants:
+                result = wrk(port, name, body, seconds, connections)
+                assert result["non2xx"] == 0 and result["socket_errors"] == 0, result
+                rps = result["requests"] / (result["duration_us"] / 1e6)
+                results[name].append(rps)
+                print(json.dumps({"round": round_, "model": name, "rps": round(rps, 1),
+                                  "p50_ms": result["p50_us"] / 1000}), flush=True)  # fmt: skip
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            compiles = [
+                line
+                for line in response.read().decode().splitlines()
+                if line.startswith("aegis_xla_compilations_total")
+            ]
+        summary = {
+            "connections": connections,
+            "window_s": seconds,
+            "rounds": rounds,
+            "rps": {name: [round(v, 1) for v in values] for name, values in results.items()},
+            "median_rps": {name: round(statistics.median(v), 1) for name, v in results.items()},
+            "tpu_over_torch": round(
+                statistics.median(results["deep_tpu"]) / statistics.median(results["deep_torch"]),
+                2,
+            ),
+            "tpu_c2_over_torch": round(
+                statistics.median(results["deep_tpu_c2"])
+                / statistics.median(results["deep_torch"]),
+                2,
+            ),
+            "compilations": compiles,
+        }
+        print(json.dumps(summary, indent=1))
+        (out / "http.json").write_text(json.dumps(summary, indent=1))
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+if __name__ == "__main__":
+    mode, target = sys.argv[1], Path(sys.argv[2])
+    target.mkdir(parents=True, exist_ok=True)
+    {"host": host, "http": http}[mode](target)
