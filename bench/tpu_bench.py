@@ -9,8 +9,9 @@ torch-xla 2.9 and the appliance), one thread, after `bash tests/xla/run_tier.sh 
 time of one batch traced lazily (the model's forward and `torch_xla.sync()`, what the runtime did
 before), replayed by `XlaRuntime.run`, and the compiled program's own `ExecuteTime`.
 `http` starts one server pinned to core 0 serving the deep model three times (`torch`, `tpu`,
-and `tpu` with two batches in flight) and drives each with wrk on core 1, interleaved: windows
-alternate between the models, so a change in the machine's load hits every model alike.
+and `tpu` with two batches in flight) and drives each with wrk on core 1, with requests of 1 and
+of 8 rows, interleaved: windows alternate between the models, so a change in the machine's load
+hits every model alike.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tests.support.zoo import ZOO, model_toml  # noqa: E402
 SERVER_CORE, CLIENT_CORE = "0", "1"
 HOST_BUCKETS = (1, 8, 16)
 REPEATS = 60
+REQUEST_ROWS = (1, 8)  # rows per request: one per client, or a client's own small batch
 
 
 def export(out: Path) -> Path:
@@ -165,33 +167,29 @@ def http(out: Path, rounds: int = 3, seconds: int = 10, connections: int = 16) -
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError((work / "server.log").read_text()[-2000:]) from None
                 time.sleep(1)
-        rows = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
-        body = work / "body.json"
-        body.write_text(
-            json.dumps(
-                {
-                    "inputs": [
-                        {
-                            "name": "x",
-                            "datatype": "FP32",
-                            "shape": [1, 16],
-                            "data": rows.ravel().tolist(),
-                        }
-                    ]
-                }
+        bodies = {}
+        for size in REQUEST_ROWS:
+            rows = np.random.default_rng(0).standard_normal((size, 16)).astype(np.float32)
+            tensor = {"name": "x", "datatype": "FP32", "shape": [size, 16]}
+            bodies[size] = work / f"body-{size}.json"
+            bodies[size].write_text(
+                json.dumps({"inputs": [{**tensor, "data": rows.ravel().tolist()}]})
             )
-        )
         for name in variants:  # warm the connection path of each
-            wrk(port, name, body, 2, connections)
-        results: dict[str, list[float]] = {name: [] for name in variants}
+            wrk(port, name, bodies[1], 2, connections)
+        results: dict[str, list[float]] = {
+            f"{name}@{size}": [] for size in REQUEST_ROWS for name in variants
+        }
         for round_ in range(rounds):
-            for name in variants:
-                result = wrk(port, name, body, seconds, connections)
-                assert result["non2xx"] == 0 and result["socket_errors"] == 0, result
-                rps = result["requests"] / (result["duration_us"] / 1e6)
-                results[name].append(rps)
-                print(json.dumps({"round": round_, "model": name, "rps": round(rps, 1),
-                                  "p50_ms": result["p50_us"] / 1000}), flush=True)  # fmt: skip
+            for size in REQUEST_ROWS:
+                for name in variants:
+                    result = wrk(port, name, bodies[size], seconds, connections)
+                    assert result["non2xx"] == 0 and result["socket_errors"] == 0, result
+                    rps = result["requests"] / (result["duration_us"] / 1e6)
+                    results[f"{name}@{size}"].append(rps)
+                    print(json.dumps({"round": round_, "model": name, "rows": size,
+                                      "rps": round(rps, 1), "p50_ms": result["p50_us"] / 1000}),
+                          flush=True)  # fmt: skip
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             compiles = [
                 line
@@ -204,15 +202,16 @@ def http(out: Path, rounds: int = 3, seconds: int = 10, connections: int = 16) -
             "rounds": rounds,
             "rps": {name: [round(v, 1) for v in values] for name, values in results.items()},
             "median_rps": {name: round(statistics.median(v), 1) for name, v in results.items()},
-            "tpu_over_torch": round(
-                statistics.median(results["deep_tpu"]) / statistics.median(results["deep_torch"]),
-                2,
-            ),
-            "tpu_c2_over_torch": round(
-                statistics.median(results["deep_tpu_c2"])
-                / statistics.median(results["deep_torch"]),
-                2,
-            ),
+            "over_torch": {
+                f"{name}@{size}": round(
+                    statistics.median(results[f"{name}@{size}"])
+                    / statistics.median(results[f"deep_torch@{size}"]),
+                    2,
+                )
+                for size in REQUEST_ROWS
+                for name in variants
+                if name != "deep_torch"
+            },
             "compilations": compiles,
         }
         print(json.dumps(summary, indent=1))
