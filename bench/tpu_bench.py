@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,9 @@ def host(out: Path) -> None:
             batch = model.example(np.random.default_rng(0), bucket)
             host_tensors = [to_tensor(batch[spec.name], spec.datatype) for spec in model.inputs]
 
-            def traced(lazy: ExportedForward = lazy, host_tensors: list = host_tensors) -> None:
+            def traced(
+                lazy: ExportedForward = lazy, host_tensors: list[torch.Tensor] = host_tensors
+            ) -> None:
                 with torch.no_grad():
                     outputs = lazy(*(tensor.to(device) for tensor in host_tensors))
                     torch_xla.sync()
@@ -118,7 +121,7 @@ def host(out: Path) -> None:
     (out / "host.json").write_text(json.dumps(rows, indent=1))
 
 
-def wrk(port: int, model: str, body: Path, seconds: int, connections: int) -> dict:
+def wrk(port: int, model: str, body: Path, seconds: int, connections: int) -> dict[str, Any]:
     env = {**os.environ, "WRK_BODY_FILE": str(body), "WRK_HEADERS": ""}
     command = [
         "taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
@@ -128,7 +131,8 @@ def wrk(port: int, model: str, body: Path, seconds: int, connections: int) -> di
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_RESULT "):
-            return json.loads(line.removeprefix("WRK_RESULT "))
+            result: dict[str, Any] = json.loads(line.removeprefix("WRK_RESULT "))
+            return result
     raise RuntimeError(f"wrk gave no result: {done.stdout[-500:]} {done.stderr[-500:]}")
 
 

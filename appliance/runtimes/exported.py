@@ -86,6 +86,8 @@ class ExportedForward:
 
 def _bound_tensor(program: torch.export.ExportedProgram, target: str | None) -> torch.Tensor:
     assert target is not None
-    if target in program.state_dict:
-        return program.state_dict[target]
-    return program.constants[target]  # constants, and buffers saved as non-persistent
+    # Constants, and buffers saved as non-persistent, are not in the state dict.
+    tensor: torch.Tensor = (
+        program.state_dict[target] if target in program.state_dict else program.constants[target]
+    )
+    return tensor

@@ -37,6 +37,8 @@ class _Traced(torch.nn.Module):
     """What the bridge traces: the forward as a module of the inputs alone, outputs flat. The
     weights are not arguments: the trace finds them as device data and binds them for good."""
 
+    xla_args: tuple[torch.Tensor, ...]  # the bridge's way of passing the example inputs
+
     def __init__(self, forward: Callable[..., Any], names: Sequence[str]) -> None:
         super().__init__()
         self.model = forward  # a Module registers as a submodule: the bridge checks its weights
@@ -55,7 +57,7 @@ def trace_program(
     """Trace `forward` on `device_inputs` and compile it; the program takes tensors of the same
     shapes and dtypes on the same device and returns the outputs in signature order."""
     traced = _Traced(forward, names)
-    traced.xla_args = tuple(device_inputs)  # the bridge's way of passing the example inputs
+    traced.xla_args = tuple(device_inputs)
     compiled = bridge.extract_internal(traced)
     single = len(names) == 1
 

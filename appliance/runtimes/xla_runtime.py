@@ -345,6 +345,7 @@ class XlaRuntime(TorchRuntime):
     def _run_new_shape(self, host: list[torch.Tensor]) -> dict[str, np.ndarray]:
         """A shape with no program yet: compile one and run it, or trace this batch lazily."""
         assert self._xla is not None and self.signature is not None
+        assert self._forward is not None
         shapes = {
             spec.name: tuple(t.shape) for spec, t in zip(self.signature.inputs, host, strict=True)
         }
@@ -373,7 +374,7 @@ class XlaRuntime(TorchRuntime):
         """Trace and compile the program for these shapes; `_DEVICE_LOCK` held. None, and the
         model served lazily from now on, when the trace had to execute on its way."""
         assert self._xla is not None and self._xla.bridge is not None
-        assert self.signature is not None
+        assert self.signature is not None and self._forward is not None
         names = [spec.name for spec in self.signature.outputs]
         with self._measured(shapes, count_fallbacks=False) as window:
             program = trace_program(self._xla.bridge, self._forward, names, device_inputs)

@@ -52,7 +52,8 @@ class Cnn(torch.nn.Module):
         self.head = torch.nn.Linear(16, 10)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(image), 1))
+        logits: torch.Tensor = self.head(torch.flatten(self.features(image), 1))
+        return logits
 
 
 class Encoder(torch.nn.Module):
@@ -98,7 +99,8 @@ class Gru(torch.nn.Module):
 
     def forward(self, series: torch.Tensor) -> torch.Tensor:
         states, _last = self.rnn(series)
-        return self.head(states[:, -1])
+        scores: torch.Tensor = self.head(states[:, -1])
+        return scores
 
 
 class Tabular(torch.nn.Module):
@@ -133,7 +135,8 @@ class Deep(torch.nn.Module):
         hidden = self.inp(x)
         for block in self.blocks:
             hidden = hidden + block(hidden) * 0.1
-        return self.out(hidden)
+        out: torch.Tensor = self.out(hidden)
+        return out
 
 
 @dataclass(frozen=True)
