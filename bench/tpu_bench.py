@@ -4,10 +4,13 @@ torch-xla 2.9 and the appliance), one thread, after `bash tests/xla/run_tier.sh 
 
     PJRT_DEVICE=CPU OMP_NUM_THREADS=1 .venv-xla/bin/python bench/tpu_bench.py host OUT
     PJRT_DEVICE=CPU .venv-xla/bin/python bench/tpu_bench.py http OUT   # root: taskset, wrk
+    OMP_NUM_THREADS=1 .venv/bin/python bench/tpu_bench.py torch OUT    # torch 2.13, torch runtime
 
 `host` runs in this process, pinned to one core: for each zoo model and batch bucket, the wall
 time of one batch traced lazily (the model's forward and `torch_xla.sync()`, what the runtime did
 before), replayed by `XlaRuntime.run`, and the compiled program's own `ExecuteTime`.
+`torch` times the torch runtime's exported-program path against the eager module and
+`ExportedProgram.module()` in one process, per zoo model and batch.
 `http` starts one server pinned to core 0 serving the deep model three times (`torch`, `tpu`,
 and `tpu` with two batches in flight) and drives each with wrk on core 1, with requests of 1 and
 of 8 rows, interleaved: windows alternate between the models, so a change in the machine's load
@@ -121,6 +124,39 @@ def host(out: Path) -> None:
     (out / "host.json").write_text(json.dumps(rows, indent=1))
 
 
+def torch_overhead(out: Path) -> None:
+    """The torch runtime against the eager module and `ExportedProgram.module()`, per batch."""
+    os.sched_setaffinity(0, {int(SERVER_CORE)})
+    import torch
+
+    from appliance.config import ModelConfig
+    from appliance.runtimes.torch_runtime import TorchRuntime
+
+    torch.set_num_threads(1)
+    zoo = export(out)
+    rows = []
+    for name, model in ZOO.items():
+        path = zoo / f"{name}.pt2"
+        runtime = TorchRuntime(ModelConfig(model_path=str(path), **model.config()), path)
+        runtime.load()
+        eager = model.build()
+        unlifted = torch.export.load(str(path)).module()
+        for bucket in HOST_BUCKETS:
+            batch = model.example(np.random.default_rng(0), bucket)
+            args = [torch.from_numpy(batch[spec.name]) for spec in model.inputs]
+            with torch.no_grad():
+                times = {
+                    "eager_ms": timed(lambda: eager(*args)),  # noqa: B023
+                    "module_ms": timed(lambda: unlifted(*args)),  # noqa: B023
+                    "runtime_ms": timed(lambda: runtime.run(batch)),  # noqa: B023
+                }
+            rows.append(
+                {"model": name, "batch": bucket, **{k: round(v, 3) for k, v in times.items()}}
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    (out / f"torch-{torch.__version__.split('+')[0]}.json").write_text(json.dumps(rows, indent=1))
+
+
 def wrk(port: int, model: str, body: Path, seconds: int, connections: int) -> dict[str, Any]:
     env = {**os.environ, "WRK_BODY_FILE": str(body), "WRK_HEADERS": ""}
     command = [
@@ -232,4 +268,4 @@ def http(out: Path, rounds: int = 3, seconds: int = 10, connections: int = 16) -
 if __name__ == "__main__":
     mode, target = sys.argv[1], Path(sys.argv[2])
     target.mkdir(parents=True, exist_ok=True)
-    {"host": host, "http": http}[mode](target)
+    {"host": host, "http": http, "torch": torch_overhead}[mode](target)
