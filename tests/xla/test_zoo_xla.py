@@ -5,6 +5,7 @@ torch; over HTTP too. Prints each model's warmup compile time and per-batch time
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
@@ -67,11 +68,14 @@ def serve_like_the_batcher(runtime: Runtime, inputs: dict[str, np.ndarray]) -> d
 
 
 def per_batch_ms(runtime: Runtime, batch: dict[str, np.ndarray], repeats: int = 20) -> float:
+    """The median of `repeats` batches: the machine may be busy with other work."""
     runtime.run(batch)
-    started = time.perf_counter()
+    samples = []
     for _ in range(repeats):
+        started = time.perf_counter()
         runtime.run(batch)
-    return (time.perf_counter() - started) / repeats * 1000
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
 
 
 @pytest.mark.parametrize("name", list(ZOO))
