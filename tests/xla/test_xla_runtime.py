@@ -272,7 +272,8 @@ from pathlib import Path
 from appliance.config import ModelConfig
 from appliance.runtimes.xla_runtime import XlaRuntime
 
-names = ("PJRT_DEVICE", "TPU_VISIBLE_CHIPS", "TPU_PROCESS_BOUNDS", "TPU_CHIPS_PER_PROCESS_BOUNDS")
+names = ("PJRT_DEVICE", "TPU_VISIBLE_CHIPS", "TPU_PROCESS_BOUNDS", "TPU_CHIPS_PER_PROCESS_BOUNDS",
+         "TPU_PROCESS_PORT")
 before = {name: os.environ.get(name) for name in names}
 path = Path(sys.argv[1])
 config = ModelConfig(model_path=str(path), runtime="tpu", device="tpu", max_batch_size=2)
@@ -300,10 +301,12 @@ def test_the_runtime_opens_only_the_chip_its_process_is_given(
     xla_artifacts: dict[str, Path],
 ) -> None:
     """Nothing in the runtime overrides the chip assignment, and it opens one chip only."""
+    # What the replica supervisor (appliance/lifecycle/replicas.py) gives replica 0.
     assignment = {
         "TPU_VISIBLE_CHIPS": "0",
         "TPU_PROCESS_BOUNDS": "1,1,1",
         "TPU_CHIPS_PER_PROCESS_BOUNDS": "1,1,1",
+        "TPU_PROCESS_PORT": "8476",
     }
     env = {**os.environ, "PJRT_DEVICE": PJRT_DEVICE, **assignment}
     done = run_python(ASSIGNED_CHIP, str(xla_artifacts["demo.pt2"]), env=env)
