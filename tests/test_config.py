@@ -139,6 +139,11 @@ def test_buckets_default_to_powers_of_two_up_to_max_batch_size(tmp_path: Path) -
         ('[server]\nbind = ["nope"]\n', "server.bind", "HOST:PORT"),
         ('[server]\ncertfile = "/c.pem"\n', "server.certfile", "both certfile and keyfile"),
         ("[storage]\ndownload_concurrency = 0\n", "storage.download_concurrency", ">= 1"),
+        (
+            "[server]\nshutdown_grace_s = 10\nunready_window_s = 10\n",
+            "server.unready_window_s",
+            "less than shutdown_grace_s (10)",
+        ),
         ("[serve]\n", "serve", "unknown section"),
         (MINIMAL_MODEL + MINIMAL_MODEL, "models[1]", "declared twice"),
         (

@@ -351,6 +351,9 @@ class ServerConfig(_Table):
     keyfile: Text = ""
     max_request_bytes: PositiveInt = 64 * MiB
     shutdown_grace_s: NonNegativeNumber = 30.0
+    # SIGTERM: how long readiness says 503 while requests are still served, out of shutdown_grace_s
+    # (a load balancer needs several probe intervals to take the host out).
+    unready_window_s: NonNegativeNumber = 1.0
     admin_token_file: Text = ""
     replicas: Replicas = "auto"
     access_log: Text = "all"
@@ -381,6 +384,16 @@ class ServerConfig(_Table):
     def _tls_pair(self) -> ServerConfig:
         if bool(self.certfile) != bool(self.keyfile):
             raise broken_rule("certfile", "TLS needs both certfile and keyfile, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _unready_window_within_grace(self) -> ServerConfig:
+        if self.unready_window_s >= self.shutdown_grace_s:
+            raise broken_rule(
+                "unready_window_s",
+                f"must be less than shutdown_grace_s ({self.shutdown_grace_s:g}), which it is part"
+                f" of; got {self.unready_window_s:g}",
+            )
         return self
 
 

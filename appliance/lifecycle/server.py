@@ -57,14 +57,14 @@ LISTEN_BACKLOG = 2048
 THREAD_JOIN_S = 0.5
 
 
-def drain_budget(grace_s: float) -> tuple[float, float]:
+def drain_budget(grace_s: float, unready_window_s: float) -> tuple[float, float]:
     """(unready window, HTTP drain) in seconds; the rest of `grace_s` is for closing the models.
 
     The window lets probes see 503 before connections are refused. Closing the models gets a
     reserve of its own, small because accepted requests are done by then.
     """
-    window = min(1.0, grace_s * 0.2)
-    reserve = min(1.0, grace_s * 0.2)
+    window = min(unready_window_s, grace_s)
+    reserve = min(1.0, (grace_s - window) * 0.2)
     return window, max(grace_s - window - reserve, 0.0)
 
 
@@ -206,7 +206,7 @@ class Appliance:
             self._stop.set()  # asked twice: no more waiting for probes
             return
         grace_s = self.config.server.shutdown_grace_s
-        window, _ = drain_budget(grace_s)
+        window, _ = drain_budget(grace_s, self.config.server.unready_window_s)
         log.info("shutting_down", grace_s=grace_s, unready_window_s=window)
         self.notifier.stopping()
         self._draining = True
@@ -234,7 +234,7 @@ class Appliance:
         if server.certfile:
             hyper.certfile = server.certfile
             hyper.keyfile = server.keyfile
-        _, http_drain_s = drain_budget(server.shutdown_grace_s)
+        _, http_drain_s = drain_budget(server.shutdown_grace_s, server.unready_window_s)
         hyper.graceful_timeout = http_drain_s
         # Hypercorn's own bound on the lifespan shutdown; _close_models keeps to a tighter one.
         hyper.shutdown_timeout = server.shutdown_grace_s + 5.0
