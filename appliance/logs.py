@@ -4,6 +4,10 @@ The processor pipeline is short on purpose: the per-request line is on the hot p
 warnings (numpy's among them) go through the same pipeline, and for the serving commands so does
 whatever native code writes to the process's stdout and stderr (torch's C++ warnings,
 onnxruntime's and XLA's own logging): every line on the stream is a JSON object.
+
+When the stream is the journal, each line starts with its syslog priority (`<6>` for info,
+sd-daemon(3)): journald files it at that level and rate-limits each level apart, so a flood of
+per-request info lines cannot push a warning or an error out.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -24,16 +28,48 @@ import structlog
 _COLOUR = re.compile(rb"\x1b\[[0-9;]*m")
 # How long exit waits for the relay to pass on the last lines native code wrote.
 _RELAY_JOIN_S = 1.0
+# Python's level names as structlog writes them, and their syslog priorities.
+_PRIORITIES = {
+    "critical": 2,
+    "exception": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "info": 6,
+    "debug": 7,
+    "notset": 7,
+}
+# The level of a JSON line passed on as it is (a replica's).
+_LEVEL = re.compile(rb'"level":"(\w+)"')
+Renderer = Callable[[Any, str, MutableMapping[str, Any]], str]
 
 
 def _render(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
+def _render_for_journal(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+    priority = _PRIORITIES.get(str(event.get("level", "info")), 6)
+    return f"<{priority}>" + orjson.dumps(event, default=str).decode()
+
+
+def writes_to_journal(stream: TextIO) -> bool:
+    """True when `stream` is the journal's stream socket (systemd sets JOURNAL_STREAM=dev:inode)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Route structlog, the standard library (Hypercorn, google-cloud) and warnings to JSON."""
     numeric = logging.getLevelName(level.upper())
     output = stream or sys.stderr
+    render: Renderer = _render_for_journal if writes_to_journal(output) else _render
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -43,7 +79,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         processors=[
             *shared,
             structlog.processors.format_exc_info,
-            _render,
+            render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(output),
@@ -55,7 +91,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                _render,
+                render,
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         )
@@ -82,7 +118,10 @@ def capture_native_output() -> TextIO:
     os.dup2(write_end, 2)
     os.close(write_end)
     relay = threading.Thread(
-        target=_relay, args=(read_end, output), name="aegis-native-output", daemon=True
+        target=_relay,
+        args=(read_end, output, writes_to_journal(output)),
+        name="aegis-native-output",
+        daemon=True,
     )
     relay.start()
 
@@ -99,24 +138,29 @@ def capture_native_output() -> TextIO:
     return output
 
 
-def _relay(read_end: int, output: TextIO) -> None:
+def _relay(read_end: int, output: TextIO, journal: bool) -> None:
     native = structlog.get_logger("aegis.native")
     pending = b""
     while chunk := os.read(read_end, 65536):
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            _relay_line(native, line, output)
-    _relay_line(native, pending, output)
+            _relay_line(native, line, output, journal)
+    _relay_line(native, pending, output, journal)
     os.close(read_end)
 
 
-def _relay_line(native: Any, line: bytes, output: TextIO) -> None:
+def _relay_line(native: Any, line: bytes, output: TextIO, journal: bool) -> None:
     raw = line.strip()
     if raw.startswith(b"{") and raw.endswith(b"}"):
         # Already a JSON line: a child process's log (a replica writes to the descriptors it
         # inherited), passed on as it is.
-        output.write(raw.decode("utf-8", "replace") + "\n")
+        prefix = ""
+        if journal:
+            level = _LEVEL.search(raw)
+            name = level.group(1).decode() if level else "info"
+            prefix = f"<{_PRIORITIES.get(name, 6)}>"
+        output.write(prefix + raw.decode("utf-8", "replace") + "\n")
         return
     text = _COLOUR.sub(b"", raw).decode("utf-8", "replace").strip()
     if text:
