@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo dist bench test test-unit test-xla test-tpu test-e2e lint clean
+.PHONY: venv demo dist bench test test-unit test-xla test-tpu test-e2e test-host-requirements host-requirements lint clean
 
 venv: $(STAMP)
 
@@ -45,11 +45,19 @@ test-xla: venv
 test-tpu: venv
 	XLA_TIER_DEVICE=TPU bash tests/xla/run_tier.sh
 
+# The app's pinned sets for hosts (one per Python: 3.10 for Ubuntu 22.04 TPU VMs ... 3.13) resolve
+# with binary wheels and satisfy pyproject.toml; `make host-requirements` regenerates them.
+test-host-requirements:
+	bash ansible/host_requirements.sh check
+
+host-requirements:
+	bash ansible/host_requirements.sh compile
+
 # The deploy tier: a booted systemd container, deployed over ssh by ansible-playbook (root).
 test-e2e: venv
 	bash tests/e2e/run_tier.sh
 
-test: lint test-unit test-xla test-e2e
+test: lint test-host-requirements test-unit test-xla test-e2e
 
 clean:
-	rm -rf $(VENV) .venv-xla .venv-deploy .cache/e2e dist
+	rm -rf $(VENV) .venv-xla .venv-deploy .venv-uv .cache/e2e dist
