@@ -38,19 +38,50 @@ def test_ansible_lint_production_profile_offline(tier: Tier) -> None:
 
 
 def test_provision_check_mode_needs_no_gcloud(tier: Tier, tmp_path: Path) -> None:
-    fleet = tmp_path / "fleet.yml"
-    fleet.write_text(
+    code, output = provision(
+        tier,
+        tmp_path,
         "aegis_tpu_vm_project: aegis-e2e\n"
         "aegis_tpu_vm_nodes:\n"
         "  - name: tpu-serve-1\n"
         "  - {name: tpu-serve-2, accelerator_type: v5litepod-4, spot: true}\n"
+        "  - {name: tpu-serve-3, queued: true}\n"
         # A gcloud that does not exist: check mode must not call it.
-        "aegis_tpu_vm_gcloud: /nonexistent/gcloud\n"
+        "aegis_tpu_vm_gcloud: /nonexistent/gcloud\n",
+        "--check",
     )
+    assert code == 0, output[-4000:]
+    assert "tpu-vm create tpu-serve-1 --project=aegis-e2e" in output
+    assert "--accelerator-type=v5litepod-4" in output and "--spot" in output
+    assert "queued-resources create tpu-serve-3 --node-id=tpu-serve-3 --project=aegis-e2e" in output
+
+
+FAKE_GCLOUD = """#!/bin/sh
+# Records each call and answers as a project would where: tpu-serve-1 is READY, tpu-spot a
+# preempted Spot VM, tpu-q-wait a queued request waiting for capacity, tpu-q-failed a queued
+# request that FAILED; nothing else exists.
+echo "$*" >> "$(dirname "$0")/calls"
+case "$*" in
+  *"tpu-vm describe tpu-serve-1 "*)
+    echo '{"state": "READY", "acceleratorType": "v5litepod-8"}' ;;
+  *"tpu-vm describe tpu-spot "*)
+    echo '{"state": "PREEMPTED", "acceleratorType": "v5litepod-8"}' ;;
+  *"queued-resources describe tpu-q-wait "*)
+    echo '{"state": {"state": "WAITING_FOR_RESOURCES"}}' ;;
+  *"queued-resources describe tpu-q-failed "*)
+    echo '{"state": {"state": "FAILED"}}' ;;
+  *describe*) echo "ERROR: (gcloud.compute.tpus) NOT_FOUND: not found" >&2; exit 1 ;;
+esac
+"""
+
+
+def provision(tier: Tier, tmp_path: Path, fleet_yaml: str, *options: str) -> tuple[int, str]:
+    fleet = tmp_path / "fleet.yml"
+    fleet.write_text(fleet_yaml)
     result = subprocess.run(
         [
             f"{tier.deploy_venv}/bin/ansible-playbook",
-            "--check",
+            *options,
             "ansible/provision.yml",
             "-e",
             f"@{fleet}",
@@ -67,49 +98,63 @@ def test_provision_check_mode_needs_no_gcloud(tier: Tier, tmp_path: Path) -> Non
         timeout=300,
         check=False,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    assert "tpu-vm create tpu-serve-1 --project=aegis-e2e" in output
-    assert "--accelerator-type=v5litepod-4" in output and "--spot" in output
+    return result.returncode, result.stdout + result.stderr
 
 
-FAKE_GCLOUD = """#!/bin/sh
-# Records each call; tpu-serve-1 exists, every other VM does not.
-echo "$*" >> "$(dirname "$0")/calls"
-case "$*" in
-  *"describe tpu-serve-1 "*) echo '{"acceptedBy": "fake", "acceleratorType": "v5litepod-8"}' ;;
-  *describe*) echo "ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: node" >&2; exit 1 ;;
-esac
-"""
-
-
-def test_provision_creates_only_missing_vms(tier: Tier, tmp_path: Path) -> None:
+def test_provision_creates_what_is_missing_and_replaces_what_cannot_serve(
+    tier: Tier, tmp_path: Path
+) -> None:
     gcloud = tmp_path / "gcloud"
     gcloud.write_text(FAKE_GCLOUD)
     gcloud.chmod(0o755)
-    fleet = tmp_path / "fleet.yml"
-    fleet.write_text(
+    code, output = provision(
+        tier,
+        tmp_path,
         "aegis_tpu_vm_project: aegis-e2e\n"
-        "aegis_tpu_vm_nodes: [{name: tpu-serve-1}, {name: tpu-serve-2}]\n"
-        f"aegis_tpu_vm_gcloud: {gcloud}\n"
+        "aegis_tpu_vm_service_account: aegis-serve@aegis-e2e.iam.gserviceaccount.com\n"
+        "aegis_tpu_vm_nodes:\n"
+        "  - {name: tpu-serve-1}\n"
+        "  - {name: tpu-serve-2}\n"
+        "  - {name: tpu-spot, spot: true}\n"
+        "  - {name: tpu-q-wait, queued: true}\n"
+        "  - {name: tpu-q-failed, queued: true, spot: true}\n"
+        "  - {name: tpu-q-new, queued: true, accelerator_type: v6e-8}\n"
+        f"aegis_tpu_vm_gcloud: {gcloud}\n",
     )
-    result = subprocess.run(
-        [f"{tier.deploy_venv}/bin/ansible-playbook", "ansible/provision.yml", "-e", f"@{fleet}"],
-        cwd=REPO,
-        env=dict(
-            os.environ,
-            ANSIBLE_HOME=str(tmp_path / "ansible-home"),
-            ANSIBLE_LOCALHOST_WARNING="false",
-            ANSIBLE_NOCOLOR="true",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    assert code == 0, output[-4000:]
     calls = (tmp_path / "calls").read_text().splitlines()
-    creates = [call for call in calls if " create " in f" {call} "]
-    assert len(creates) == 1 and "create tpu-serve-2 " in creates[0], calls
-    assert PlaybookRun(result.returncode, output, 0).recap("localhost")["changed"] == 1
+    changes = [call for call in calls if " create " in call or " delete " in call]
+    assert [" ".join(call.split()[:5]) for call in changes] == [
+        "compute tpus tpu-vm create tpu-serve-2",
+        "compute tpus tpu-vm delete tpu-spot",
+        "compute tpus tpu-vm create tpu-spot",
+        "compute tpus queued-resources delete tpu-q-failed",
+        "compute tpus queued-resources create tpu-q-failed",
+        "compute tpus queued-resources create tpu-q-new",
+    ], calls
+    assert "--force" in changes[3] and "--quiet" in changes[3]
+    new = changes[-1]
+    assert "--node-id=tpu-q-new" in new and "--accelerator-type=v6e-8" in new, new
+    assert "--runtime-version=v2-alpha-tpuv5-lite" in new, new
+    assert "--spot" in changes[4] and "--spot" not in new
+    for create in (changes[0], changes[2], new):
+        assert "--service-account=aegis-serve@aegis-e2e.iam.gserviceaccount.com" in create
+        assert "--scopes=https://www.googleapis.com/auth/devstorage.read_only," in create
+    assert "tpu-q-wait: queued resource WAITING_FOR_RESOURCES, waiting for capacity" in output
+    assert PlaybookRun(code, output, 0).recap("localhost")["changed"] == 6
+
+
+def test_provision_refuses_a_vm_of_another_accelerator_type(tier: Tier, tmp_path: Path) -> None:
+    gcloud = tmp_path / "gcloud"
+    gcloud.write_text(FAKE_GCLOUD)
+    gcloud.chmod(0o755)
+    code, output = provision(
+        tier,
+        tmp_path,
+        "aegis_tpu_vm_project: aegis-e2e\n"
+        "aegis_tpu_vm_nodes: [{name: tpu-serve-1, accelerator_type: v6e-8}]\n"
+        f"aegis_tpu_vm_gcloud: {gcloud}\n",
+    )
+    assert code != 0
+    assert "tpu-serve-1 exists as v5litepod-8, not v6e-8" in output, output[-3000:]
+    assert not [c for c in (tmp_path / "calls").read_text().splitlines() if " create " in c]
