@@ -81,3 +81,9 @@ def test_serving_compilations_are_read_from_the_metrics_the_appliance_renders() 
     metrics.watch_runtimes(lambda: samples)
     counts = module.serving_compilations(metrics.render().decode())
     assert counts == {"warm:1": 0.0, "missed:2": 2.0}
+
+
+def test_devices_are_compared_by_kind_as_the_runtimes_report_them() -> None:
+    gate_module = load_tool(GATE)
+    reported = {"cpu": "cpu", "cuda:0": "cuda", "xla:tpu:0": "tpu", "xla:cpu:0": "cpu"}
+    assert {label: gate_module.device_kind(label) for label in reported} == reported

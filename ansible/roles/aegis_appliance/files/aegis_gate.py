@@ -138,6 +138,13 @@ def check_release(main_pid: str, release: str) -> None:
         raise GateFailed(f"the main process (pid {main_pid}) is not release {release}: {shown}")
 
 
+def device_kind(reported: str) -> str:
+    """The kind of device a model reports: "cpu", "cuda:0" -> cuda, "xla:tpu:0" -> tpu (and
+    "xla:cpu:0", PyTorch/XLA on the CPU, -> cpu)."""
+    parts = reported.split(":")
+    return parts[1] if parts[0] == "xla" and len(parts) > 1 else parts[0]
+
+
 def zeros(spec: dict[str, Any]) -> dict[str, Any]:
     """One row of zeros for an input the model declared: [-1, d...] with -1 taken as 1."""
     shape = [1 if dim == -1 else int(dim) for dim in spec["shape"]]
@@ -159,11 +166,11 @@ def check_model(
     path += f"/versions/{urllib.parse.quote(model.version, safe='')}"
     metadata = client.json("GET", path)
     reported = str(metadata.get("parameters", {}).get("device", ""))
-    on_expected = reported == model.device or reported.startswith(model.device + ":")
-    if not on_expected and not (allow_cpu and reported == "cpu"):
+    kind = device_kind(reported)
+    if kind != model.device and not (allow_cpu and kind == "cpu"):
         hint = (
             " (the TPU could not be opened: see the journal; allow it with cpu_fallback_ok)"
-            if model.device == "tpu" and reported == "cpu"
+            if model.device == "tpu" and kind == "cpu"
             else ""
         )
         raise GateFailed(
