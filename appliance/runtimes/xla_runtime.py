@@ -105,7 +105,7 @@ def _open_device(pjrt_device: str) -> _XlaDevice:
     except Exception as error:  # ImportError, or an undefined symbol against the wrong torch
         raise DeviceUnavailable(
             f"torch_xla cannot be imported ({type(error).__name__}: {error}); install the matching "
-            "torch, torch-xla and libtpu of requirements/tpu.txt"
+            "torch, torch-xla and libtpu of the aegis_tpu_runtime role (requirements-tpu.txt)"
         ) from None
     if pjrt_device == "TPU":
         # Without a TPU, libtpu retries the GCE metadata server for many minutes before it gives

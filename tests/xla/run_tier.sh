@@ -3,8 +3,9 @@
 # With XLA_TIER_DEVICE=TPU (`make test-tpu`, on a Cloud TPU VM) the same tests run on the TPU.
 #
 # torch-xla only imports against the torch it was built with (2.9.0), while the main venv runs a newer
-# torch, so the tier has its own venv, .venv-xla, holding the set pinned in requirements/tpu.txt plus
-# the appliance (editable) and its other dependencies at the versions of constraints.txt.
+# torch, so the tier has its own venv, .venv-xla, holding the set pinned in the TPU role's
+# requirements-tpu.txt (what a TPU VM gets) plus the appliance (editable) and its other
+# dependencies at the versions of constraints.txt.
 #
 # uv installs it (pip takes about three times as long for the 4 GB CUDA build of torch that PyPI
 # serves). uv keeps its download cache across runs (UV_CACHE_DIR, default ~/.cache/uv), and a stamp
@@ -38,7 +39,8 @@ elif [[ $DEVICE != CPU ]]; then
     exit 2
 fi
 
-inputs=(requirements/tpu.txt constraints.txt pyproject.toml tests/xla/run_tier.sh)
+TPU_REQUIREMENTS=ansible/roles/aegis_tpu_runtime/files/requirements-tpu.txt
+inputs=("$TPU_REQUIREMENTS" constraints.txt pyproject.toml tests/xla/run_tier.sh)
 key=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
 
 if [[ ! -f $STAMP || $(<"$STAMP") != "$key" ]]; then
@@ -46,7 +48,7 @@ if [[ ! -f $STAMP || $(<"$STAMP") != "$key" ]]; then
     # A venv from an older run is reused: uv only adds or changes what differs.
     [[ -x $PY ]] || "$PYTHON" -m venv "$VENV"
     "$PY" -m pip install --quiet "uv==$UV_VERSION"
-    # The appliance's own requirements and its dev extra, less torch (requirements/tpu.txt pins it),
+    # The appliance's own requirements and its dev extra, less torch (requirements-tpu.txt pins it),
     # resolved together with the pinned set so nothing can move torch off 2.9.0.
     "$PY" - >"$VENV/appliance-deps.txt" <<'EOF'
 import tomllib
@@ -57,8 +59,8 @@ for requirement in project["dependencies"] + project["optional-dependencies"]["d
         print(requirement)
 EOF
     grep -v -i -E '^torch([=<>!~ ;]|$)' constraints.txt >"$VENV/constraints-no-torch.txt"
-    "$VENV/bin/uv" pip install --python "$PY" \
-        -r requirements/tpu.txt -r "$VENV/appliance-deps.txt" -c "$VENV/constraints-no-torch.txt"
+    "$VENV/bin/uv" pip install --python "$PY" -r "$TPU_REQUIREMENTS" \
+        -r "$VENV/appliance-deps.txt" -c "$VENV/constraints-no-torch.txt"
     "$VENV/bin/uv" pip install --python "$PY" --no-deps -e .
     echo "$key" >"$STAMP"
     echo "xla tier: install took $((SECONDS - started)) s"
