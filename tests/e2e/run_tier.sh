@@ -106,15 +106,40 @@ phase "app wheel"
 "$PY" -m pip wheel --quiet --no-deps -w "$scratch/dist" .
 export AEGIS_E2E_APP_WHEEL=$(ls "$scratch"/dist/aegis_appliance-*.whl)
 
-# A release that installs and passes check-config but exits before READY=1: the rollback case.
-unready=$scratch/unready
-mkdir -p "$unready"
-cp -r pyproject.toml appliance "$unready"/
-[[ -f README.md ]] && cp README.md "$unready"/
-sed -i 's/^version = .*/version = "0.0.0+unready"/' "$unready/pyproject.toml"
+# Two more releases of the same code, built from copies of the tree under other versions.
+variant() {  # variant NAME VERSION: a copy of the tree, its version changed; prints its folder
+    local tree=$scratch/$1
+    mkdir -p "$tree"
+    cp -r pyproject.toml appliance "$tree"/
+    [[ -f README.md ]] && cp README.md "$tree"/
+    sed -i "s/^version = .*/version = \"$2\"/" "$tree/pyproject.toml"
+    echo "$tree"
+}
+# The next release, for the interrupted rollout.
+next=$(variant next "0.1.0+next")
+"$PY" -m pip wheel --quiet --no-deps -w "$scratch/dist-next" "$next"
+export AEGIS_E2E_NEXT_WHEEL=$(ls "$scratch"/dist-next/aegis_appliance-*.whl)
+# A release that knows a [server] key the live one refuses, passes check-config with it, and exits
+# before READY=1: its rollback must put back the old config too, or the old release cannot start.
+unready=$(variant unready "0.0.0+unready")
 cat >>"$unready/appliance/__init__.py" <<'EOF'
 
-# tests/e2e fixture: this release cannot become ready.
+
+# tests/e2e fixture: this release knows one more [server] key, and cannot become ready.
+def _accept_e2e_key() -> None:
+    from appliance import config
+
+    parse = config.parse_config
+
+    def parse_config(data, source=None):  # noqa: ANN001, ANN202
+        server = {k: v for k, v in data.get("server", {}).items() if k != "e2e_release_marker"}
+        return parse({**data, "server": server}, source)
+
+    config.parse_config = parse_config
+
+
+_accept_e2e_key()
+
 import sys as _sys
 
 if "serve" in _sys.argv[1:]:

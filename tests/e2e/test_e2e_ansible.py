@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -158,3 +160,57 @@ def test_provision_refuses_a_vm_of_another_accelerator_type(tier: Tier, tmp_path
     assert code != 0
     assert "tpu-serve-1 exists as v5litepod-8, not v6e-8" in output, output[-3000:]
     assert not [c for c in (tmp_path / "calls").read_text().splitlines() if " create " in c]
+
+
+def test_deploy_batches_follow_the_inventory_canaries_first(tier: Tier, tmp_path: Path) -> None:
+    """aegis_deploy_serial set in the inventory (not -e) is honoured, and group aegis_canary makes
+    the first batch. Five local hosts; only the tags-always parts run (no host is changed)."""
+    host = {
+        "ansible_connection": "local",
+        "ansible_become": False,
+        "ansible_python_interpreter": f"{tier.deploy_venv}/bin/python",
+    }
+    inventory = {
+        "aegis": {
+            "hosts": {name: dict(host) for name in "abcde"},
+            "vars": {
+                "aegis_deploy_serial": 2,
+                # The roles check their settings in every run, whatever the tags.
+                "aegis_appliance_wheel": "/nonexistent/aegis_appliance-0-py3-none-any.whl",
+                "aegis_appliance_models": [{"name": "m", "model_path": "/m.pt2"}],
+                "aegis_appliance_runtime_site_packages": "/nonexistent",
+            },
+        },
+        "aegis_canary": {"hosts": {"c": {}}},
+    }
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps(inventory))
+    result = subprocess.run(
+        [
+            f"{tier.deploy_venv}/bin/ansible-playbook",
+            "-i",
+            str(path),
+            "--tags",
+            "aegis_no_such_tag",
+            "ansible/deploy.yml",
+        ],
+        cwd=REPO,
+        env=dict(
+            os.environ,
+            ANSIBLE_HOME=str(tmp_path / "ansible-home"),
+            ANSIBLE_LOCALHOST_WARNING="false",
+            ANSIBLE_NOCOLOR="true",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    # Ansible starts the play again for each batch: the hosts of each start are one batch.
+    batches = [
+        sorted(set(re.findall(r"^ok: \[(\w)\]", section, re.MULTILINE)))
+        for section in output.split("PLAY [Deploy the Aegis inference appliance]")[1:]
+    ]
+    assert batches == [["c"], ["a", "b"], ["d", "e"]], output[-4000:]
