@@ -30,8 +30,8 @@ bench: venv
 	$(PY) bench/sync_bench.py
 
 lint: venv
-	$(VENV)/bin/ruff check appliance tests bench
-	$(VENV)/bin/ruff format --check appliance tests bench
+	$(VENV)/bin/ruff check appliance tests bench ansible
+	$(VENV)/bin/ruff format --check appliance tests bench ansible
 	$(VENV)/bin/mypy
 
 test-unit: venv
