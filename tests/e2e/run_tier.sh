@@ -127,15 +127,19 @@ cat >>"$unready/appliance/__init__.py" <<'EOF'
 
 # tests/e2e fixture: this release knows one more [server] key, and cannot become ready.
 def _accept_e2e_key() -> None:
-    from appliance import config
+    # In the module whose load_config calls it: parse_config drops the key before validating.
+    import importlib
 
-    parse = config.parse_config
+    from appliance.config import load_config
+
+    module = importlib.import_module(load_config.__module__)
+    parse = module.parse_config
 
     def parse_config(data, source=None):  # noqa: ANN001, ANN202
         server = {k: v for k, v in data.get("server", {}).items() if k != "e2e_release_marker"}
         return parse({**data, "server": server}, source)
 
-    config.parse_config = parse_config
+    module.parse_config = parse_config
 
 
 _accept_e2e_key()
