@@ -42,6 +42,8 @@ CNN = "cnn"
 CNN_ON_HOST = "/opt/aegis/models/cnn/1/model.pt2"
 IMAGES = cnn_images(3, seed=7)
 STATE = "var/lib/aegis-deploy"
+AWS_CREDENTIALS_ON_HOST = "/etc/aegis/aws-credentials"
+AWS_SECRET = "e2e-secret-that-must-stay-in-its-file"
 ROWS = [[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 0.0, 2.0], [0.25, -3.0, 1.5, -0.5]]
 EXPOSURE_CPU_MAX = 1.5
 EXPOSURE_TPU_MAX = 2.5
@@ -112,6 +114,10 @@ def deployment(tier: Tier) -> Iterator[Deployment]:
     with booted_container(f"{tier.prefix}-deploy", tier.rootfs) as container:
         model_src = export_linear(container.workdir / "controller/model.pt2", seed=1)
         cnn_src = export_cnn(container.workdir / "controller/cnn.pt2", seed=1)
+        credentials = container.workdir / "controller/aws-credentials"
+        credentials.write_text(
+            f"[default]\naws_access_key_id = AKIAE2E\naws_secret_access_key = {AWS_SECRET}\n"
+        )
         inventory = container.workdir / "inventory.json"
         container.inventory(
             inventory,
@@ -123,6 +129,10 @@ def deployment(tier: Tier) -> Iterator[Deployment]:
                 "aegis_appliance_shutdown_grace_s": 10,
                 "aegis_appliance_start_timeout_s": 300,
                 "aegis_appliance_unready_window_s": 2,
+                "aegis_appliance_aws_region": "eu-west-3",
+                "aegis_appliance_aws_endpoint_url": "http://127.0.0.1:9000",
+                "aegis_appliance_aws_shared_credentials_file": AWS_CREDENTIALS_ON_HOST,
+                "aegis_appliance_aws_shared_credentials_src": str(credentials),
                 "aegis_appliance_model_files": [
                     {"src": str(model_src), "dest": MODEL_ON_HOST},
                     {"src": str(cnn_src), "dest": CNN_ON_HOST},
@@ -256,6 +266,28 @@ def test_unit_limits_and_journal_priorities(deployment: Deployment) -> None:
     assert '"event":"infer"' not in warnings
 
 
+def test_s3_settings_reach_the_service_and_the_secret_stays_in_its_file(
+    deployment: Deployment,
+) -> None:
+    ssh = deployment.container.ssh
+    environ = ssh(f"tr '\\0' '\\n' < /proc/{deployment.main_pid()}/environ").stdout.splitlines()
+    assert "AWS_REGION=eu-west-3" in environ
+    assert "AWS_ENDPOINT_URL=http://127.0.0.1:9000" in environ
+    assert f"AWS_SHARED_CREDENTIALS_FILE={AWS_CREDENTIALS_ON_HOST}" in environ
+    for path in ("/etc/aegis/aws.env", AWS_CREDENTIALS_ON_HOST):
+        assert ssh(f"stat -c '%U:%G %a' {path}").stdout.split() == ["root:aegis", "640"], path
+    # The service can read its credentials; nobody else can, and the secret is nowhere else.
+    readable_by = f"runuser -u {{}} -- cat {AWS_CREDENTIALS_ON_HOST}"
+    assert AWS_SECRET in ssh(readable_by.format("aegis")).stdout
+    assert ssh(readable_by.format("nobody"), check=False).returncode != 0
+    assert AWS_SECRET not in deployment.first_run.output
+    assert (
+        AWS_SECRET
+        not in ssh("systemctl show aegis; cat /etc/aegis/aegis.toml /etc/aegis/aws.env").stdout
+    )
+    assert AWS_SECRET not in ssh("journalctl -u aegis --no-pager -o cat").stdout
+
+
 class Client(threading.Thread):
     """Inference in a loop over one keep-alive connection, bounded in count and time."""
 
@@ -349,6 +381,7 @@ def test_check_mode_shows_a_change_and_changes_nothing(deployment: Deployment) -
     )
     assert deployment.host_file("/etc/aegis/aegis.toml").read_bytes() == config
     assert deployment.main_pid() == pid
+    assert AWS_SECRET not in run.output, "--diff must not show the credentials"
     assert not deployment.host_file(f"/{STATE}/pending.json").exists()
 
 
