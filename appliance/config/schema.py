@@ -28,14 +28,14 @@ from appliance.config.errors import ConfigError, broken_rule, config_error, inva
 from appliance.tensors import TensorSpec, numpy_dtype
 from appliance.units import MiB
 
-Runtime = Literal["torch", "onnx", "tpu"]
+Runtime = Literal["torch", "onnx", "tpu", "jax"]
 Device = Literal["cpu", "cuda", "tpu"]
 CpuFallback = Literal["off", "unavailable", "overflow"]
 Datatype = Literal[
     "BF16", "BOOL", "BYTES", "FP16", "FP32", "FP64", "INT16", "INT32", "INT64", "INT8",
     "UINT16", "UINT32", "UINT64", "UINT8",
 ]  # fmt: skip
-ARTIFACT_SUFFIXES = (".pt2", ".pt", ".onnx")
+ARTIFACT_SUFFIXES = (".pt2", ".pt", ".onnx", ".jax")
 
 Integer = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
@@ -198,14 +198,24 @@ class ModelConfig(_Table):
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         path = self.model_path
-        if self.device == "tpu" and self.runtime != "tpu":
-            raise broken_rule("device", f"'tpu' needs runtime = 'tpu', not {self.runtime!r}")
+        if self.device == "tpu" and self.runtime not in ("tpu", "jax"):
+            raise broken_rule(
+                "device", f"'tpu' needs runtime = 'tpu' or 'jax', not {self.runtime!r}"
+            )
         if self.runtime == "tpu" and self.device != "tpu":
             raise broken_rule("device", f"runtime 'tpu' runs on device 'tpu', not {self.device!r}")
+        if self.runtime == "jax" and self.device == "cuda":
+            raise broken_rule("device", "runtime 'jax' runs on device 'tpu' or 'cpu', not 'cuda'")
         if self.runtime == "onnx" and not path.endswith((".onnx", "/")):
             raise broken_rule("model_path", f"runtime 'onnx' loads .onnx files, not {path!r}")
         if self.runtime in ("torch", "tpu") and path.endswith(".onnx"):
             raise broken_rule("runtime", f"{path!r} is an ONNX file: use runtime = 'onnx'")
+        if self.runtime == "jax" and not path.endswith((".jax", ".pt2", "/")):
+            raise broken_rule(
+                "model_path", f"runtime 'jax' loads .jax and .pt2 files, not {path!r}"
+            )
+        if self.runtime != "jax" and path.endswith(".jax"):
+            raise broken_rule("runtime", f"{path!r} is a jax.export file: use runtime = 'jax'")
         buckets = self.batch_buckets or default_buckets(self.max_batch_size)
         if list(buckets) != sorted(set(buckets)):
             raise broken_rule("batch_buckets", f"must be strictly increasing, got {list(buckets)}")

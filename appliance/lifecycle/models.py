@@ -28,10 +28,13 @@ from appliance.repository import (
     warm_up,
     warmup_shapes,
 )
-from appliance.runtimes import Runtime, RuntimeFailure
+from appliance.runtimes import Runtime, RuntimeFailure, jax_process
 from appliance.storage import ArtifactStore, SyncError
 
 log = structlog.get_logger("aegis.lifecycle")
+
+# Runtimes that compile a program per shape and report it (aegis_xla_* metrics).
+_COMPILING_RUNTIMES = frozenset(("tpu", "jax"))
 
 
 class StartupFailed(Exception):
@@ -103,7 +106,7 @@ class ModelLifecycle:
         for model in list(self._repository):
             for replica in model.replicas():
                 runtime = replica.runtime
-                if runtime.name != "tpu":
+                if runtime.name not in _COMPILING_RUNTIMES:
                     continue
                 yield RuntimeSample(model.name, model.version, runtime.device, runtime.stats())
 
@@ -112,6 +115,7 @@ class ModelLifecycle:
         for model in self._declared.values():
             self._repository.expect(model.name, model.version)
         async with self._changing:
+            await asyncio.to_thread(self._configure_processes)
             for model in self._declared.values():
                 try:
                     served = await self._bring_up(model)
@@ -124,6 +128,14 @@ class ModelLifecycle:
                 # Nothing is serving yet, so there is no unchanged copy to keep.
                 assert served is not None
                 self._repository.put(served)
+
+    def _configure_processes(self) -> None:
+        """Set up what a runtime holds for the whole process (JAX's platforms and cache), from
+        every declared model at once, before the first loads."""
+        jax_process.configure_for(
+            ((m.config.runtime, m.config.device) for m in self._declared.values()),
+            self._config.xla.compilation_cache_dir,
+        )
 
     async def _bring_up(
         self, model: DeclaredModel, unchanged: str | None = None
@@ -240,6 +252,7 @@ class ModelLifecycle:
                     "config_reload_partial", unchanged="[server] and [storage] until restart"
                 )
             self._declared = {(m.name, m.version): m for m in fresh.models}
+            await asyncio.to_thread(self._configure_processes)
         for model in list(self._repository):
             if (model.name, model.version) not in self._declared:
                 await self._retire(model.name, model.version)

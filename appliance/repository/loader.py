@@ -25,8 +25,14 @@ class LoadedRuntimes:
 
 
 def _cpu_runtime(model: DeclaredModel, artifact: Path) -> Runtime:
-    """The same artifact on the CPU: ONNX stays on onnxruntime, everything else runs on torch."""
-    name = "onnx" if model.config.runtime == "onnx" else "torch"
+    """The same artifact on the CPU, on the runtime that reads it natively: ONNX on onnxruntime,
+    `.jax` on JAX's CPU backend, PyTorch artifacts on torch."""
+    if model.config.runtime == "onnx":
+        name = "onnx"
+    elif artifact.suffix == ".jax":
+        name = "jax"
+    else:
+        name = "torch"
     runtime = runtime_class(name)(model.config, artifact, device="cpu")
     runtime.load()
     return runtime
@@ -52,7 +58,7 @@ def load_runtimes(model: DeclaredModel, location: Path, xla: XlaConfig) -> Loade
         )
         return LoadedRuntimes(_cpu_runtime(model, artifact), None, str(error))
     overflow = None
-    if config.cpu_fallback == "overflow" and runtime.device != "cpu":
+    if config.cpu_fallback == "overflow" and config.device != "cpu" and runtime.device != "cpu":
         overflow = _cpu_runtime(model, artifact)
     return LoadedRuntimes(runtime, overflow, None)
 

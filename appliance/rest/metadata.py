@@ -8,7 +8,12 @@ from appliance.repository import ServedModel
 from appliance.rest.protocol import protocol_shape
 from appliance.tensors import TensorSpec
 
-_PLATFORMS = {".pt2": "pytorch_export", ".pt": "pytorch_torchscript", ".onnx": "onnxruntime_onnx"}
+_PLATFORMS = {
+    ".pt2": "pytorch_export",
+    ".pt": "pytorch_torchscript",
+    ".onnx": "onnxruntime_onnx",
+    ".jax": "jax_export",
+}
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 
 
@@ -16,6 +21,8 @@ def platform(model: ServedModel) -> str:
     runtime = model.primary.runtime
     if runtime.name == "tpu":
         return "pytorch_xla"
+    if runtime.name == "jax" and runtime.artifact.suffix == ".pt2":
+        return "pytorch_torchax"
     return _PLATFORMS.get(runtime.artifact.suffix, runtime.name)
 
 

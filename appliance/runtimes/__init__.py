@@ -38,11 +38,13 @@ _RUNTIME_CLASSES = {
     "torch": ("appliance.runtimes.torch_runtime", "TorchRuntime"),
     "onnx": ("appliance.runtimes.onnx_runtime", "OnnxRuntime"),
     "tpu": ("appliance.runtimes.xla_runtime", "XlaRuntime"),
+    "jax": ("appliance.runtimes.jax_runtime", "JaxRuntime"),
 }
 
 _MISSING_PACKAGE_HINT = {
     "onnx": "install the onnx extra: pip install 'aegis-appliance[onnx]'",
     "tpu": "install torch_xla matching this host's torch (the aegis_tpu_runtime Ansible role does)",
+    "jax": "install the set of requirements/jax-tpu.txt (jax, torchax and the torch they take)",
 }
 
 

@@ -7,12 +7,14 @@ from pathlib import Path
 from appliance.config import ARTIFACT_SUFFIXES
 from appliance.runtimes.base import ArtifactError
 
+_KNOWN = ", ".join(ARTIFACT_SUFFIXES)
+
 
 def resolve_artifact(path: Path) -> Path:
     """The artifact file at `path`, or the single artifact inside the folder `path`."""
     if path.is_file():
         if path.suffix not in ARTIFACT_SUFFIXES:
-            raise ArtifactError(f"{path.name}: unknown artifact format (want .pt2, .pt or .onnx)")
+            raise ArtifactError(f"{path.name}: unknown artifact format (want {_KNOWN})")
         return path
     if path.is_dir():
         found = sorted(
@@ -23,7 +25,7 @@ def resolve_artifact(path: Path) -> Path:
         if len(found) == 1:
             return found[0]
         if not found:
-            raise ArtifactError(f"folder {path.name}/ holds no .pt2, .pt or .onnx artifact")
+            raise ArtifactError(f"folder {path.name}/ holds no artifact ({_KNOWN})")
         names = ", ".join(str(child.relative_to(path)) for child in found)
         raise ArtifactError(f"folder {path.name}/ holds several artifacts ({names}); point at one")
     raise ArtifactError(f"artifact {path} does not exist")
