@@ -44,7 +44,7 @@ def scorer_reference(features: np.ndarray, scale: np.ndarray) -> dict[str, np.nd
 
 
 def export_scorer(path: Path, platforms: tuple[str, ...] = ("cpu",)) -> Path:
-    """`scorer.jax`: inputs (b, 16) FP32 and (b, 1) FP32; outputs {"best": (b,), "scores": (b, 5)}."""
+    """`scorer.jax`: inputs (b, 16) and (b, 1) FP32; outputs {"best": (b,), "scores": (b, 5)}."""
     import jax
     import jax.export
     import jax.numpy as jnp

@@ -139,7 +139,8 @@ def test_a_file_that_is_not_an_export_is_refused(
 ) -> None:
     path = tmp_path / "garbage.jax"
     path.write_bytes(b"\x00not a flatbuffer" * 10)
-    with pytest.raises(ArtifactError, match="garbage.jax: not a serialized jax.export.Exported"):
+    refused = r"garbage\.jax: not a serialized jax\.export\.Exported"
+    with pytest.raises(ArtifactError, match=refused):
         make_runtime("garbage.jax", path=path)
 
 
