@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo dist bench test test-unit test-xla test-tpu test-e2e test-host-requirements host-requirements lint clean
+.PHONY: venv demo dist bench test test-unit test-xla test-tpu test-jax test-e2e test-host-requirements host-requirements lint clean
 
 venv: $(STAMP)
 
@@ -53,11 +53,15 @@ test-host-requirements:
 host-requirements:
 	bash ansible/host_requirements.sh compile
 
+# The JAX tier: its own venv with the pinned jax / torchax / torch set, JAX's CPU backend.
+test-jax: venv
+	bash tests/jax_tier/run_tier.sh
+
 # The deploy tier: a booted systemd container, deployed over ssh by ansible-playbook (root).
 test-e2e: venv
 	bash tests/e2e/run_tier.sh
 
-test: lint test-host-requirements test-unit test-xla test-e2e
+test: lint test-host-requirements test-unit test-xla test-jax test-e2e
 
 clean:
-	rm -rf $(VENV) .venv-xla .venv-deploy .venv-uv .cache/e2e dist
+	rm -rf $(VENV) .venv-xla .venv-jax .venv-deploy .venv-uv .cache/e2e dist

@@ -105,6 +105,18 @@ def test_named_dimensions_carry_their_buckets_and_pad_values(tmp_path: Path) -> 
     assert config.output_specs[0].to_json()["shape"] == [-1, -1, 8]
 
 
+@pytest.mark.parametrize(
+    ("path", "device"),
+    [("/models/m.jax", "tpu"), ("/models/m.pt2", "tpu"), ("/models/m.jax", "cpu"), ("/m/", "tpu")],
+)
+def test_the_jax_runtime_takes_jax_exports_and_torch_exports(
+    tmp_path: Path, path: str, device: str
+) -> None:
+    text = f'[[models]]\nname = "m"\nmodel_path = "{path}"\nruntime = "jax"\ndevice = "{device}"\n'
+    (model,) = load_config(write(tmp_path, text)).models
+    assert (model.config.runtime, model.config.device) == ("jax", device)
+
+
 def test_buckets_default_to_powers_of_two_up_to_max_batch_size(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL_MODEL + "max_batch_size = 24\n"))
     assert config.models[0].config.batch_buckets == (1, 2, 4, 8, 16, 24)
@@ -124,7 +136,22 @@ def test_buckets_default_to_powers_of_two_up_to_max_batch_size(tmp_path: Path) -
         (MINIMAL_MODEL + "max_queue_size = -3\n", "models[0].max_queue_size", "must be >= 1"),
         (MINIMAL_MODEL + "timeout_ms = 0\n", "models[0].timeout_ms", "must be > 0"),
         (MINIMAL_MODEL + "max_batch_sise = 8\n", "models[0].max_batch_sise", "unknown key"),
-        (MINIMAL_MODEL + 'device = "tpu"\n', "models[0].device", "needs runtime = 'tpu'"),
+        (MINIMAL_MODEL + 'device = "tpu"\n', "models[0].device", "needs runtime = 'tpu' or 'jax'"),
+        (
+            MINIMAL_MODEL + 'runtime = "jax"\ndevice = "cuda"\n',
+            "models[0].device",
+            "runtime 'jax' runs on device 'tpu' or 'cpu'",
+        ),
+        (
+            '[[models]]\nname = "m"\nmodel_path = "/m.onnx"\nruntime = "jax"\n',
+            "models[0].model_path",
+            "runtime 'jax' loads .jax and .pt2 files",
+        ),
+        (
+            '[[models]]\nname = "m"\nmodel_path = "/m.jax"\n',
+            "models[0].runtime",
+            "is a jax.export file: use runtime = 'jax'",
+        ),
         (
             '[[models]]\nname = "m"\nmodel_path = "/m.pt"\n',
             "models[0].inputs",

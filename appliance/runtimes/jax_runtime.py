@@ -92,11 +92,12 @@ class JaxRuntime(Runtime):
         self._warm = False
 
     def load(self) -> None:
-        path = resolve_artifact(self.artifact)
+        # The device first: without it the policy is CPU fallback, whatever the artifact holds.
         process = jax_process.configured()
         self._jax = process.jax
         self._device = process.device(self._platform)
         self.device = f"jax:{self._device.platform}:{self._device.id}"
+        path = resolve_artifact(self.artifact)
         with jax_process.collecting() as built:
             if path.suffix == ".jax":
                 program = self._load_exported(path)

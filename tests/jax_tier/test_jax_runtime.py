@@ -15,7 +15,7 @@ from appliance.config import ModelConfig
 from appliance.repository.loader import warm_up
 from appliance.runtimes import ArtifactError, jax_process
 from appliance.runtimes.jax_runtime import JaxRuntime
-from tests.jax.jax_models import eager, example_inputs, pad
+from tests.jax_tier.jax_models import eager, example_inputs, pad
 
 pytestmark = pytest.mark.jax
 

@@ -11,9 +11,10 @@
 # tier has downloaded it. A stamp keyed on every input of the install makes a second run install
 # nothing at all.
 #
-# The tests run with JAX_PLATFORMS=cpu and four host devices
-# (--xla_force_host_platform_device_count=4), so a server given one device can be checked to use
-# that one only.
+# The tests run with four host devices (--xla_force_host_platform_device_count=4), so a server given
+# one device can be checked to use that one only, and JAX_PLATFORMS=cpu so that the test process
+# (which exports artifacts) never probes for a TPU; the servers set their platforms themselves.
+# The folder is not called tests/jax: on the test path it would shadow the jax package.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -24,7 +25,7 @@ PY=$VENV/bin/python
 STAMP=$VENV/.installed
 started=$SECONDS
 
-inputs=(requirements/jax-tpu.txt constraints.txt pyproject.toml tests/jax/run_tier.sh)
+inputs=(requirements/jax-tpu.txt constraints.txt pyproject.toml tests/jax_tier/run_tier.sh)
 key=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
 
 if [[ ! -f $STAMP || $(<"$STAMP") != "$key" ]]; then
@@ -55,7 +56,7 @@ fi
 tests_started=$SECONDS
 status=0
 JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=4 ${XLA_FLAGS:-}" \
-    "$PY" -m pytest -m jax tests/jax "$@" || status=$?
+    "$PY" -m pytest -m jax tests/jax_tier "$@" || status=$?
 echo "jax tier: tests took $((SECONDS - tests_started)) s, tier $((SECONDS - started)) s"
 if [[ $status -eq 5 ]]; then
     echo "jax tier: FAILED - pytest collected no jax tests" >&2

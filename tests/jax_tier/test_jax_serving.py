@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.jax.jax_models import eager, example_inputs
+from tests.jax_tier.jax_models import eager, example_inputs
 from tests.support.server import ServerProcess, running_server, start_server
 
 pytestmark = pytest.mark.jax

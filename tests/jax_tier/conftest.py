@@ -12,7 +12,7 @@ _FIGURES: list[str] = []
 
 @pytest.fixture(scope="session")
 def jax_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tests.jax.jax_models import build_jax_artifacts
+    from tests.jax_tier.jax_models import build_jax_artifacts
 
     return build_jax_artifacts(tmp_path_factory.mktemp("jax-artifacts"))
 
