@@ -37,6 +37,7 @@ import orjson
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO))  # the appliance and the JAX tier's models, from this checkout
 HOST = "127.0.0.1"
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
