@@ -38,7 +38,7 @@ import structlog
 
 from appliance.runtimes.base import DeviceUnavailable
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("aegis.runtimes")
 
 DEVICE_INDEX_VARIABLE = "AEGIS_JAX_DEVICE"
 # Google's PCI vendor id: what a TPU chip shows on the bus (torch_xla and libtpu look for it too).
@@ -154,8 +154,9 @@ def configure(wants_tpu: bool, cache_base: str | None) -> JaxProcess:
         if _configured is not None:
             if wants_tpu and "tpu" not in _configured.platforms:
                 log.warning(
-                    "jax platforms are fixed at start: a TPU model added since needs a restart",
+                    "jax_platforms_fixed",
                     platforms=",".join(_configured.platforms),
+                    cause="set at start: a TPU model added since needs a restart",
                 )
             return _configured
         jax = _import_jax()
@@ -173,7 +174,7 @@ def configure(wants_tpu: bool, cache_base: str | None) -> JaxProcess:
         jax.monitoring.register_event_duration_secs_listener(_on_duration)
         _configured = JaxProcess(jax, platforms, cache_folder, unavailable)
         log.info(
-            "jax configured",
+            "jax_configured",
             jax=jax.__version__,
             platforms=",".join(platforms),
             unavailable=unavailable or None,
@@ -192,7 +193,7 @@ def configure_for(models: Iterable[tuple[str, str]], cache_base: str | None) -> 
             configure("tpu" in jax_devices, cache_base)
         except DeviceUnavailable as error:
             # Without jax, each jax model fails its load with this reason, by its fallback policy.
-            log.warning("jax not configured", reason=str(error))
+            log.warning("jax_not_configured", reason=str(error))
 
 
 def configured() -> JaxProcess:
@@ -209,7 +210,7 @@ def _configure_cache(jax: ModuleType, base: str | None) -> Path | None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        log.warning("jax compilation cache disabled", folder=str(folder), reason=str(error))
+        log.warning("jax_compilation_cache_disabled", folder=str(folder), reason=str(error))
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
     # JAX skips programs that compile in under a second by default; a restart should find them all.

@@ -35,15 +35,17 @@ from appliance.config import ModelConfig
 from appliance.runtimes import jax_process
 from appliance.runtimes.artifacts import resolve_artifact
 from appliance.runtimes.base import (
+    NO_DIMS,
     ArtifactError,
     DeviceUnavailable,
     ModelExecutionError,
     Runtime,
     RuntimeStats,
+    check_buckets_fit,
 )
 from appliance.tensors import Signature, TensorSpec, numpy_dtype
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("aegis.runtimes")
 
 # JAX dtype names (numpy's, plus ml_dtypes' bfloat16) -> protocol datatypes.
 _DATATYPES = {
@@ -111,10 +113,13 @@ class JaxRuntime(Runtime):
         # Imported here: it imports torch, which a `.jax` model never needs to be imported for.
         from appliance.runtimes.torch_runtime import merge_signature
 
-        self.signature = merge_signature(program.signature, self.config, path.name)
+        merged = merge_signature(program.signature, self.config, path.name)
+        self.signature = _named_as_configured(program.signature, merged, path.name)
         self._check_batch_dims(path.name)
+        self._check_dims_bucketed(path.name)
+        check_buckets_fit(self.signature, self.config, path.name)
         self._program = program
-        log.info("jax model loaded", artifact=path.name, device=self.device)
+        log.info("jax_model_loaded", artifact=path.name, device=self.device)
 
     def _load_exported(self, path: Path) -> _Program:
         jax = self._jax
@@ -195,6 +200,25 @@ class JaxRuntime(Runtime):
                     "export with a symbolic first dimension"
                 )
 
+    def _check_dims_bucketed(self, artifact: str) -> None:
+        """XLA compiles one program per shape: every dynamic input dimension past the batch must
+        be a named dimension with buckets in [models.dims]."""
+        assert self.signature is not None
+        for spec in self.signature.inputs:
+            for axis, dim in enumerate(spec.shape[1:], start=1):
+                if isinstance(dim, str) and dim not in self.config.dims:
+                    raise ArtifactError(
+                        f"{artifact}: input {spec.name!r} dimension {axis} is the symbolic "
+                        f"dimension {dim!r}: declare the input in [[models.inputs]] with a name "
+                        "there and give that name's buckets in [models.dims]"
+                    )
+                if dim == -1:
+                    raise ArtifactError(
+                        f"{artifact}: input {spec.name!r} dimension {axis} is dynamic without "
+                        "buckets; runtime 'jax' compiles one program per shape: declare the "
+                        'input with a name for it (e.g. "seq") and its buckets in [models.dims]'
+                    )
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._program is not None and self.signature is not None, "load() first"
         specs = self.signature.inputs
@@ -225,46 +249,27 @@ class JaxRuntime(Runtime):
             for spec, leaf in zip(specs, leaves, strict=True)
         }
 
-    def warmup(self, batch_size: int, dims: Mapping[str, int] | None = None) -> None:
-        """One batch of zeros of `batch_size` rows, named dimensions at the sizes `dims` gives."""
+    def warmup(self, batch_size: int, dims: Mapping[str, int] = NO_DIMS) -> None:
         with self._totals_lock:
             compiled_before = len(self._totals.compile_seconds)
-        self.run(self._zeros(batch_size, dims or {}))
+        super().warmup(batch_size, dims)
         with self._totals_lock:
             seconds = self._totals.compile_seconds[compiled_before:]
         log.info(
-            "jax warmup",
+            "jax_warmup",
             artifact=self.artifact.name,
             batch_size=batch_size,
-            dims=dict(dims or {}),
+            dims=dict(dims),
             compilations=len(seconds),
             compile_seconds=round(sum(seconds), 4),
         )
-
-    def _zeros(self, batch_size: int, dims: Mapping[str, int]) -> dict[str, np.ndarray]:
-        assert self.signature is not None, "load() first"
-        batch = {}
-        for spec in self.signature.inputs:
-            shape = [batch_size]
-            for dim in spec.shape[1:]:
-                if isinstance(dim, str):
-                    if dim not in dims:
-                        raise ArtifactError(
-                            f"{self.artifact.name}: input {spec.name!r} has the named dimension "
-                            f"{dim!r}; give its buckets in [models.dims]"
-                        )
-                    shape.append(dims[dim])
-                else:
-                    shape.append(dim if dim > 0 else 1)
-            batch[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.datatype))
-        return batch
 
     def finish_warmup(self) -> None:
         with self._totals_lock:
             self._warm = True
         totals = self.stats()
         log.info(
-            "jax warm",
+            "jax_warm",
             artifact=self.artifact.name,
             device=self.device,
             compilations=totals.compilations,
@@ -294,7 +299,8 @@ class JaxRuntime(Runtime):
             totals.compilations_after_warmup += after_warmup
         if after_warmup:
             log.warning(
-                "jax compiled after warmup: warmup did not cover this batch",
+                "jax_compiled_after_warmup",
+                cause="warmup did not cover this batch",
                 artifact=self.artifact.name,
                 input_shapes={name: list(shape) for name, shape in shapes.items()},
                 compilations=after_warmup,
@@ -306,6 +312,33 @@ class JaxRuntime(Runtime):
         if program is not None:
             for weight in program.weights:
                 weight.delete()
+
+
+def _named_as_configured(found: Signature, merged: Signature, artifact: str) -> Signature:
+    """`merged` with each of the artifact's symbolic dimensions called by the config's name for
+    it (matched by input and axis), outputs included; one symbol gets one name."""
+    names: dict[str, str] = {}
+    for actual, spec in zip(found.inputs, merged.inputs, strict=False):
+        for axis, symbol in actual.named_axes():
+            if axis >= len(spec.shape) or not isinstance(spec.shape[axis], str):
+                continue
+            name = names.setdefault(symbol, str(spec.shape[axis]))
+            if name != spec.shape[axis]:
+                raise ArtifactError(
+                    f"{artifact}: input {spec.name!r} dimension {axis} is declared "
+                    f"{spec.shape[axis]!r}, but the export ties it to {name!r} (both are "
+                    f"{symbol!r}): give them one name"
+                )
+
+    def renamed(spec: TensorSpec) -> TensorSpec:
+        shape = tuple(names.get(dim, dim) if isinstance(dim, str) else dim for dim in spec.shape)
+        return dataclasses.replace(spec, shape=shape)
+
+    return dataclasses.replace(
+        merged,
+        inputs=tuple(renamed(spec) for spec in merged.inputs),
+        outputs=tuple(renamed(spec) for spec in merged.outputs),
+    )
 
 
 def _exported_signature(exported: Any, artifact: str) -> Signature:

@@ -149,7 +149,8 @@ def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Sig
                 )
         for spec, actual in zip(declared, have, strict=False):
             for axis, dim in spec.named_axes():
-                if axis < len(actual.shape) and actual.shape[axis] != -1:
+                fixed = axis < len(actual.shape) and isinstance(actual.shape[axis], int)
+                if fixed and actual.shape[axis] != -1:
                     raise ArtifactError(
                         f"{artifact}: {kind} {spec.name!r} dimension {axis} is declared "
                         f"{dim!r}, but the model fixes it at {actual.shape[axis]}"

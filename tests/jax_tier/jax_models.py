@@ -2,6 +2,8 @@
 
 - `scorer.jax`: a JAX function (two inputs, a dict of two outputs, one of them INT32) exported with
   `jax.export` and a symbolic batch dimension; its reference is the same arithmetic in numpy.
+- `masked.jax`: a masked mean over a second symbolic dimension (`seq`), served with named
+  dimensions; its reference is numpy too.
 - `demo.pt2`, `deep.pt2`, `mixed.pt2`: torch.export programs; their reference is the eager torch
   module. `deep` is 48 residual blocks of width 64: host overhead per op is what it measures.
 
@@ -63,6 +65,48 @@ def export_scorer(path: Path, platforms: tuple[str, ...] = ("cpu",)) -> Path:
     )
     path.write_bytes(exported.serialize())
     return path
+
+
+SEQ_FEATURES = 4
+
+
+def masked_reference(tokens: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    """What `masked.jax` computes, in numpy: the masked mean over seq (batch, 4) and each
+    position's masked feature sum (batch, seq)."""
+    weights = mask.astype(np.float32)[:, :, None]
+    pooled = (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+    per_position = (tokens * weights).sum(axis=2)
+    return [pooled.astype(np.float32), per_position.astype(np.float32)]
+
+
+def export_masked(path: Path) -> Path:
+    """`masked.jax`: tokens (batch, seq, 4) FP32 and mask (batch, seq) INT32, both symbolic in
+    batch and seq; outputs (pooled (batch, 4), per_position (batch, seq))."""
+    import jax
+    import jax.export
+    import jax.numpy as jnp
+
+    def masked(tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        weights = mask.astype(jnp.float32)[:, :, None]
+        pooled = (tokens * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+        return pooled, (tokens * weights).sum(axis=2)
+
+    batch, seq = jax.export.symbolic_shape("batch, seq")
+    exported = jax.export.export(jax.jit(masked))(
+        jax.ShapeDtypeStruct((batch, seq, SEQ_FEATURES), jnp.float32),
+        jax.ShapeDtypeStruct((batch, seq), jnp.int32),
+    )
+    path.write_bytes(exported.serialize())
+    return path
+
+
+def masked_inputs(rows: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs of `masked.jax`: `rows` requests of `length` positions, the last ones masked."""
+    generator = np.random.default_rng(seed)
+    tokens = generator.standard_normal((rows, length, SEQ_FEATURES)).astype(np.float32)
+    mask = np.ones((rows, length), dtype=np.int32)
+    mask[:, max(1, length - 2) :] = 0
+    return tokens, mask
 
 
 class Residual(torch.nn.Module):
@@ -173,6 +217,7 @@ def build_jax_artifacts(root: Path) -> dict[str, Path]:
         **build_torch_artifacts(root),
         "scorer.jax": export_scorer(root / "scorer.jax"),
         "scorer-tpu-only.jax": export_scorer(root / "scorer-tpu-only.jax", platforms=("tpu",)),
+        "masked.jax": export_masked(root / "masked.jax"),
     }
 
 

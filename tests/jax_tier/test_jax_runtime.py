@@ -15,7 +15,13 @@ from appliance.config import ModelConfig
 from appliance.repository.loader import warm_up
 from appliance.runtimes import ArtifactError, jax_process
 from appliance.runtimes.jax_runtime import JaxRuntime
-from tests.jax_tier.jax_models import eager, example_inputs, pad
+from tests.jax_tier.jax_models import (
+    eager,
+    example_inputs,
+    masked_inputs,
+    masked_reference,
+    pad,
+)
 
 pytestmark = pytest.mark.jax
 
@@ -61,7 +67,7 @@ def test_every_batch_size_matches_the_reference_and_compiles_nothing_after_warmu
     make_runtime: RuntimeFactory, artifact: str, jax_figures: Callable[[str], None]
 ) -> None:
     runtime = make_runtime(artifact)
-    warm_up(runtime, BUCKETS, iterations=2)
+    warm_up(runtime, BUCKETS, {}, iterations=2)
     warm = runtime.stats()
     assert warm.compilations >= len(BUCKETS)
     assert warm.compilations_after_warmup == 0
@@ -146,54 +152,56 @@ def test_a_file_that_is_not_an_export_is_refused(
 
 def test_a_shape_warmup_missed_is_counted_and_logged(make_runtime: RuntimeFactory) -> None:
     runtime = make_runtime("demo.pt2")
-    warm_up(runtime, (2,), iterations=1)
+    warm_up(runtime, (2,), {}, iterations=1)
     with capture_logs() as logs:
         runtime.run(feed(runtime, example_inputs("demo.pt2", 3)))
     stats = runtime.stats()
     assert stats.compilations_after_warmup == 1
     assert len(stats.compile_seconds) == stats.compilations
     [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
-    assert "after warmup" in warning["event"]
+    assert warning["event"] == "jax_compiled_after_warmup"
     assert warning["input_shapes"] == {"input": [3, 64]}
 
 
-def test_named_dimensions_come_from_the_export_and_warm_up_by_bucket(
-    make_runtime: RuntimeFactory, tmp_path: Path
+MASKED_INPUTS = [
+    {"name": "tokens", "datatype": "FP32", "shape": [-1, "seq", 4]},
+    {"name": "mask", "datatype": "INT32", "shape": [-1, "seq"]},
+]
+
+
+def test_symbolic_dimensions_of_the_export_take_the_configured_names_and_buckets(
+    make_runtime: RuntimeFactory,
 ) -> None:
-    import jax
-    import jax.export
-    import jax.numpy as jnp
-
-    def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
-        weights = mask.astype(jnp.float32)[:, :, None]
-        return (tokens * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
-
-    batch, seq = jax.export.symbolic_shape("batch, seq")
-    exported = jax.export.export(jax.jit(masked_mean))(
-        jax.ShapeDtypeStruct((batch, seq, 4), jnp.float32),
-        jax.ShapeDtypeStruct((batch, seq), jnp.int32),
-    )
-    path = tmp_path / "masked.jax"
-    path.write_bytes(exported.serialize())
-    runtime = make_runtime("masked.jax", path=path)
+    runtime = make_runtime("masked.jax", inputs=MASKED_INPUTS, dims={"seq": [8, 16]})
     assert runtime.signature is not None
     assert [spec.shape for spec in runtime.signature.inputs] == [(-1, "seq", 4), (-1, "seq")]
-    with pytest.raises(ArtifactError, match="named dimension 'seq'; give its buckets"):
-        runtime.warmup(2)
-    for size in (2, 4):
-        for length in (8, 16):
-            runtime.warmup(size, {"seq": length})
-    runtime.finish_warmup()
-    tokens = np.random.default_rng(1).standard_normal((3, 5, 4)).astype(np.float32)
-    mask = np.ones((3, 5), dtype=np.int32)
+    assert [spec.shape for spec in runtime.signature.outputs] == [(-1, 4), (-1, "seq")]
+    warm_up(runtime, (2, 4), runtime.config.dims, iterations=1)
+    warm = runtime.stats().compilations
+    assert warm >= 4, "one program per (batch, seq) bucket pair"
+    tokens, mask = masked_inputs(3, 5)
     padded_tokens = np.zeros((4, 8, 4), np.float32)
     padded_tokens[:3, :5] = tokens
     padded_mask = np.zeros((4, 8), np.int32)
     padded_mask[:3, :5] = mask
-    [name] = [spec.name for spec in runtime.signature.outputs]
-    served = runtime.run({"input__0": padded_tokens, "input__1": padded_mask})[name][:3]
-    np.testing.assert_allclose(served, tokens.mean(axis=1), rtol=1e-5, atol=1e-6)
-    assert runtime.stats().compilations_after_warmup == 0
+    served = runtime.run({"tokens": padded_tokens, "mask": padded_mask})
+    pooled, per_position = masked_reference(tokens, mask)
+    np.testing.assert_allclose(served["output__0"][:3], pooled, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served["output__1"][:3, :5], per_position, rtol=1e-5, atol=1e-6)
+    assert runtime.stats().compilations == warm
+
+
+def test_a_symbolic_dimension_without_a_configured_name_is_refused(
+    make_runtime: RuntimeFactory,
+) -> None:
+    with pytest.raises(ArtifactError, match="input 'input__0' dimension 1 is the symbolic"):
+        make_runtime("masked.jax")
+
+
+def test_one_export_symbol_gets_one_configured_name(make_runtime: RuntimeFactory) -> None:
+    inputs = [MASKED_INPUTS[0], {**MASKED_INPUTS[1], "shape": [-1, "length"]}]
+    with pytest.raises(ArtifactError, match="the export ties it to 'seq'"):
+        make_runtime("masked.jax", inputs=inputs, dims={"seq": [8], "length": [8]})
 
 
 def test_a_process_given_one_device_uses_only_that_one(make_runtime: RuntimeFactory) -> None:
@@ -203,7 +211,7 @@ def test_a_process_given_one_device_uses_only_that_one(make_runtime: RuntimeFact
     before = {id(array) for array in jax.live_arrays()}
     runtime = make_runtime("deep.pt2", device_index=2)
     assert runtime.device == "jax:cpu:2"
-    warm_up(runtime, BUCKETS, iterations=1)
+    warm_up(runtime, BUCKETS, {}, iterations=1)
     outputs = runtime.run(feed(runtime, example_inputs("deep.pt2", 4)))
     assert outputs["output__0"].shape == (4, 10)
     made = [array for array in jax.live_arrays() if id(array) not in before]

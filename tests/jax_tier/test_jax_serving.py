@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.jax_tier.jax_models import eager, example_inputs
+from tests.jax_tier.jax_models import eager, example_inputs, masked_inputs, masked_reference
 from tests.support.server import ServerProcess, running_server, start_server
 
 pytestmark = pytest.mark.jax
@@ -122,7 +122,7 @@ def test_models_are_served_on_jax(jax_server: ServerProcess) -> None:
     for name, platform in platforms.items():
         metadata = get_json(jax_server, f"/v2/models/{name}")
         assert metadata["platform"] == platform
-        assert metadata["parameters"] == {"device": CPU, "runtime": "jax"}
+        assert (metadata["parameters"]["device"], metadata["parameters"]["runtime"]) == (CPU, "jax")
     scorer = get_json(jax_server, "/v2/models/scorer")
     assert scorer["inputs"] == [
         {"name": "input__0", "datatype": "FP32", "shape": [-1, 16]},
@@ -161,6 +161,40 @@ def test_every_batch_size_matches_the_reference_and_serving_compiles_nothing(
         jax_figures(
             f"over HTTP, {name} ({artifact}): batch sizes 1..{MAX_BATCH}, JSON and binary, "
             f"match; compilations warmup {warmup:.0f} ({seconds:.2f} s), serving 0"
+        )
+
+
+SEQ_BUCKETS = (4, 8)
+MASKED_TABLES = (
+    "[models.dims]\nseq = [4, 8]\n"
+    '[[models.inputs]]\nname = "tokens"\ndatatype = "FP32"\nshape = [-1, "seq", 4]\n'
+    '[[models.inputs]]\nname = "mask"\ndatatype = "INT32"\nshape = [-1, "seq"]\n'
+)
+
+
+def test_every_batch_size_and_length_matches_and_serving_compiles_nothing(
+    tmp_path: Path, jax_artifacts: dict[str, Path], jax_figures: Callable[[str], None]
+) -> None:
+    models = model_toml("masked", jax_artifacts["masked.jax"]) + MASKED_TABLES
+    with running_server(config_toml(tmp_path, models), tmp_path, ready_timeout_s=300) as server:
+        labels = {"model": "masked", "version": "1", "device": CPU}
+        warm = scrape(server)
+        warmup = warm("aegis_xla_compilations_total", phase="warmup", **labels)
+        assert warmup >= len(BUCKETS) * len(SEQ_BUCKETS)
+        for rows in range(1, MAX_BATCH + 1):
+            for length in range(1, SEQ_BUCKETS[-1] + 1):
+                inputs = masked_inputs(rows, length, seed=rows * 100 + length)
+                served = infer(server, "masked", inputs, binary=length % 2 == 0)
+                references = masked_reference(*inputs)
+                for got, reference in zip(served, references, strict=True):
+                    assert got.shape == reference.shape
+                    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
+        after = scrape(server)
+        assert after("aegis_xla_compilations_total", phase="serving", **labels) == 0
+        assert after("aegis_xla_compilations_total", phase="warmup", **labels) == warmup
+        jax_figures(
+            f"over HTTP, masked.jax: batch sizes 1..{MAX_BATCH} x lengths 1..{SEQ_BUCKETS[-1]} "
+            f"(seq buckets {list(SEQ_BUCKETS)}) match; compilations warmup {warmup:.0f}, serving 0"
         )
 
 
@@ -207,7 +241,7 @@ def test_a_process_given_one_device_serves_on_that_one(
         served = infer(server, "scorer", inputs, binary=True)
         for got, reference in zip(served, eager("scorer.jax", inputs), strict=True):
             np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
-        [configured] = log_events(server, "jax configured")
+        [configured] = log_events(server, "jax_configured")
         assert configured["platforms"] == "cpu" and configured["device_index"] == "3"
 
 
@@ -222,7 +256,7 @@ def test_a_device_index_beyond_the_devices_fails_the_start_naming_it(
     finally:
         server.stop()
     assert code != 0
-    [failure] = log_events(server, "start failed")
+    [failure] = log_events(server, "start_failed")
     assert "AEGIS_JAX_DEVICE=9, but JAX sees 4 cpu device(s)" in failure["reason"]
 
 
@@ -233,18 +267,13 @@ def test_no_tpu_serves_on_the_cpu_by_the_runtime_that_reads_the_artifact(
         "demo", jax_artifacts["demo.pt2"], device="tpu"
     )
     with running_server(config_toml(tmp_path, models), tmp_path, ready_timeout_s=300) as server:
-        assert get_json(server, "/v2/models/scorer")["parameters"] == {
-            "device": CPU,
-            "runtime": "jax",
-        }
-        assert get_json(server, "/v2/models/demo")["parameters"] == {
-            "device": "cpu",
-            "runtime": "torch",
-        }
-        [configured] = log_events(server, "jax configured")
+        for name, where in (("scorer", (CPU, "jax")), ("demo", ("cpu", "torch"))):
+            parameters = get_json(server, f"/v2/models/{name}")["parameters"]
+            assert (parameters["device"], parameters["runtime"]) == where
+        [configured] = log_events(server, "jax_configured")
         assert configured["platforms"] == "cpu"
         assert "no TPU chip on its PCI bus" in configured["unavailable"]["tpu"]
-        warnings = log_events(server, "device unavailable, serving on the CPU")
+        warnings = log_events(server, "serving_on_cpu")
         assert len(warnings) == 2
         assert all("no JAX tpu device" in warning["reason"] for warning in warnings)
         for name, artifact in (("scorer", "scorer.jax"), ("demo", "demo.pt2")):
@@ -266,6 +295,6 @@ def test_fallback_off_fails_the_start_with_a_clear_message(
     finally:
         server.stop()
     assert code != 0
-    [failure] = log_events(server, "start failed")
+    [failure] = log_events(server, "start_failed")
     assert "'deep'" in failure["reason"]
     assert "no JAX tpu device: this host has no TPU chip on its PCI bus" in failure["reason"]
