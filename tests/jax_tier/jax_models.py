@@ -2,8 +2,8 @@
 
 - `scorer.jax`: a JAX function (two inputs, a dict of two outputs, one of them INT32) exported with
   `jax.export` and a symbolic batch dimension; its reference is the same arithmetic in numpy.
-- `masked.jax`: a masked mean over a second symbolic dimension (`seq`), served with named
-  dimensions; its reference is numpy too.
+- `masked.jax`, `masked.pt2`: a masked mean over a second dynamic dimension (`seq`), as a JAX
+  export and as a torch.export program, served with named dimensions; the reference is numpy.
 - `demo.pt2`, `deep.pt2`, `mixed.pt2`: torch.export programs; their reference is the eager torch
   module. `deep` is 48 residual blocks of width 64: host overhead per op is what it measures.
 
@@ -107,6 +107,28 @@ def masked_inputs(rows: int, length: int, seed: int = 0) -> tuple[np.ndarray, np
     mask = np.ones((rows, length), dtype=np.int32)
     mask[:, max(1, length - 2) :] = 0
     return tokens, mask
+
+
+class MaskedTorch(torch.nn.Module):
+    """`masked.jax`'s arithmetic as a PyTorch module, exported with dynamic batch and seq."""
+
+    def forward(
+        self, tokens: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = mask.to(torch.float32).unsqueeze(-1)
+        pooled = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return pooled, (tokens * weights).sum(dim=2)
+
+
+def export_masked_torch(path: Path) -> Path:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    seq = torch.export.Dim("seq", min=1, max=512)
+    example = (torch.zeros(2, 8, SEQ_FEATURES), torch.ones(2, 8, dtype=torch.int32))
+    program = torch.export.export(
+        MaskedTorch(), example, dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq})
+    )
+    torch.export.save(program, str(path))
+    return path
 
 
 class Residual(torch.nn.Module):
@@ -218,6 +240,7 @@ def build_jax_artifacts(root: Path) -> dict[str, Path]:
         "scorer.jax": export_scorer(root / "scorer.jax"),
         "scorer-tpu-only.jax": export_scorer(root / "scorer-tpu-only.jax", platforms=("tpu",)),
         "masked.jax": export_masked(root / "masked.jax"),
+        "masked.pt2": export_masked_torch(root / "masked.pt2"),
     }
 
 

@@ -169,13 +169,19 @@ MASKED_TABLES = (
     "[models.dims]\nseq = [4, 8]\n"
     '[[models.inputs]]\nname = "tokens"\ndatatype = "FP32"\nshape = [-1, "seq", 4]\n'
     '[[models.inputs]]\nname = "mask"\ndatatype = "INT32"\nshape = [-1, "seq"]\n'
+    '[[models.outputs]]\nname = "pooled"\ndatatype = "FP32"\nshape = [-1, 4]\n'
+    '[[models.outputs]]\nname = "per_position"\ndatatype = "FP32"\nshape = [-1, "seq"]\n'
 )
 
 
+@pytest.mark.parametrize("artifact", ["masked.jax", "masked.pt2"])
 def test_every_batch_size_and_length_matches_and_serving_compiles_nothing(
-    tmp_path: Path, jax_artifacts: dict[str, Path], jax_figures: Callable[[str], None]
+    tmp_path: Path,
+    jax_artifacts: dict[str, Path],
+    jax_figures: Callable[[str], None],
+    artifact: str,
 ) -> None:
-    models = model_toml("masked", jax_artifacts["masked.jax"]) + MASKED_TABLES
+    models = model_toml("masked", jax_artifacts[artifact]) + MASKED_TABLES
     with running_server(config_toml(tmp_path, models), tmp_path, ready_timeout_s=300) as server:
         labels = {"model": "masked", "version": "1", "device": CPU}
         warm = scrape(server)
@@ -193,7 +199,7 @@ def test_every_batch_size_and_length_matches_and_serving_compiles_nothing(
         assert after("aegis_xla_compilations_total", phase="serving", **labels) == 0
         assert after("aegis_xla_compilations_total", phase="warmup", **labels) == warmup
         jax_figures(
-            f"over HTTP, masked.jax: batch sizes 1..{MAX_BATCH} x lengths 1..{SEQ_BUCKETS[-1]} "
+            f"over HTTP, {artifact}: batch sizes 1..{MAX_BATCH} x lengths 1..{SEQ_BUCKETS[-1]} "
             f"(seq buckets {list(SEQ_BUCKETS)}) match; compilations warmup {warmup:.0f}, serving 0"
         )
 
