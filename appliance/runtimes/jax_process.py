@@ -169,6 +169,10 @@ def configure(wants_tpu: bool, cache_base: str | None) -> JaxProcess:
             else:
                 unavailable["tpu"] = reason
         jax.config.update("jax_platforms", ",".join(platforms))
+        # The batch's thread waits for every result at once: running CPU programs inline in it
+        # saves a hand-off to JAX's dispatch thread per batch, which on a busy core costs more
+        # than the program.
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
         cache_folder = _configure_cache(jax, cache_base)
         jax.monitoring.register_event_listener(_on_event)
         jax.monitoring.register_event_duration_secs_listener(_on_duration)

@@ -132,12 +132,16 @@ def export_masked_torch(path: Path) -> Path:
 
 
 class Residual(torch.nn.Module):
+    """A pre-norm MLP block: x + W2 gelu(W1 layer_norm(x))."""
+
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.linear = torch.nn.Linear(width, width)
+        self.norm = torch.nn.LayerNorm(width)
+        self.up = torch.nn.Linear(width, width)
+        self.down = torch.nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.relu(self.linear(x))
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
 
 
 class Deep(torch.nn.Module):
@@ -150,7 +154,7 @@ class Deep(torch.nn.Module):
         self.head = torch.nn.Linear(DEEP_WIDTH, DEEP_OUTPUTS)
         with torch.no_grad():
             for block in self.blocks:
-                block.linear.weight.mul_(0.2)  # keeps activations bounded through 48 blocks
+                block.down.weight.mul_(0.2)  # keeps activations bounded through 48 blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(x))
