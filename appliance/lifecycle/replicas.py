@@ -31,7 +31,7 @@ class ReplicaPlan:
 
 
 def runs_on_tpu(config: AppConfig) -> bool:
-    return any(model.config.runtime == "tpu" for model in config.models)
+    return any(model.config.device == "tpu" for model in config.models)  # runtime tpu or jax
 
 
 def replica_count(config: AppConfig, chips: int) -> int:

@@ -36,14 +36,12 @@ from typing import Any
 
 import structlog
 
+from appliance.lifecycle.chips import tpu_chips
 from appliance.runtimes.base import DeviceUnavailable
 
 log = structlog.get_logger("aegis.runtimes")
 
 DEVICE_INDEX_VARIABLE = "AEGIS_JAX_DEVICE"
-# Google's PCI vendor id: what a TPU chip shows on the bus (torch_xla and libtpu look for it too).
-_GOOGLE_PCI_VENDOR = "0x1ae0"
-_PCI_DEVICES = Path("/sys/bus/pci/devices")
 
 # What jax.monitoring calls a program built for a call (compiled, or read from the persistent
 # cache), the tracing and lowering that precede it, and a persistent-cache hit.
@@ -104,24 +102,9 @@ def _device_index() -> int:
     return int(raw)
 
 
-def tpu_chips_on_pci_bus(devices: Path = _PCI_DEVICES) -> int:
-    """How many Google (TPU) devices the PCI bus shows; 0 where there is no bus to read."""
-    try:
-        vendors = [entry / "vendor" for entry in devices.iterdir()]
-    except OSError:
-        return 0
-    count = 0
-    for vendor in vendors:
-        try:
-            count += vendor.read_text().strip() == _GOOGLE_PCI_VENDOR
-        except OSError:
-            continue
-    return count
-
-
 def _tpu_unavailable() -> str | None:
     """Why the TPU platform cannot be opened here, or None when it can be tried."""
-    if tpu_chips_on_pci_bus() == 0:
+    if not tpu_chips():
         return "this host has no TPU chip on its PCI bus"
     try:
         import libtpu  # noqa: F401

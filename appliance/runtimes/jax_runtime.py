@@ -111,7 +111,7 @@ class JaxRuntime(Runtime):
                 )
         self._record(built, 0.0, {})
         # Imported here: it imports torch, which a `.jax` model never needs to be imported for.
-        from appliance.runtimes.torch_runtime import freeze_heap, merge_signature
+        from appliance.runtimes.torch_runtime import merge_signature
 
         merged = merge_signature(program.signature, self.config, path.name)
         self.signature = _named_as_configured(program.signature, merged, path.name)
@@ -119,8 +119,6 @@ class JaxRuntime(Runtime):
         self._check_dims_bucketed(path.name)
         check_buckets_fit(self.signature, self.config, path.name)
         self._program = program
-        # jax and torchax leave a large heap of long-lived objects: keep the cyclic GC off them.
-        freeze_heap()
         log.info("jax_model_loaded", artifact=path.name, device=self.device)
 
     def _load_exported(self, path: Path) -> _Program:
