@@ -53,7 +53,7 @@ ONE_THREAD = {
     "PYTHONUNBUFFERED": "1",
 }
 # (label, venv, runtime, extra environment) of the per-batch runs.
-PER_BATCH_RUNS = (
+PER_BATCH_RUNS: tuple[tuple[str, str, str, dict[str, str]], ...] = (
     ("jax", ".venv-jax", "jax", {"JAX_PLATFORMS": "cpu"}),
     ("torch 2.9", ".venv-jax", "torch", {}),
     ("torch 2.13", ".venv", "torch", {}),
@@ -120,7 +120,8 @@ def per_batch(runtime_name: str, artifacts: Path, repeats: int) -> dict[str, dic
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def model_toml(runtime: str, artifact: Path, work: Path, max_batch_size: int) -> str:
@@ -178,7 +179,8 @@ def wrk(port: int, body: Path, concurrency: int, seconds: int) -> dict[str, Any]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_RESULT "):
-            return json.loads(line.removeprefix("WRK_RESULT "))
+            result: dict[str, Any] = json.loads(line.removeprefix("WRK_RESULT "))
+            return result
     raise RuntimeError(f"wrk gave no result: {done.stdout[-500:]} {done.stderr[-500:]}")
 
 
@@ -232,9 +234,10 @@ def http_run(
             }
             runs.setdefault(label, []).append(row)
             log(f"http {label} round {round_}: {row}")
-    for label, rows in runs.items():
+    for label, rounds in runs.items():
         # The better of the rounds: the one the machine's other load disturbed least.
-        results[label] = {**max(rows, key=lambda row: row["requests_per_s"]), "rounds": rows}
+        best = max(rounds, key=lambda row: row["requests_per_s"])
+        results[label] = {**best, "rounds": rounds}
     for label, _, _ in HTTP_RUNS[1:]:
         if label in results and "jax" in results:
             ratio = results["jax"]["requests_per_s"] / results[label]["requests_per_s"]

@@ -123,7 +123,8 @@ def _import_jax() -> ModuleType:
             f"jax cannot be imported ({type(error).__name__}: {error}); install the set of "
             "requirements/jax-tpu.txt"
         ) from None
-    return jax
+    module: ModuleType = jax
+    return module
 
 
 def configure(wants_tpu: bool, cache_base: str | None) -> JaxProcess:

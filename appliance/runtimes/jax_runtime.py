@@ -147,7 +147,8 @@ class JaxRuntime(Runtime):
 
         def call(*leaves: Any) -> Sequence[Any]:
             args, kwargs = tree_util.tree_unflatten(in_tree, leaves)
-            return tree_util.tree_leaves(exported.call(*args, **kwargs))
+            results: Sequence[Any] = tree_util.tree_leaves(exported.call(*args, **kwargs))
+            return results
 
         return _Program(jax.jit(call), signature)
 
@@ -187,7 +188,8 @@ class JaxRuntime(Runtime):
         jitted = self._jax.jit(function)
 
         def call(*leaves: Any) -> Sequence[Any]:
-            return jitted(weights, leaves)
+            outputs: Sequence[Any] = jitted(weights, leaves)
+            return outputs
 
         return _Program(call, signature, weights)
 
@@ -388,7 +390,7 @@ def _spec(name: str, aval: Any, batch: str | None, artifact: str, *, is_input: b
             )
         else:
             shape.append(-1)  # derived from the inputs' sizes (e.g. 2*seq): any size
-    return TensorSpec(name, datatype, tuple(shape))  # type: ignore[arg-type]
+    return TensorSpec(name, datatype, tuple(shape))
 
 
 def _to_jax_host(array: np.ndarray, datatype: str) -> np.ndarray:

@@ -141,7 +141,8 @@ class Residual(torch.nn.Module):
         self.down = torch.nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
+        result: torch.Tensor = x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
+        return result
 
 
 class Deep(torch.nn.Module):
@@ -150,14 +151,16 @@ class Deep(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(3)
-        self.blocks = torch.nn.Sequential(*(Residual(DEEP_WIDTH) for _ in range(DEEP_BLOCKS)))
+        blocks = [Residual(DEEP_WIDTH) for _ in range(DEEP_BLOCKS)]
+        self.blocks = torch.nn.Sequential(*blocks)
         self.head = torch.nn.Linear(DEEP_WIDTH, DEEP_OUTPUTS)
         with torch.no_grad():
-            for block in self.blocks:
+            for block in blocks:
                 block.down.weight.mul_(0.2)  # keeps activations bounded through 48 blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x))
+        result: torch.Tensor = self.head(self.blocks(x))
+        return result
 
 
 class Mixed(torch.nn.Module):
