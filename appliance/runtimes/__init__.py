@@ -44,7 +44,10 @@ _RUNTIME_CLASSES = {
 _MISSING_PACKAGE_HINT = {
     "onnx": "install the onnx extra: pip install 'aegis-appliance[onnx]'",
     "tpu": "install torch_xla matching this host's torch (the aegis_tpu_runtime Ansible role does)",
-    "jax": "install the set of requirements/jax-tpu.txt (jax, torchax and the torch they take)",
+    "jax": (
+        "install the aegis_tpu_runtime role's jax flavor (requirements-jax.txt): "
+        "jax, torchax and the torch they take"
+    ),
 }
 
 

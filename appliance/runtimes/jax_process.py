@@ -109,7 +109,7 @@ def _tpu_unavailable() -> str | None:
     try:
         import libtpu  # noqa: F401
     except ImportError:
-        return "libtpu is not installed (requirements/jax-tpu.txt)"
+        return "libtpu is not installed (the aegis_tpu_runtime role's jax flavor installs it)"
     return None
 
 
@@ -120,8 +120,8 @@ def _import_jax() -> ModuleType:
         import jax.monitoring
     except Exception as error:  # ImportError, or a jaxlib that does not match jax
         raise DeviceUnavailable(
-            f"jax cannot be imported ({type(error).__name__}: {error}); install the set of "
-            "requirements/jax-tpu.txt"
+            f"jax cannot be imported ({type(error).__name__}: {error}); install "
+            "the aegis_tpu_runtime role's jax flavor (requirements-jax.txt)"
         ) from None
     module: ModuleType = jax
     return module

@@ -160,8 +160,8 @@ class JaxRuntime(Runtime):
             from torchax.ops.mappings import t2j
         except Exception as error:  # ImportError, or torchax against a torch it cannot import with
             raise DeviceUnavailable(
-                f"torchax cannot be imported ({type(error).__name__}: {error}); install the set "
-                "of requirements/jax-tpu.txt"
+                f"torchax cannot be imported ({type(error).__name__}: {error}); install "
+                "the aegis_tpu_runtime role's jax flavor (requirements-jax.txt)"
             ) from None
         from appliance.runtimes.torch_runtime import exported_signature
 

@@ -85,5 +85,12 @@ def test_serving_compilations_are_read_from_the_metrics_the_appliance_renders() 
 
 def test_devices_are_compared_by_kind_as_the_runtimes_report_them() -> None:
     gate_module = load_tool(GATE)
-    reported = {"cpu": "cpu", "cuda:0": "cuda", "xla:tpu:0": "tpu", "xla:cpu:0": "cpu"}
+    reported = {
+        "cpu": "cpu",
+        "cuda:0": "cuda",
+        "xla:tpu:0": "tpu",
+        "xla:cpu:0": "cpu",
+        "jax:tpu:0": "tpu",
+        "jax:cpu:0": "cpu",
+    }
     assert {label: gate_module.device_kind(label) for label in reported} == reported

@@ -4,7 +4,7 @@
 #
 # torchax only imports against torch 2.9 while the main venv runs a newer torch, and the TPU hosts of
 # this path pin a libtpu that torch-xla's set does not (requirements/tpu.txt), so the tier has its
-# own venv, .venv-jax, holding the set pinned in requirements/jax-tpu.txt plus the appliance
+# own venv, .venv-jax, holding the set pinned in ansible/roles/aegis_tpu_runtime/files/requirements-jax.txt plus the appliance
 # (editable) and its other dependencies at the versions of constraints.txt.
 #
 # uv installs it; torch 2.9.0 (the 4 GB CUDA build PyPI serves) comes from uv's cache once the XLA
@@ -21,11 +21,12 @@ cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 UV_VERSION=0.13.9
 VENV=.venv-jax
+SET=ansible/roles/aegis_tpu_runtime/files/requirements-jax.txt
 PY=$VENV/bin/python
 STAMP=$VENV/.installed
 started=$SECONDS
 
-inputs=(requirements/jax-tpu.txt constraints.txt pyproject.toml tests/jax_tier/run_tier.sh)
+inputs=("$SET" constraints.txt pyproject.toml tests/jax_tier/run_tier.sh)
 key=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
 
 if [[ ! -f $STAMP || $(<"$STAMP") != "$key" ]]; then
@@ -33,7 +34,7 @@ if [[ ! -f $STAMP || $(<"$STAMP") != "$key" ]]; then
     # A venv from an older run is reused: uv only adds or changes what differs.
     [[ -x $PY ]] || "$PYTHON" -m venv "$VENV"
     "$PY" -m pip install --quiet "uv==$UV_VERSION"
-    # The appliance's own requirements and its dev extra, less torch (requirements/jax-tpu.txt
+    # The appliance's own requirements and its dev extra, less torch (the set
     # pins it), resolved together with the pinned set so nothing can move torch off 2.9.0.
     "$PY" - >"$VENV/appliance-deps.txt" <<'PYTHON_EOF'
 import tomllib
@@ -45,7 +46,7 @@ for requirement in project["dependencies"] + project["optional-dependencies"]["d
 PYTHON_EOF
     grep -v -i -E '^torch([=<>!~ ;]|$)' constraints.txt >"$VENV/constraints-no-torch.txt"
     "$VENV/bin/uv" pip install --python "$PY" \
-        -r requirements/jax-tpu.txt -r "$VENV/appliance-deps.txt" -c "$VENV/constraints-no-torch.txt"
+        -r "$SET" -r "$VENV/appliance-deps.txt" -c "$VENV/constraints-no-torch.txt"
     "$VENV/bin/uv" pip install --python "$PY" --no-deps -e .
     echo "$key" >"$STAMP"
     echo "jax tier: install took $((SECONDS - started)) s"

@@ -54,4 +54,4 @@ def test_a_jax_cpu_model_fails_the_start_naming_what_is_missing(tmp_path: Path) 
     finally:
         server.stop()
     assert code != 0
-    assert "requirements/jax-tpu.txt" in server.log()
+    assert "requirements-jax.txt" in server.log()

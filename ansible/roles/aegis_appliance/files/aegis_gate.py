@@ -139,10 +139,10 @@ def check_release(main_pid: str, release: str) -> None:
 
 
 def device_kind(reported: str) -> str:
-    """The kind of device a model reports: "cpu", "cuda:0" -> cuda, "xla:tpu:0" -> tpu (and
-    "xla:cpu:0", PyTorch/XLA on the CPU, -> cpu)."""
+    """The kind of device a model reports: "cpu", "cuda:0" -> cuda, "xla:tpu:0" and "jax:tpu:0"
+    -> tpu (and "xla:cpu:0" or "jax:cpu:0", PyTorch/XLA or JAX on the CPU, -> cpu)."""
     parts = reported.split(":")
-    return parts[1] if parts[0] == "xla" and len(parts) > 1 else parts[0]
+    return parts[1] if parts[0] in ("xla", "jax") and len(parts) > 1 else parts[0]
 
 
 def zeros(spec: dict[str, Any]) -> dict[str, Any]:
