@@ -257,7 +257,15 @@ class TorchRuntime(Runtime):
         specs = self.signature.outputs
         if isinstance(result, torch.Tensor):
             values: Sequence[Any] = (result,)
-        elif isinstance(result, dict) and all(spec.name in result for spec in specs):
+        elif isinstance(result, dict):
+            # Named outputs are taken by name, never by position: a name the declaration does not
+            # know is a mismatch to report, not an output to rename.
+            missing = [spec.name for spec in specs if spec.name not in result]
+            if missing:
+                raise ModelExecutionError(
+                    f"the model returned outputs named {sorted(result)}; "
+                    f"the signature's {missing} are not among them"
+                )
             values = [result[spec.name] for spec in specs]
         else:
             values = pytree.tree_leaves(result)
