@@ -32,3 +32,8 @@ def tpu_chips(sysfs: Path = Path("/sys")) -> list[str]:
         if _hex_file(device / "vendor") == GOOGLE_PCI_VENDOR
         and _hex_file(device / "device") in TPU_PCI_DEVICES
     )
+
+
+if __name__ == "__main__":
+    # Standard library only, so a script can count chips before any venv exists.
+    print(len(tpu_chips()))

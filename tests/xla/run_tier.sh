@@ -22,12 +22,10 @@ started=$SECONDS
 DEVICE=${XLA_TIER_DEVICE:-CPU}
 
 if [[ $DEVICE == TPU ]]; then
-    # The way torch_xla counts chips: PCI devices of Google's vendor id. Checked before the
-    # install, which downloads gigabytes, and before libtpu, which retries for minutes without.
-    chips=0
-    for vendor in /sys/bus/pci/devices/*/vendor; do
-        [[ -r $vendor && $(<"$vendor") == 0x1ae0 ]] && chips=$((chips + 1))
-    done
+    # Counted the way the appliance counts them (Google's vendor id and a TPU device id: the
+    # vendor id alone also matches the gVNIC of every GCE VM). Checked before the install, which
+    # downloads gigabytes, and before libtpu, which retries for minutes without a chip.
+    chips=$("$PYTHON" appliance/lifecycle/chips.py)
     if [[ $chips -eq 0 ]]; then
         echo "xla tier: FAILED - no TPU chip on this host's PCI bus; make test-tpu runs on a" \
             "Cloud TPU VM (make test-xla runs the same tests on XLA:CPU)" >&2
@@ -69,25 +67,6 @@ else
 fi
 
 tests_started=$SECONDS
-DEVICE=${XLA_TIER_DEVICE:-CPU}
-
-if [[ $DEVICE == TPU ]]; then
-    # The way torch_xla counts chips: PCI devices of Google's vendor id. Checked before the
-    # install, which downloads gigabytes, and before libtpu, which retries for minutes without.
-    chips=0
-    for vendor in /sys/bus/pci/devices/*/vendor; do
-        [[ -r $vendor && $(<"$vendor") == 0x1ae0 ]] && chips=$((chips + 1))
-    done
-    if [[ $chips -eq 0 ]]; then
-        echo "xla tier: FAILED - no TPU chip on this host's PCI bus; make test-tpu runs on a" \
-            "Cloud TPU VM (make test-xla runs the same tests on XLA:CPU)" >&2
-        exit 2
-    fi
-    echo "xla tier: $chips TPU chip(s) found, running on PJRT_DEVICE=TPU"
-elif [[ $DEVICE != CPU ]]; then
-    echo "xla tier: XLA_TIER_DEVICE must be CPU or TPU, got '$DEVICE'" >&2
-    exit 2
-fi
 status=0
 PJRT_DEVICE=$DEVICE "$PY" -m pytest -m xla tests/xla "$@" || status=$?
 echo "xla tier: tests took $((SECONDS - tests_started)) s, tier $((SECONDS - started)) s"
