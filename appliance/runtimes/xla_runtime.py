@@ -122,7 +122,9 @@ def _open_device(pjrt_device: str) -> _XlaDevice:
     try:
         from torch_xla._dynamo import dynamo_bridge
     except ImportError as error:  # a private module: a later torch_xla may move it
-        log.warning("xla replay unavailable, every batch is traced", reason=str(error))
+        log.warning(
+            "xla_replay_unavailable", consequence="every batch is traced", reason=str(error)
+        )
         dynamo_bridge = None
     _opened = _XlaDevice(
         torch_xla,
@@ -133,7 +135,7 @@ def _open_device(pjrt_device: str) -> _XlaDevice:
         f"xla:{real.lower()}",
     )
     log.info(
-        "xla device opened",
+        "xla_device_opened",
         device=_opened.label,
         pjrt_device=pjrt_device,
         torch_xla=torch_xla.__version__,
@@ -154,7 +156,10 @@ def _configure_cache(xla: _XlaDevice, base: str | None) -> None:
         return
     _cache_configured = True
     if xla.torch_xla._XLAC._xla_computation_cache_is_initialized():
-        log.warning("xla compilation cache not configured: XLA compiled before the first tpu model")
+        log.warning(
+            "xla_compilation_cache_not_configured",
+            reason="XLA compiled before the first tpu model",
+        )
         return
     folder = Path(base) / (
         f"torch_xla-{xla.torch_xla.__version__}-"
@@ -163,10 +168,10 @@ def _configure_cache(xla: _XlaDevice, base: str | None) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        log.warning("xla compilation cache disabled", folder=str(folder), reason=str(error))
+        log.warning("xla_compilation_cache_disabled", folder=str(folder), reason=str(error))
         return
     xla.xr.initialize_cache(str(folder), readonly=False)
-    log.info("xla compilation cache", folder=str(folder))
+    log.info("xla_compilation_cache", folder=str(folder))
 
 
 @dataclass(frozen=True)
@@ -243,7 +248,8 @@ class XlaRuntime(TorchRuntime):
         self._replayable = self._xla.bridge is not None and self._replay_reason() is None
         if not self._replayable:
             log.warning(
-                "xla program cannot be replayed: every batch is traced lazily",
+                "xla_program_not_replayable",
+                consequence="every batch is traced lazily",
                 artifact=self.artifact.name,
                 reason=self._replay_reason() or "torch_xla has no dynamo bridge",
             )
@@ -383,7 +389,8 @@ class XlaRuntime(TorchRuntime):
             self._replayable = False
             self._programs.clear()
             log.warning(
-                "xla program cannot be replayed: every batch is traced lazily",
+                "xla_program_not_replayable",
+                consequence="every batch is traced lazily",
                 artifact=self.artifact.name,
                 reason=f"ops fall back to the CPU: {', '.join(window.fell_back)}",
             )
@@ -398,7 +405,7 @@ class XlaRuntime(TorchRuntime):
         with self._totals_lock:
             seconds = self._totals.compile_seconds[compiled_before:]
         log.info(
-            "xla warmup",
+            "xla_warmup",
             artifact=self.artifact.name,
             batch_size=batch_size,
             dims=dict(dims),
@@ -411,7 +418,7 @@ class XlaRuntime(TorchRuntime):
             self._warm = True
         totals = self.stats()
         log.info(
-            "xla warm",
+            "xla_warm",
             artifact=self.artifact.name,
             device=self.device,
             compilations=totals.compilations,
@@ -487,7 +494,8 @@ class XlaRuntime(TorchRuntime):
             totals.compilations_after_warmup += after_warmup
         if after_warmup:
             log.warning(
-                "xla compiled after warmup: warmup did not cover this batch",
+                "xla_compiled_after_warmup",
+                reason="warmup did not cover this batch",
                 artifact=self.artifact.name,
                 input_shapes={name: list(shape) for name, shape in shapes.items()},
                 compilations=after_warmup,
@@ -496,6 +504,4 @@ class XlaRuntime(TorchRuntime):
         new_fallbacks = sorted(fell_back.keys() - self._fallback_reported)
         if new_fallbacks:
             self._fallback_reported.update(new_fallbacks)
-            log.warning(
-                "xla ops fall back to the CPU", artifact=self.artifact.name, ops=new_fallbacks
-            )
+            log.warning("xla_ops_fall_back_to_cpu", artifact=self.artifact.name, ops=new_fallbacks)

@@ -124,7 +124,7 @@ def test_a_shape_warmup_missed_is_counted_and_logged(make_runtime: RuntimeFactor
     assert stats.compilations_after_warmup == 1
     assert len(stats.compile_seconds) == stats.compilations
     [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
-    assert "after warmup" in warning["event"]
+    assert warning["event"] == "xla_compiled_after_warmup"
     assert warning["input_shapes"] == {"input__0": [11, DEMO_INPUTS]}
 
 

@@ -154,7 +154,7 @@ def test_every_batch_size_matches_eager_and_serving_compiles_nothing(
             f"aegis_xla_cached_compilations_total {cached_before:.0f} -> {cached_after:.0f}"
         )
     per_bucket: dict[int, float] = {}
-    for entry in log_events(xla_server, "xla warmup"):
+    for entry in log_events(xla_server, "xla_warmup"):
         if entry["artifact"] == "demo.pt2":
             size = entry["batch_size"]
             per_bucket[size] = per_bucket.get(size, 0.0) + entry["compile_seconds"]
