@@ -240,6 +240,19 @@ def test_python_api_validates_too() -> None:
         ModelConfig(model_path="/m.pt2", max_concurrency=0)
 
 
+@pytest.mark.parametrize(
+    ("runtime", "device", "in_flight"), [("tpu", "tpu", 2), ("jax", "cpu", 2), ("torch", "cpu", 1)]
+)
+def test_max_concurrency_defaults_to_two_batches_in_flight_on_compiled_runtimes(
+    runtime: str, device: str, in_flight: int
+) -> None:
+    assert ModelConfig(model_path="/m.pt2", runtime=runtime, device=device).max_concurrency == (
+        in_flight
+    )
+    given = ModelConfig(model_path="/m.pt2", runtime=runtime, device=device, max_concurrency=1)
+    assert given.max_concurrency == 1
+
+
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "appliance", "check-config", str(path)],

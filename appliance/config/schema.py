@@ -183,6 +183,23 @@ class ModelConfig(_Table):
 
     _unique = field_validator("inputs", "outputs")(_unique_names)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _compiled_runtimes_double_buffer(cls, data: object) -> object:
+        """`max_concurrency` left out: 2 for `tpu` and `jax`, 1 for the rest.
+
+        A compiled runtime launches its program and waits on the device; a second batch in
+        flight does its host work (decode, pad, copy in) meanwhile, so the chip is not left idle
+        between batches. A CPU runtime's batch already fills its cores.
+        """
+        if (
+            isinstance(data, dict)
+            and "max_concurrency" not in data
+            and data.get("runtime") in STATIC_SHAPE_RUNTIMES
+        ):
+            return {**data, "max_concurrency": 2}
+        return data
+
     @field_validator("model_path")
     @classmethod
     def _artifact_format(cls, path: str) -> str:
