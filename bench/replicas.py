@@ -7,7 +7,8 @@ own intra-op threads the way it would be deployed: Aegis splits the cores betwee
 itself, TorchServe's handler sets one thread per worker.
 
 1. scaling: Aegis JSON at c=64 with replicas = 1 (the single process), 2 and 4, tiny and compute;
-2. peers: Aegis replicas = 2 against TorchServe 2 workers (batch 32, 5 ms, as compare.py), the
+2. peers: Aegis replicas = 2 against TorchServe 2 workers (batch 32, 5 ms, as compare.py) and, for
+   tiny, two processes of the bare HTTP ceiling on one socket (what Hypercorn allows here), the
    same wrk at c=16 and c=64, one run of alternating rounds; with each figure the server's CPU
    time per request (its process tree's), which other load on the host does not move;
 3. restart: replicas = 2, tiny, wrk c=16 for 45 s; replica 1 is SIGKILLed after 5 s. The time

@@ -11,10 +11,10 @@ time of one batch traced lazily (the model's forward and `torch_xla.sync()`, wha
 before), replayed by `XlaRuntime.run`, and the compiled program's own `ExecuteTime`.
 `torch` times the torch runtime's exported-program path against the eager module and
 `ExportedProgram.module()` in one process, per zoo model and batch.
-`http` starts one server pinned to core 0 serving the deep model three times (`torch`, `tpu`,
-and `tpu` with two batches in flight) and drives each with wrk on core 1, with requests of 1 and
-of 8 rows, interleaved: windows alternate between the models, so a change in the machine's load
-hits every model alike.
+`http` starts one server pinned to core 0 serving the deep model four times (`torch` at its
+default of one batch in flight and with two, `tpu` at its default of two and with one) and drives
+each with wrk on core 1, with requests of 1 and of 8 rows, interleaved: windows alternate between
+the models, so a change in the machine's load hits every model alike.
 """
 
 from __future__ import annotations
@@ -179,8 +179,9 @@ def http(out: Path, rounds: int = 3, seconds: int = 10, connections: int = 16) -
     common = {"max_batch_size": 16, "max_queue_delay_ms": 2.0, "warmup_iters": 2}
     variants = {
         "deep_torch": {"runtime": "torch", "device": "cpu", **common},
-        "deep_tpu": {"runtime": "tpu", "device": "tpu", **common},
-        "deep_tpu_c2": {"runtime": "tpu", "device": "tpu", "max_concurrency": 2, **common},
+        "deep_torch_c2": {"runtime": "torch", "device": "cpu", "max_concurrency": 2, **common},
+        "deep_tpu": {"runtime": "tpu", "device": "tpu", **common},  # two in flight by default
+        "deep_tpu_c1": {"runtime": "tpu", "device": "tpu", "max_concurrency": 1, **common},
     }
     models = "".join(model_toml(name, path, deep, **fields) for name, fields in variants.items())
     work = Path(tempfile.mkdtemp(prefix="tpu-bench-"))

@@ -11,12 +11,14 @@ from serving.payload import Payload
 SCRIPT = Path(__file__).resolve().parents[1] / "http_ceiling.py"
 
 
-def start(launch: Launch, model: str, payload: Payload) -> Server:
-    home = launch.home(f"http-ceiling-{model}")
+def start(launch: Launch, model: str, payload: Payload, processes: int = 1) -> Server:
+    home = launch.home(f"http-ceiling-{model}-{processes}")
     reply = home / "reply.json"
     reply.write_bytes(payload.reply)
     port = free_port()
-    proc, log = launch.spawn([sys.executable, SCRIPT, f"{HOST}:{port}", reply], home)
+    proc, log = launch.spawn(
+        [sys.executable, SCRIPT, f"{HOST}:{port}", reply, str(processes)], home
+    )
     # Its reply is of the right size but not computed from this request.
     target = payload.json_target("http-ceiling", f"/v2/models/{model}/infer", check=False)
     return Server("http-ceiling", proc, port, [target], log)

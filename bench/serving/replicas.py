@@ -18,12 +18,16 @@ from typing import Any
 import envs
 import models
 
-from serving import aegis, torchserve
+from serving import aegis, http_ceiling, torchserve
 from serving.launch import HOST, Launch, Server
 from serving.load import START_TIMEOUT_S, run_wrk, wait_ready
 from serving.payload import Payload, Target, make_payload
 from serving.procs import Fleet, log, tree_cpu_s, tree_rss_mb
 from serving.run import REPO, ensure_wrk, machine
+
+# The peers each model is served by, two processes each. Two processes of bare Hypercorn (the HTTP
+# ceiling: no model, no batching) bound what any Hypercorn server can answer on these cores.
+PEER_KEYS = {"tiny": ("aegis", "torchserve", "http-ceiling"), "compute": ("aegis", "torchserve")}
 
 CORES = "0,1"
 
@@ -75,6 +79,8 @@ def load(
 def start(launch: Launch, key: str, model: str, payload: Payload, size: int) -> Server:
     if key == "aegis":
         return aegis.start(launch, model, payload, replicas=size)
+    if key == "http-ceiling":
+        return http_ceiling.start(launch, model, payload, processes=size)
     return torchserve.start(launch, model, payload, workers=size)
 
 
@@ -210,7 +216,7 @@ def main(argv: list[str]) -> int:
                 {"round": round_, **row}
                 for model in ("tiny", "compute")
                 for round_ in range(args.rounds)
-                for key in ("aegis", "torchserve")
+                for key in PEER_KEYS[model]
                 for row in served(launch, key, model, 2, [16, 64], args)
             ]
         if "restart" not in skip:
