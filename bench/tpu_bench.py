@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,21 @@ def timed(run: object, repeats: int = REPEATS) -> float:
         run()  # type: ignore[operator]
         samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)
+
+
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int = REPEATS) -> dict[str, float]:
+    """Median wall milliseconds of each run, after two warming calls each, taken in rotation:
+    one sample of each per round, so a change in the machine's load hits every run alike."""
+    for run in runs.values():
+        run()
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def host(out: Path) -> None:
@@ -145,11 +161,13 @@ def torch_overhead(out: Path) -> None:
             batch = model.example(np.random.default_rng(0), bucket)
             args = [torch.from_numpy(batch[spec.name]) for spec in model.inputs]
             with torch.no_grad():
-                times = {
-                    "eager_ms": timed(lambda: eager(*args)),  # noqa: B023
-                    "module_ms": timed(lambda: unlifted(*args)),  # noqa: B023
-                    "runtime_ms": timed(lambda: runtime.run(batch)),  # noqa: B023
-                }
+                times = interleaved(
+                    {
+                        "eager_ms": lambda: eager(*args),  # noqa: B023
+                        "module_ms": lambda: unlifted(*args),  # noqa: B023
+                        "runtime_ms": lambda: runtime.run(batch),  # noqa: B023
+                    }
+                )
             rows.append(
                 {"model": name, "batch": bucket, **{k: round(v, 3) for k, v in times.items()}}
             )
