@@ -3,7 +3,9 @@
 Requests wait in a bounded FIFO. When one of `max_concurrency` execution slots is free, the batcher
 takes the oldest request and gathers more (same inner shapes once padded) until the batch is full or
 `max_queue_delay_ms` has passed since that oldest request arrived; a model with nothing running
-and nothing else queued runs the request at once, since waiting would only add latency. The batch
+and nothing else queued runs the request at once, since waiting would only add latency. Requests
+that were already queued when the slot freed (a busy model) get their window from that moment,
+so the clients just answered can join them instead of forming the next, half-full batch. The batch
 is padded to the nearest bucket (static shapes for XLA, fewer distinct shapes everywhere), and so is
 each named dimension (`padding`), and run on a worker thread; each caller gets exactly its own rows
 back, named output dimensions cut back to its own lengths.
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -132,6 +135,8 @@ class DynamicBatcher:
         self._batches_running = 0
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.max_concurrency)
+        self._slot_freed_at = -math.inf  # loop time a batch last gave its slot back
+        self._last_answered = 0  # requests that batch answered: clients that may send again
         self._closed = False
         self._loop_task: asyncio.Task[None] | None = None
         # Made by `drain`, set once nothing is queued or running.
@@ -248,8 +253,15 @@ class DynamicBatcher:
             self._wakeup.clear()
             await self._wakeup.wait()
             head = self._pop_live()
+        # A request queued before the last slot freed waited for the model, not for partners;
+        # the clients of the batch that just ended are being answered and, closed-loop, send
+        # again within a moment. Opening its window now, until those many more have come, gathers
+        # both groups into one batch, where dispatching at once would leave a busy model
+        # alternating between two half batches.
+        backlog = head.enqueued < self._slot_freed_at
+        expected = self._waiting + self._last_answered if backlog else 0
         policy = self._policy
-        window_end = head.enqueued + policy.max_queue_delay_s
+        window_end = (loop.time() if backlog else head.enqueued) + policy.max_queue_delay_s
         batch: list[_Pending] = []
         rows = 0
         while True:
@@ -263,7 +275,9 @@ class DynamicBatcher:
                 candidate = self._pop_live()
             if rows >= policy.max_batch_size or candidate is not None:
                 break
-            if not self._batches_running and self._waiting == len(batch):
+            if backlog and len(batch) >= expected:
+                break
+            if not backlog and not self._batches_running and self._waiting == len(batch):
                 # Nothing else is queued or running: an idle model gains no partner by waiting
                 # (a closed-loop client sends its next request only after this answer), so run.
                 break
@@ -282,10 +296,12 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_Pending]) -> None:
         self._batches_running += 1
+        answered = 0
         try:
             live = [pending for pending in batch if pending.state is _State.QUEUED]
             if not live:
                 return
+            answered = len(live)
             started = asyncio.get_running_loop().time()
             for pending in live:
                 pending.state = _State.RUNNING
@@ -296,6 +312,8 @@ class DynamicBatcher:
                 await self._isolate(live, error, started)
         finally:
             self._batches_running -= 1
+            self._slot_freed_at = asyncio.get_running_loop().time()
+            self._last_answered = answered
             self._slots.release()
             if self._idle is not None:
                 self._note_idle()

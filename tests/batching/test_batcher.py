@@ -327,3 +327,32 @@ def test_requests_arriving_while_a_batch_runs_wait_for_the_window() -> None:
 
     run(scenario())
     assert sizes == [1, 2]
+
+
+def test_a_backlog_waits_for_the_clients_of_the_batch_that_just_ended() -> None:
+    """Closed-loop clients of a busy model: the request that waited for the slot and the next
+    request of the client just answered share a batch, instead of alternating half batches."""
+    recorder = Recorder()
+    recorder.release.clear()
+    sizes: list[int] = []
+    observer = BatchObserver(on_batch=lambda rows, _bucket, _s: sizes.append(rows))
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(recorder, policy(max_queue_delay_s=0.5), executor, observer)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            x = {"x": np.ones((1, 1), np.float32)}
+            first = asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10))
+            await asyncio.sleep(0.05)  # the first batch is running (blocked in the model)
+            waiting = asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10))
+            await asyncio.sleep(0.6)  # longer than the window since it arrived
+            recorder.release.set()
+            await first
+            await asyncio.sleep(0.05)  # the answered client sends its next request
+            returning = asyncio.ensure_future(batcher.submit(x, 1, loop.time() + 10))
+            await asyncio.gather(waiting, returning)
+            await batcher.close()
+
+    run(scenario())
+    assert sizes == [1, 2]
