@@ -94,9 +94,18 @@ def served(
 ) -> list[dict[str, Any]]:
     payload = make_payload(model, launch.artifacts)
     server = start(launch, key, model, payload, size)
+    target = server.targets[0]
     try:
+        wait_ready(server, target, payload)
+    except RuntimeError:
+        # A port picked free can be taken before the server binds it (wrk's own connections
+        # come from the same range; TorchServe binds four): once more, on fresh ports.
+        launch.fleet.stop(server.proc)
+        log(f"{key} did not start; once more on other ports")
+        server = start(launch, key, model, payload, size)
         target = server.targets[0]
         wait_ready(server, target, payload)
+    try:
         if key == "aegis":
             wait_host_ready(server)
         return [
