@@ -7,7 +7,9 @@ whole, already padded batches of numpy arrays; a runtime never sees HTTP and nev
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import dataclasses
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -46,6 +48,59 @@ class RuntimeStats:
     compile_seconds: tuple[float, ...] = ()
     execute_seconds: float = 0.0
     fallback_ops: dict[str, int] = field(default_factory=dict)
+
+
+class CompileLedger:
+    """A compiling runtime's totals, and whether its warmup has ended.
+
+    Batches add to it from worker threads while scrapes read it: one lock, never held across a
+    compilation, so a scrape does not wait behind one. Compilations after `end_warmup` are counted
+    apart: each is a shape warmup did not cover.
+    """
+
+    def __init__(self) -> None:
+        self._totals = RuntimeStats()
+        self._lock = threading.Lock()
+        self._warm = False
+
+    def record(
+        self,
+        *,
+        compiled: int = 0,
+        cached: int = 0,
+        compile_seconds: Sequence[float] = (),
+        elapsed: float = 0.0,
+        fallback_ops: Mapping[str, int] = NO_DIMS,
+    ) -> int:
+        """Add one call; its execute time is `elapsed` less its compile time. Returns how many of
+        its compilations came after warmup."""
+        with self._lock:
+            totals = self._totals
+            totals.compilations += compiled
+            totals.cached_compilations += cached
+            totals.compile_seconds += tuple(compile_seconds)
+            totals.execute_seconds += max(0.0, elapsed - sum(compile_seconds))
+            for name, count in fallback_ops.items():
+                totals.fallback_ops[name] = totals.fallback_ops.get(name, 0) + count
+            after_warmup = compiled if self._warm else 0
+            totals.compilations_after_warmup += after_warmup
+        return after_warmup
+
+    def compiled_so_far(self) -> int:
+        with self._lock:
+            return len(self._totals.compile_seconds)
+
+    def compile_seconds_since(self, compiled_before: int) -> tuple[float, ...]:
+        with self._lock:
+            return self._totals.compile_seconds[compiled_before:]
+
+    def end_warmup(self) -> None:
+        with self._lock:
+            self._warm = True
+
+    def stats(self) -> RuntimeStats:
+        with self._lock:
+            return dataclasses.replace(self._totals, fallback_ops=dict(self._totals.fallback_ops))
 
 
 def check_buckets_fit(signature: Signature, config: ModelConfig, artifact: str) -> None:

@@ -22,7 +22,6 @@ torchax are imported only in `load`, so a host without them imports this module 
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from appliance.runtimes.artifacts import resolve_artifact
 from appliance.runtimes.base import (
     NO_DIMS,
     ArtifactError,
+    CompileLedger,
     DeviceUnavailable,
     ModelExecutionError,
     Runtime,
@@ -89,9 +89,7 @@ class JaxRuntime(Runtime):
         self._jax: Any = None
         self._device: Any = None
         self._program: _Program | None = None
-        self._totals = RuntimeStats()
-        self._totals_lock = threading.Lock()  # scrapes must not wait behind a long compilation
-        self._warm = False
+        self._ledger = CompileLedger()
 
     def load(self) -> None:
         # The device first: without it the policy is CPU fallback, whatever the artifact holds.
@@ -253,11 +251,9 @@ class JaxRuntime(Runtime):
         }
 
     def warmup(self, batch_size: int, dims: Mapping[str, int] = NO_DIMS) -> None:
-        with self._totals_lock:
-            compiled_before = len(self._totals.compile_seconds)
+        compiled_before = self._ledger.compiled_so_far()
         super().warmup(batch_size, dims)
-        with self._totals_lock:
-            seconds = self._totals.compile_seconds[compiled_before:]
+        seconds = self._ledger.compile_seconds_since(compiled_before)
         log.info(
             "jax_warmup",
             artifact=self.artifact.name,
@@ -268,8 +264,7 @@ class JaxRuntime(Runtime):
         )
 
     def finish_warmup(self) -> None:
-        with self._totals_lock:
-            self._warm = True
+        self._ledger.end_warmup()
         totals = self.stats()
         log.info(
             "jax_warm",
@@ -281,8 +276,7 @@ class JaxRuntime(Runtime):
         )
 
     def stats(self) -> RuntimeStats:
-        with self._totals_lock:
-            return dataclasses.replace(self._totals, fallback_ops={})
+        return self._ledger.stats()
 
     def _record(
         self,
@@ -291,15 +285,12 @@ class JaxRuntime(Runtime):
         shapes: dict[str, tuple[int, ...]],
     ) -> None:
         """Attribute what JAX built during one call to this runtime; a compile is never silent."""
-        compiled = len(built.seconds)
-        with self._totals_lock:
-            totals = self._totals
-            totals.compilations += compiled
-            totals.cached_compilations += built.cache_hits
-            totals.compile_seconds += tuple(built.seconds)
-            totals.execute_seconds += max(0.0, elapsed - sum(built.seconds))
-            after_warmup = compiled if self._warm else 0
-            totals.compilations_after_warmup += after_warmup
+        after_warmup = self._ledger.record(
+            compiled=len(built.seconds),
+            cached=built.cache_hits,
+            compile_seconds=built.seconds,
+            elapsed=elapsed,
+        )
         if after_warmup:
             log.warning(
                 "jax_compiled_after_warmup",

@@ -38,6 +38,7 @@ from appliance.config import ModelConfig
 from appliance.runtimes.base import (
     NO_DIMS,
     ArtifactError,
+    CompileLedger,
     DeviceUnavailable,
     ModelExecutionError,
     RuntimeStats,
@@ -228,9 +229,7 @@ class XlaRuntime(TorchRuntime):
         super().__init__(config, artifact)
         self._compilation_cache_dir = compilation_cache_dir
         self._xla: _XlaDevice | None = None
-        self._totals = RuntimeStats()
-        self._totals_lock = threading.Lock()  # scrapes must not wait behind a long compilation
-        self._warm = False
+        self._ledger = CompileLedger()
         self._fallback_reported: set[str] = set()
         # Compiled programs by input shapes; a model whose trace cannot be replayed gets none.
         self._programs: dict[tuple[tuple[int, ...], ...], Program] = {}
@@ -343,9 +342,7 @@ class XlaRuntime(TorchRuntime):
                 named = self._name_outputs(xlac._xla_get_cpu_tensors(outputs))
         except Exception as error:
             raise ModelExecutionError(f"{type(error).__name__}: {error}") from error
-        with self._totals_lock:
-            self._totals.cached_compilations += 1
-            self._totals.execute_seconds += time.perf_counter() - started
+        self._ledger.record(cached=1, elapsed=time.perf_counter() - started)
         return named
 
     def _run_new_shape(self, host: list[torch.Tensor]) -> dict[str, np.ndarray]:
@@ -370,8 +367,7 @@ class XlaRuntime(TorchRuntime):
             except Exception as error:
                 raise ModelExecutionError(f"{type(error).__name__}: {error}") from error
         if program is not None:
-            with self._totals_lock:
-                self._totals.cached_compilations += 1  # the first replay of the new program
+            self._ledger.record(cached=1)  # the first replay of the new program
         return named
 
     def _compile(
@@ -399,11 +395,9 @@ class XlaRuntime(TorchRuntime):
         return program
 
     def warmup(self, batch_size: int, dims: Mapping[str, int] = NO_DIMS) -> None:
-        with self._totals_lock:
-            compiled_before = len(self._totals.compile_seconds)
+        compiled_before = self._ledger.compiled_so_far()
         super().warmup(batch_size, dims)
-        with self._totals_lock:
-            seconds = self._totals.compile_seconds[compiled_before:]
+        seconds = self._ledger.compile_seconds_since(compiled_before)
         log.info(
             "xla_warmup",
             artifact=self.artifact.name,
@@ -414,8 +408,7 @@ class XlaRuntime(TorchRuntime):
         )
 
     def finish_warmup(self) -> None:
-        with self._totals_lock:
-            self._warm = True
+        self._ledger.end_warmup()
         totals = self.stats()
         log.info(
             "xla_warm",
@@ -427,8 +420,7 @@ class XlaRuntime(TorchRuntime):
         )
 
     def stats(self) -> RuntimeStats:
-        with self._totals_lock:
-            return dataclasses.replace(self._totals, fallback_ops=dict(self._totals.fallback_ops))
+        return self._ledger.stats()
 
     @contextmanager
     def _measured(
@@ -482,16 +474,13 @@ class XlaRuntime(TorchRuntime):
             for name, count in after.fallback_ops.items()
             if count > before.fallback_ops.get(name, 0)
         }
-        with self._totals_lock:
-            totals = self._totals
-            totals.compilations += compiled
-            totals.cached_compilations += after.cached - before.cached
-            totals.compile_seconds += compile_seconds
-            totals.execute_seconds += max(0.0, elapsed - sum(compile_seconds))
-            for name, count in fell_back.items():
-                totals.fallback_ops[name] = totals.fallback_ops.get(name, 0) + count
-            after_warmup = compiled if self._warm else 0
-            totals.compilations_after_warmup += after_warmup
+        after_warmup = self._ledger.record(
+            compiled=compiled,
+            cached=after.cached - before.cached,
+            compile_seconds=compile_seconds,
+            elapsed=elapsed,
+            fallback_ops=fell_back,
+        )
         if after_warmup:
             log.warning(
                 "xla_compiled_after_warmup",
