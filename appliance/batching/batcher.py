@@ -13,13 +13,15 @@ back, named output dimensions cut back to its own lengths.
 Deadlines are timers on the event loop, so a request whose deadline passes fails at that moment,
 not when a running batch ends; if it had not started it is dropped and never computed.
 
-A batch that fails is taken apart so that one request the model cannot take fails alone: the
-first request is rerun by itself, and if it passes, the rest is bisected (both halves rerun, a
-failing half split again) down to the requests that fail on their own; every other request is
-answered. If the first request fails alone and the rest fails too, the model is taken to fail on
-every input and all of them get the error: a model that fails on everything costs its batch and
-one more batch's rows (two reruns), not a rerun per request. Reruns go through the same padded
-path, so on XLA they run shapes that warmup compiled.
+A batch that fails is taken apart so that the requests the model cannot take fail alone, however
+many there are: it is bisected (both halves rerun, a failing half split again) down to the requests
+that fail on their own, and every other request is answered. No guess ends the search early, since
+a guess that the model fails on everything would fail good requests beside several bad ones. The
+cost is bounded by the tree: a failed batch of n requests is rerun at most 2n - 2 times, and each
+level of the tree reruns at most its n requests' rows, so at most ceil(log2 n) batches of rows in
+all (a model that fails on every input pays that bound; one culprit costs about 2 log2 n small
+runs). Requests whose deadline passes meanwhile drop out of the reruns. Reruns go through the same
+padded path, so on XLA they run shapes that warmup compiled.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class BatchObserver:
     on_depth: Callable[[int], None] = lambda depth: None
     # (requests that failed on their own, requests answered by reruns, requests failed because
     # the model failed on every part tried), once per failed batch.
-    on_failure: Callable[[int, int, int], None] = lambda culprits, rescued, unsorted: None
+    on_failure: Callable[[int, int], None] = lambda culprits, rescued: None
 
 
 @dataclass(slots=True)
@@ -352,30 +354,8 @@ class DynamicBatcher:
 
     async def _isolate(self, live: list[_Pending], error: Exception, started: float) -> None:
         """Answer every request of a failed batch that the model can take; fail the others."""
-        rows = sum(pending.rows for pending in live)
-        if len(live) == 1:
-            self._fail(live, _own_failure(live[0], error))
-            self._observer.on_failure(1, 0, 0)
-            return
-        first, rest = live[:1], live[1:]
-        first_error = await self._attempt(first, started)
-        if first_error is not None:
-            self._fail(first, _own_failure(first[0], first_error))
-            rest_error = await self._attempt(rest, started)
-            if rest_error is not None:
-                self._fail(
-                    rest,
-                    ModelFailed(
-                        f"the model failed on a batch of {rows} rows, and again on its parts "
-                        f"rerun apart: {rest_error}"
-                    ),
-                )
-                self._observer.on_failure(1, 0, len(rest))
-            else:
-                self._observer.on_failure(1, len(rest), 0)
-            return
-        culprits = await self._bisect(rest, error, started)
-        self._observer.on_failure(culprits, len(live) - culprits, 0)
+        culprits = await self._bisect(live, error, started)
+        self._observer.on_failure(culprits, len(live) - culprits)
 
     async def _bisect(self, part: list[_Pending], error: Exception, started: float) -> int:
         """`part` failed with `error`: rerun its halves, split the failing ones; the culprits."""

@@ -126,7 +126,7 @@ class Metrics:
         self.failed_batch_requests = Counter(
             "aegis_failed_batch_requests",
             "Requests of failed batches, by outcome: culprit (fails alone), rescued (answered "
-            "by a rerun), unsorted (the model failed on every part tried).",
+            "by a rerun).",
             (*model, "outcome"),
             registry=r,
         )
@@ -237,7 +237,7 @@ class ModelMetrics:
         self.failed_batches = metrics.failed_batches.labels(*labels)
         self._failed_requests = {
             outcome: metrics.failed_batch_requests.labels(*labels, outcome)
-            for outcome in ("culprit", "rescued", "unsorted")
+            for outcome in ("culprit", "rescued")
         }
         self._requests: dict[int, Counter] = {}
 
@@ -254,9 +254,9 @@ class ModelMetrics:
         if bucket > rows:
             self.padded_rows.inc(bucket - rows)
 
-    def observe_failure(self, culprits: int, rescued: int, unsorted: int) -> None:
+    def observe_failure(self, culprits: int, rescued: int) -> None:
         self.failed_batches.inc()
-        for outcome, count in (("culprit", culprits), ("rescued", rescued), ("unsorted", unsorted)):
+        for outcome, count in (("culprit", culprits), ("rescued", rescued)):
             if count:
                 self._failed_requests[outcome].inc(count)
 

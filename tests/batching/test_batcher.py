@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -207,9 +208,11 @@ class Picky:
     def __init__(self, fail_always: bool = False) -> None:
         self.fail_always = fail_always
         self.runs: list[int] = []
+        self.entered = threading.Event()
         self.release = threading.Event()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
         self.release.wait(10)
         self.runs.append(batch["x"].shape[0])
         if self.fail_always or (batch["x"] < 0).any():
@@ -217,11 +220,20 @@ class Picky:
         return {"y": batch["x"] * 10}
 
 
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll `condition` on the loop until it holds; fail after `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.002)
+
+
 async def poisoned_batch(model: Picky, values: list[float]) -> list[object]:
     """One batch of one-row requests holding `values`, queued behind a request that holds the
     model, so they are batched together; each request's result or exception."""
     with ThreadPoolExecutor(1) as executor:
-        observer_calls: list[tuple[int, int, int]] = []
+        observer_calls: list[tuple[int, int]] = []
         observer = BatchObserver(on_failure=lambda *counts: observer_calls.append(counts))
         batcher = DynamicBatcher(model, policy(max_queue_delay_s=0.05), executor, observer)
         batcher.start()
@@ -229,13 +241,15 @@ async def poisoned_batch(model: Picky, values: list[float]) -> list[object]:
         holder = asyncio.ensure_future(
             batcher.submit({"x": np.ones((1, 1), np.float32)}, 1, loop.time() + 10)
         )
-        await asyncio.sleep(0.05)
+        await _until(model.entered.is_set)
         requests = [
-            batcher.submit({"x": np.full((1, 1), value, np.float32)}, 1, loop.time() + 10)
+            asyncio.ensure_future(
+                batcher.submit({"x": np.full((1, 1), value, np.float32)}, 1, loop.time() + 10)
+            )
             for value in values
         ]
+        await _until(lambda: batcher.queue_depth == len(values))
         gathered = asyncio.gather(*requests, return_exceptions=True)
-        await asyncio.sleep(0.05)
         model.release.set()
         results = await gathered
         await asyncio.gather(holder, return_exceptions=True)
@@ -253,19 +267,40 @@ def test_a_poisoned_batch_fails_only_its_culprits() -> None:
             assert "this request's input 'x'" in str(result) and "negative input" in str(result)
         else:
             assert result.outputs["y"].tolist() == [[value * 10]], result
-    assert failures == [(2, 6, 0)]
+    assert failures == [(2, 6)]
     # Reruns are padded to the buckets like any batch: no new shape reaches the model.
     assert set(model.runs) <= {1, 2, 4, 8}, model.runs
 
 
-def test_a_model_failing_on_every_input_costs_one_batch_more_not_one_per_request() -> None:
+@pytest.mark.parametrize(
+    "culprits",
+    [(0, 5), (0, 1, 2, 3, 4, 5, 6), (0, 7), (1, 2, 3, 4, 5, 6, 7), (0, 2, 4, 6)],
+    ids=["first and one more", "all but the last", "first and last", "all but the first", "every other"],
+)
+def test_good_requests_are_answered_beside_any_number_of_culprits(
+    culprits: tuple[int, ...],
+) -> None:
+    model = Picky()
+    values = [-1.0 - i if i in culprits else 1.0 + i for i in range(8)]
+    *results, failures = run(poisoned_batch(model, values))  # type: ignore[misc]
+    for value, result in zip(values, results, strict=True):
+        if value < 0:
+            assert isinstance(result, ModelFailed), result
+        else:
+            assert result.outputs["y"].tolist() == [[value * 10]], result
+    assert failures == [(len(culprits), 8 - len(culprits))]
+
+
+def test_a_model_failing_on_every_input_costs_at_most_the_bisection_tree() -> None:
     model = Picky(fail_always=True)
     *results, failures = run(poisoned_batch(model, [1.0] * 8))  # type: ignore[misc]
     assert all(isinstance(result, ModelFailed) for result in results), results
-    assert "again on its parts rerun apart" in str(results[-1])
-    # The holder's batch, the batch of 8, the first request alone, the other 7 (padded to 8).
-    assert model.runs == [1, 8, 1, 8], model.runs
-    assert failures == [(1, 0, 0), (1, 0, 7)]
+    assert "this request's input 'x'" in str(results[-1])
+    # The holder's batch, then the batch of 8 and every node of its bisection tree below it:
+    # 2 * 8 - 2 reruns, each level of the tree rerunning the 8 rows once (log2 8 = 3 levels).
+    assert model.runs == [1, 8, 4, 2, 1, 1, 2, 1, 1, 4, 2, 1, 1, 2, 1, 1], model.runs
+    assert sum(model.runs[2:]) == 8 * 3
+    assert failures == [(1, 0), (8, 0)]
 
 
 def test_requests_with_different_inner_shapes_are_not_mixed() -> None:

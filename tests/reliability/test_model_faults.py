@@ -96,6 +96,25 @@ def test_a_bad_request_fails_alone_and_the_rest_of_its_batch_is_served(server) -
     assert call(server, "GET", "/v2/health/ready").status == 200
 
 
+def test_every_good_request_is_answered_beside_many_culprits(server) -> None:
+    """Half of 48 concurrent requests make the model raise, so most batches hold several culprits
+    (often as their first request): every good request still gets its own answer."""
+    rows = [[-float(i), 1.0] if i % 2 else [float(i), 1.0] for i in range(1, 49)]
+    with ThreadPoolExecutor(48) as pool:
+        replies = list(pool.map(lambda row: failing(server, row), rows))
+    lost = [
+        (row, reply.status)
+        for row, reply in zip(rows, replies, strict=True)
+        if row[0] >= 0 and reply.status != 200
+    ]
+    assert not lost, lost
+    for row, reply in zip(rows, replies, strict=True):
+        if row[0] < 0:
+            assert reply.status == 500 and "this request's input 'x'" in reply.error(), reply
+        else:
+            assert reply.json()["outputs"][0]["data"] == [value * 2 for value in row]
+
+
 def test_nan_and_infinities_are_data_in_json(server) -> None:
     reply = call(
         server, "POST", "/v2/models/nonfinite/infer", json_infer("x", "FP32", [1, 2], [-1.0, 0.0])
