@@ -447,6 +447,9 @@ def access_log_rate(setting: str) -> float | None:
 class StorageConfig(_Table):
     cache_dir: Annotated[Text, Field(min_length=1)] = "/var/lib/aegis/models"
     download_concurrency: PositiveInt = 8
+    # Free space a sync leaves beyond its download (the larger of this and 5% of the download):
+    # a disk filled to the last byte breaks the journal and the compile cache, not only the sync.
+    disk_reserve_bytes: NonNegativeInt = 64 * MiB
 
 
 class XlaConfig(_Table):

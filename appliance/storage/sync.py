@@ -32,8 +32,6 @@ log = structlog.get_logger("aegis.storage")
 # Objects above this are fetched as ranges in parallel; a failed range is retried on its own.
 RANGED_THRESHOLD = 32 * MiB
 PART_SIZE = 16 * MiB
-# Free space kept beyond the download: the larger of 64 MiB and 5% of what is fetched.
-DISK_RESERVE = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -98,6 +96,7 @@ class ArtifactStore:
     ) -> None:
         self._root = Path(config.cache_dir)
         self._concurrency = config.download_concurrency
+        self._disk_reserve = config.disk_reserve_bytes
         self._metrics = metrics
         self._progress = progress or SyncProgress()
         policy = retry or RetryPolicy()
@@ -269,11 +268,12 @@ class ArtifactStore:
     def _check_space(self, folder: Path, fetch: list[_Planned]) -> None:
         needed = sum(p.remote.size for p in fetch)
         free = shutil.disk_usage(folder).free
-        wanted = needed + max(DISK_RESERVE, needed // 20)
-        if wanted > free:
+        reserve = max(self._disk_reserve, needed // 20) if self._disk_reserve else 0
+        if needed + reserve > free:
             raise SyncError(
                 f"not enough disk space in {folder}: {needed / MiB:.1f} MiB to download "
-                f"(plus {(wanted - needed) / MiB:.0f} MiB reserve), {free / MiB:.1f} MiB free"
+                f"plus a reserve of {reserve / MiB:.1f} MiB ([storage] disk_reserve_bytes, "
+                f"or 5% of the download), {free / MiB:.1f} MiB free"
             )
 
     def _download_all(self, store: ObjectStore, data: Path, fetch: list[_Planned]) -> None:

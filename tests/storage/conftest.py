@@ -114,8 +114,12 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def make_store(cache_dir: Path, metrics: Metrics) -> Callable[..., ArtifactStore]:
-    def make(concurrency: int = 4) -> ArtifactStore:
-        config = StorageConfig(cache_dir=str(cache_dir), download_concurrency=concurrency)
+    def make(concurrency: int = 4, disk_reserve_bytes: int = 64 << 20) -> ArtifactStore:
+        config = StorageConfig(
+            cache_dir=str(cache_dir),
+            download_concurrency=concurrency,
+            disk_reserve_bytes=disk_reserve_bytes,
+        )
         return ArtifactStore(config, metrics, retry=FAST_RETRY)
 
     return make

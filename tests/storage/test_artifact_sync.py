@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -382,14 +383,18 @@ def test_not_enough_disk_space_stops_before_downloading(
     bucket: storage.Bucket,
     make_store: StoreFactory,
     cache_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     bucket.blob("m/a.pt2").upload_from_string(b"a" * 1000)
-    monkeypatch.setattr("appliance.storage.sync.DISK_RESERVE", 1 << 62)  # more than any disk
-    with pytest.raises(SyncError, match="not enough disk space"):
-        make_store().sync("m", "1", f"gs://{bucket.name}/m/")
+    # A reserve the size of the whole disk: the 1000 bytes can never fit beside it.
+    whole_disk = shutil.disk_usage(tmp_path).total
+    with pytest.raises(SyncError, match=r"not enough disk space.*\[storage\] disk_reserve_bytes"):
+        make_store(disk_reserve_bytes=whole_disk).sync("m", "1", f"gs://{bucket.name}/m/")
     assert not (cache_dir / "m" / "1" / "current").exists()
     assert staged(cache_dir, "m") == []
+    # The reserve is the operator's to size: a small one lets the same small model in.
+    result = make_store(disk_reserve_bytes=0).sync("m", "1", f"gs://{bucket.name}/m/")
+    assert (result.path / "a.pt2").read_bytes() == b"a" * 1000
 
 
 def test_local_sources_are_used_in_place(tmp_path: Path, make_store: StoreFactory) -> None:
