@@ -28,8 +28,8 @@ class SyncProgress:
     def object_done(self, name: str) -> None:
         """Object `name` is downloaded and verified."""
 
-    def end(self, downloaded: int, stale: bool) -> None:
-        """The version's sync finished (also after a failure)."""
+    def end(self, downloaded: int, failed: bool = False) -> None:
+        """The version's sync ended: finished, or `failed` (its download is discarded)."""
 
 
 @dataclass
@@ -94,11 +94,11 @@ class _Tracker(SyncProgress):
             self._active.pop(name, None)
             self._finished += 1
 
-    def end(self, downloaded: int, stale: bool) -> None:
+    def end(self, downloaded: int, failed: bool = False) -> None:
         with self._lock:
-            self._show(final=True, stale=stale)
+            self._show(final=True, failed=failed)
 
-    def _show(self, final: bool, stale: bool = False) -> None:
+    def _show(self, final: bool, failed: bool = False) -> None:
         raise NotImplementedError
 
 
@@ -123,7 +123,7 @@ class TerminalProgress(_Tracker):
             name = "..." + name[-(room - 3) :]
         return f"{name:<{room}}  {figures}"
 
-    def _show(self, final: bool, stale: bool = False) -> None:
+    def _show(self, final: bool, failed: bool = False) -> None:
         now = time.monotonic()
         if not final and now - self._last < 0.1:
             return
@@ -131,8 +131,8 @@ class TerminalProgress(_Tracker):
         lines = [] if final else [self._line(n, c, now) for n, c in list(self._active.items())[:8]]
         total = self._line(f"{self._label} total", self._total, now)
         summary = f" ({self._finished}/{len(self._objects)} objects)"
-        if stale:
-            summary = " (source unreachable: last verified copy)"
+        if failed:
+            summary += " FAILED"
         lines.append(total + summary)
         # Move up over the previous drawing, then overwrite it line by line.
         up = f"\x1b[{self._drawn}F" if self._drawn else ""
@@ -152,7 +152,7 @@ class LogProgress(_Tracker):
         self._interval_s = interval_s
         self._last = 0.0
 
-    def _show(self, final: bool, stale: bool = False) -> None:
+    def _show(self, final: bool, failed: bool = False) -> None:
         now = time.monotonic()
         first = self._total.done == 0 and not final
         if not (first or final or now - self._last >= self._interval_s):
@@ -167,6 +167,7 @@ class LogProgress(_Tracker):
             objects=len(self._objects),
             rate_mib_s=round(self._total.rate(now) / MiB, 1),
             eta=self._total.eta(now),
-            finished=final,
-            stale=stale,
+            # A failed sync ends, but does not finish: its partial download is discarded.
+            finished=final and not failed,
+            failed=failed,
         )

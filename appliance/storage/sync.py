@@ -248,10 +248,10 @@ class ArtifactStore:
             snapshot = cache.commit(staging, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-            self._progress.end(0, stale=False)
+            self._progress.end(0, failed=True)
             raise
         downloaded = sum(p.remote.size for p in fetch)
-        self._progress.end(downloaded, stale=False)
+        self._progress.end(downloaded)
         return snapshot, downloaded
 
     def _describe(self, store: ObjectStore, fetch: list[_Planned]) -> list[_Planned]:

@@ -14,7 +14,7 @@ from google.cloud import storage
 
 from appliance.config import StorageConfig
 from appliance.metrics import Metrics
-from appliance.storage import ArtifactStore, RetryPolicy
+from appliance.storage import ArtifactStore, RetryPolicy, SyncProgress
 from tests.support.gcs import admin_client, emulator
 from tests.support.http import free_port
 from tests.support.s3 import AWS_VARIABLES_TO_CLEAR, S3Server, moto_server
@@ -114,12 +114,16 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def make_store(cache_dir: Path, metrics: Metrics) -> Callable[..., ArtifactStore]:
-    def make(concurrency: int = 4, disk_reserve_bytes: int = 64 << 20) -> ArtifactStore:
+    def make(
+        concurrency: int = 4,
+        disk_reserve_bytes: int = 64 << 20,
+        progress: SyncProgress | None = None,
+    ) -> ArtifactStore:
         config = StorageConfig(
             cache_dir=str(cache_dir),
             download_concurrency=concurrency,
             disk_reserve_bytes=disk_reserve_bytes,
         )
-        return ArtifactStore(config, metrics, retry=FAST_RETRY)
+        return ArtifactStore(config, metrics, progress, retry=FAST_RETRY)
 
     return make

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -465,11 +465,32 @@ def test_progress_on_a_terminal_and_in_logs() -> None:
             time.sleep(0.11)  # past the terminal's redraw throttle
             progress.advance("models/m/weights.bin", 2 * 1024 * 1024)
             progress.object_done("models/m/weights.bin")
-            progress.end(4 * 1024 * 1024, stale=False)
+            progress.end(4 * 1024 * 1024)
 
     drawn = stream.getvalue()
     assert "models/m/weights.bin" in drawn and "MiB/s" in drawn and "ETA" in drawn
     assert "m/1 total" in drawn and "(1/1 objects)" in drawn and "\x1b[" in drawn
     events = [e for e in logs if e["event"] == "sync_progress"]
     assert events[-1]["finished"] is True and events[-1]["bytes"] == 4 * 1024 * 1024
+    assert events[-1]["failed"] is False
     assert {"rate_mib_s", "eta", "total_bytes"} <= set(events[-1])
+
+
+def test_a_failed_sync_ends_its_progress_as_failed_not_finished(
+    bucket: storage.Bucket, make_store: StoreFactory
+) -> None:
+    blob = bucket.blob("m/a.pt2")
+    blob.upload_from_string(b"a" * 1000)
+
+    class ObjectVanishes(LogProgress):
+        """The object is deleted between the listing and the download: a real race."""
+
+        def begin(self, model: str, version: str, objects: Sequence[tuple[str, int]]) -> None:
+            blob.delete()
+            super().begin(model, version, objects)
+
+    store = make_store(progress=ObjectVanishes(interval_s=0.0))
+    with structlog.testing.capture_logs() as logs, pytest.raises(SyncError):
+        store.sync("m", "1", f"gs://{bucket.name}/m/")
+    events = [e for e in logs if e["event"] == "sync_progress"]
+    assert events and events[-1]["failed"] is True and events[-1]["finished"] is False, events
