@@ -271,9 +271,13 @@ class ModelLifecycle:
             for model in models:
                 outcome = await self._swap_in(model)
                 if outcome.error:
-                    raise LoadFailed(
-                        f"load of {name!r} failed, the serving version stays: {outcome.error}"
+                    serving = model.version in self._repository.versions(name)
+                    left = (
+                        "the serving version stays"
+                        if serving
+                        else f"version {model.version!r} is not serving"
                     )
+                    raise LoadFailed(f"load of {name!r} failed, {left}: {outcome.error}")
 
     async def unload(self, name: str) -> None:
         async with self._changing:

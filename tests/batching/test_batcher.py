@@ -275,7 +275,13 @@ def test_a_poisoned_batch_fails_only_its_culprits() -> None:
 @pytest.mark.parametrize(
     "culprits",
     [(0, 5), (0, 1, 2, 3, 4, 5, 6), (0, 7), (1, 2, 3, 4, 5, 6, 7), (0, 2, 4, 6)],
-    ids=["first and one more", "all but the last", "first and last", "all but the first", "every other"],
+    ids=[
+        "first and one more",
+        "all but the last",
+        "first and last",
+        "all but the first",
+        "every other",
+    ],
 )
 def test_good_requests_are_answered_beside_any_number_of_culprits(
     culprits: tuple[int, ...],

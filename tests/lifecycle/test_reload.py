@@ -176,6 +176,24 @@ def test_unload_then_load_through_the_admin_api(serve, model_file: Path, tmp_pat
     assert admin(server, "/v2/repository/models/other/load")[0] == 404
 
 
+def test_a_failed_admin_load_says_whether_a_version_still_serves(
+    serve, model_file: Path, tmp_path: Path
+) -> None:
+    server = serve(
+        model_table("m", model_file, "max_batch_size = 8"),
+        f'admin_token_file = "{token_file(tmp_path)}"',
+    )
+    model_file.write_bytes(b"not a model")
+    status, body = admin(server, "/v2/repository/models/m/load")
+    assert status == 500 and "the serving version stays" in body["error"], body  # type: ignore[index]
+    assert infer(server, np.ones((1, 8), dtype=np.float32))[0] == 200
+    assert admin(server, "/v2/repository/models/m/unload") == (200, {})
+    status, body = admin(server, "/v2/repository/models/m/load")
+    message = body["error"]  # type: ignore[index]
+    assert status == 500 and "version '1' is not serving" in message, body
+    assert "stays" not in message
+
+
 def test_admin_endpoints_are_off_without_a_token_file(serve, model_file: Path) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"))
     status, body = admin(server, "/v2/repository/index")
