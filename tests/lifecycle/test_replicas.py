@@ -72,6 +72,15 @@ def scrape(server: ServerProcess) -> str:
         return response.read().decode()
 
 
+def served_counts(server: ServerProcess, total: int) -> dict[str, float]:
+    """200s by replica once all `total` are counted: a request is counted just after its reply."""
+    end = time.monotonic() + 10
+    while sum((counts := served_by_replica(scrape(server))).values()) < total:
+        assert time.monotonic() < end, f"{total} requests not counted: {counts}"
+        time.sleep(0.05)
+    return counts
+
+
 def served_by_replica(text: str, code: str = "200") -> dict[str, float]:
     pattern = re.compile(r"^aegis_inference_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
     counts: dict[str, float] = {}
@@ -138,7 +147,7 @@ def test_fresh_connections_reach_every_replica_and_one_scrape_counts_them_all(
     run_load(clients, lambda: [client.join(120) for client in clients], settle_s=0)
     statuses = [status for client in clients for _, status, _ in client.results]
     assert statuses == [200] * 160
-    counts = served_by_replica(scrape(server))
+    counts = served_counts(server, 160)
     assert set(counts) == {str(i) for i in range(replicas)}, counts
     assert sum(counts.values()) == 160
     assert all(count > 0 for count in counts.values()), counts
@@ -171,7 +180,7 @@ def test_keep_alive_connections_opened_at_once_are_spread(serve, model_file: Pat
             thread.join(60)
         assert statuses == [200] * connections
         # One request per connection, all still open: the counts are where the connections went.
-        counts = served_by_replica(scrape(server))
+        counts = served_counts(server, connections)
     finally:
         for connection in held:
             connection.close()

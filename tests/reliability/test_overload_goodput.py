@@ -28,11 +28,11 @@ REFUSAL_MEDIAN_S = 0.25  # the 503 itself is not held back, only the connection'
 async def client(
     host: str, port: int, end: float, counts: dict[int, int], refusals: list[float]
 ) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
     head = (
         f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(BODY)}\r\n\r\n"
     ).encode()
     status = 200
+    reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.monotonic() < end:
             # After a 503 the connection's next request is held for Retry-After, on purpose.
@@ -41,15 +41,23 @@ async def client(
             writer.write(head + BODY)
             status_line = await reader.readline()
             length = 0
+            closing = False
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.decode("latin-1").partition(":")
                 if name.lower() == "content-length":
                     length = int(value)
+                elif name.lower() == "connection":
+                    closing = "close" in value.lower()
             await reader.readexactly(length)
             status = int(status_line.split()[1])
             counts[status] = counts.get(status, 0) + 1
             if status == 503 and not held:
                 refusals.append(time.monotonic() - sent)
+            if closing:
+                # Hypercorn ends a keep-alive connection after its request limit, as real
+                # servers do; a real client follows and reconnects.
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
     finally:
         writer.close()
 
