@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from appliance.batching.estimate import BatchTimes
 from appliance.batching.padding import NamedDims, assemble
 from appliance.errors import DeadlineExceeded, InvalidInput, ModelFailed, ModelNotReady, QueueFull
 
@@ -63,6 +64,8 @@ class BatchResult:
     batch_size: int
     queue_s: float
     compute_s: float
+    # Why a CPU replica served it ("unavailable", "overflow", "latency"); None on the model's own.
+    fallback: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -88,6 +91,8 @@ class BatchObserver:
     # (requests that failed on their own, requests answered by reruns, requests failed because
     # the model failed on every part tried), once per failed batch.
     on_failure: Callable[[int, int], None] = lambda culprits, rescued: None
+    # A bucket's moving average of batch time moved (seeded by warmup, then every batch).
+    on_average: Callable[[int, float], None] = lambda bucket, seconds: None
 
 
 @dataclass(slots=True)
@@ -132,6 +137,10 @@ class DynamicBatcher:
         self._observer = observer or BatchObserver()
         self._queue: deque[_Pending] = deque()
         self._waiting = 0
+        self._queued_rows = 0
+        self.times = BatchTimes()
+        # Batches on the model now: (loop time started, bucket), for completion estimates.
+        self._on_model: dict[int, tuple[float, int]] = {}
         self._running: set[asyncio.Task[None]] = set()
         # Counted apart from `_running`: a finished task leaves that set a loop turn late.
         self._batches_running = 0
@@ -151,6 +160,39 @@ class DynamicBatcher:
     @property
     def has_room(self) -> bool:
         return self._waiting < self._policy.max_queue_size
+
+    @property
+    def would_wait(self) -> bool:
+        """Whether a request queued now waits behind others (a queue, or every slot busy)."""
+        return self._waiting > 0 or self._batches_running >= self._policy.max_concurrency
+
+    def seed_times(self, measured: dict[int, float]) -> None:
+        """Batch times measured before serving (warmup), until serving measures its own."""
+        self.times.seed(measured)
+        for bucket, seconds in self.times.snapshot().items():
+            self._observer.on_average(bucket, seconds)
+
+    def estimate_s(self, rows: int) -> float | None:
+        """Predicted seconds until a request of `rows` rows, queued now, is answered.
+
+        What remains of the batches on the model, then the queued rows and these in full batches
+        and one last partial one, each at its bucket's measured time, one after another (the
+        device runs one batch at a time; overlapping host work only makes this pessimistic).
+        None until batch times have been measured.
+        """
+        policy = self._policy
+        full = policy.max_batch_size
+        full_batches, rest = divmod(self._queued_rows + rows, full)
+        full_s = self.times.seconds(full)
+        rest_s = self.times.seconds(policy.bucket_for(rest)) if rest else 0.0
+        if full_s is None or rest_s is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        running_s = 0.0
+        for started, bucket in self._on_model.values():
+            expected = self.times.seconds(bucket) or 0.0
+            running_s += max(expected - (now - started), 0.0)
+        return running_s + full_batches * full_s + rest_s
 
     def start(self) -> None:
         if self._loop_task is None:
@@ -194,6 +236,7 @@ class DynamicBatcher:
         pending = _Pending(inputs, rows, key, lengths, padded, loop.time(), loop.create_future())
         pending.timer = loop.call_at(deadline, self._expire, pending)
         self._queue.append(pending)
+        self._queued_rows += rows
         self._set_waiting(self._waiting + 1)
         self._wakeup.set()
         try:
@@ -216,6 +259,7 @@ class DynamicBatcher:
     def _withdraw(self, pending: _Pending) -> None:
         if pending.state is _State.QUEUED:
             pending.state = _State.DONE
+            self._queued_rows -= pending.rows
             self._set_waiting(self._waiting - 1)
         if pending.timer is not None:
             pending.timer.cancel()
@@ -307,6 +351,7 @@ class DynamicBatcher:
             started = asyncio.get_running_loop().time()
             for pending in live:
                 pending.state = _State.RUNNING
+                self._queued_rows -= pending.rows
                 self._observer.on_dequeue(started - pending.enqueued)
             self._set_waiting(self._waiting - len(live))
             error = await self._attempt(live, started)
@@ -332,12 +377,18 @@ class DynamicBatcher:
         bucket = self._policy.bucket_for(rows)
         parts = [pending.inputs for pending in live]
         padded = live[0].padded  # the same for all: they share a shape key
+        loop = asyncio.get_running_loop()
+        token = id(live)
+        self._on_model[token] = (loop.time(), bucket)
         try:
-            outputs, compute_s = await asyncio.get_running_loop().run_in_executor(
+            outputs, compute_s = await loop.run_in_executor(
                 self._executor, self._run_padded, parts, bucket, padded
             )
         except Exception as error:
             return error
+        finally:
+            del self._on_model[token]
+        self._observer.on_average(bucket, self.times.observe(bucket, compute_s))
         self._observer.on_batch(rows, bucket, compute_s)
         offset = 0
         for pending in live:

@@ -30,7 +30,7 @@ from appliance.units import MiB
 
 Runtime = Literal["torch", "onnx", "tpu", "jax"]
 Device = Literal["cpu", "cuda", "tpu"]
-CpuFallback = Literal["off", "unavailable", "overflow"]
+CpuFallback = Literal["off", "unavailable", "overflow", "latency"]
 Datatype = Literal[
     "BF16", "BOOL", "BYTES", "FP16", "FP32", "FP64", "INT16", "INT32", "INT64", "INT8",
     "UINT16", "UINT32", "UINT64", "UINT8",

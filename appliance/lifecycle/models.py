@@ -159,21 +159,32 @@ class ModelLifecycle:
         shapes = len(list(warmup_shapes(config.batch_buckets, config.dims)))
         self._notifier.status(f"warming {label} ({shapes} shapes)")
         try:
-            for runtime in runtimes:
+            warm_times = [
                 await asyncio.to_thread(
                     warm_up, runtime, config.batch_buckets, config.dims, config.warmup_iters
                 )
+                for runtime in runtimes
+            ]
         except BaseException:
             # A version that does not come up must not keep its device memory.
             await _close_runtimes(runtimes)
             raise
         metrics = ModelMetrics(self._metrics, model.name, model.version)
-        primary = make_replica(model.name, loaded.primary, config, metrics)
+        primary = make_replica(model.name, loaded.primary, config, metrics, warm_times[0])
         overflow = (
-            make_replica(model.name, loaded.overflow, config, metrics) if loaded.overflow else None
+            make_replica(model.name, loaded.overflow, config, metrics, warm_times[1])
+            if loaded.overflow
+            else None
         )
         served = ServedModel(
-            model.name, model.version, config, primary, metrics, overflow, artifact_print
+            model.name,
+            model.version,
+            config,
+            primary,
+            metrics,
+            overflow,
+            artifact_print,
+            stand_in=loaded.fallback_reason is not None,
         )
         metrics.set_ready(served.device, True)
         log.info(

@@ -113,9 +113,19 @@ class Metrics:
         )
         self.cpu_fallback_requests = Counter(
             "aegis_cpu_fallback_requests",
-            "Requests served by a CPU fallback replica.",
-            model,
+            "Requests served on the CPU instead of the model's device, by reason: unavailable "
+            "(the device could not be opened), overflow (its queue was full), latency (the CPU "
+            "was predicted to answer first).",
+            (*model, "reason"),
             registry=r,
+        )
+        self.batch_seconds_average = Gauge(
+            "aegis_batch_seconds_average",
+            "Moving average of a batch's compute time, by device and bucket: what latency "
+            "routing predicts completion times with (the slowest replica's, across replicas).",
+            (*model, "device", "bucket"),
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.failed_batches = Counter(
             "aegis_failed_batches",
@@ -233,7 +243,10 @@ class ModelMetrics:
         self.batch_size = metrics.batch_size.labels(*labels)
         self.padded_rows = metrics.padded_rows.labels(*labels)
         self.queue_depth = metrics.queue_depth.labels(*labels)
-        self.cpu_fallback_requests = metrics.cpu_fallback_requests.labels(*labels)
+        self._fallbacks = {
+            reason: metrics.cpu_fallback_requests.labels(*labels, reason)
+            for reason in ("unavailable", "overflow", "latency")
+        }
         self.failed_batches = metrics.failed_batches.labels(*labels)
         self._failed_requests = {
             outcome: metrics.failed_batch_requests.labels(*labels, outcome)
@@ -253,6 +266,18 @@ class ModelMetrics:
         self.compute_duration.observe(compute_s)
         if bucket > rows:
             self.padded_rows.inc(bucket - rows)
+
+    def count_fallback(self, reason: str) -> None:
+        self._fallbacks[reason].inc()
+
+    def batch_average(self, device: str) -> Callable[[int, float], None]:
+        """What a replica on `device` reports its per-bucket batch-time averages to."""
+        gauge = self._metrics.batch_seconds_average
+
+        def report(bucket: int, seconds: float) -> None:
+            gauge.labels(self.name, self.version, device, str(bucket)).set(seconds)
+
+        return report
 
     def observe_failure(self, culprits: int, rescued: int) -> None:
         self.failed_batches.inc()

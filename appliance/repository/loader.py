@@ -4,6 +4,7 @@ the lifecycle runs it on a worker thread."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,11 @@ def load_runtimes(model: DeclaredModel, location: Path, xla: XlaConfig) -> Loade
         )
         return LoadedRuntimes(_cpu_runtime(model, artifact), None, str(error))
     overflow = None
-    if config.cpu_fallback == "overflow" and config.device != "cpu" and runtime.device != "cpu":
+    if (
+        config.cpu_fallback in ("overflow", "latency")
+        and config.device != "cpu"
+        and runtime.device != "cpu"
+    ):
         overflow = _cpu_runtime(model, artifact)
     return LoadedRuntimes(runtime, overflow, None)
 
@@ -78,16 +83,23 @@ def warm_up(
     buckets: tuple[int, ...],
     dims: Mapping[str, tuple[int, ...]],
     iterations: int,
-) -> None:
+) -> dict[int, float]:
     """Run every shape the batcher can send `iterations` times, so serving compiles and
-    allocates nothing new.
+    allocates nothing new; the seconds of each bucket's last run (its slowest named sizes).
 
     With no iterations the smallest bucket still runs once: each warmup run checks the outputs
     against the signature, and a model that breaks its declaration must not come up.
     """
+    seconds: dict[int, float] = {}
     for bucket, sizes in warmup_shapes(buckets, dims):
         for _ in range(iterations):
+            started = time.perf_counter()
             runtime.warmup(bucket, sizes)
+            elapsed = time.perf_counter() - started
+        if iterations:
+            # The last run: the first of a shape may have compiled.
+            seconds[bucket] = max(seconds.get(bucket, 0.0), elapsed)
     if iterations == 0:
         runtime.warmup(buckets[0])
     runtime.finish_warmup()
+    return seconds

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,19 +44,26 @@ def _policy(config: ModelConfig, signature: Signature) -> BatchingPolicy:
 
 
 def make_replica(
-    name: str, runtime: Runtime, config: ModelConfig, metrics: ModelMetrics
+    name: str,
+    runtime: Runtime,
+    config: ModelConfig,
+    metrics: ModelMetrics,
+    warm_times: dict[int, float] | None = None,
 ) -> Replica:
-    """A batcher in front of `runtime`; call from the event loop."""
+    """A batcher in front of `runtime`, its batch times seeded with warmup's; call from the
+    event loop."""
     executor = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix=f"aegis-{name}")
     observer = BatchObserver(
         on_batch=metrics.observe_batch,
         on_dequeue=metrics.queue_duration.observe,
         on_depth=metrics.queue_depth.set,
         on_failure=metrics.observe_failure,
+        on_average=metrics.batch_average(runtime.device),
     )
     assert runtime.signature is not None, "replicas hold loaded runtimes"
     policy = _policy(config, runtime.signature)
     batcher = DynamicBatcher(runtime.run, policy, executor, observer)
+    batcher.seed_times(warm_times or {})
     batcher.start()
     return Replica(runtime, batcher, executor)
 
@@ -73,7 +80,10 @@ class ServedModel:
         metrics: ModelMetrics,
         overflow: Replica | None = None,
         fingerprint: str = "",
+        stand_in: bool = False,
     ) -> None:
+        """`overflow`: the CPU replica of `cpu_fallback` "overflow" or "latency"; `stand_in`:
+        `primary` is a CPU replica serving because the device could not be opened."""
         assert primary.runtime.signature is not None, "replicas hold loaded runtimes"
         self.name = name
         self.version = version
@@ -82,6 +92,8 @@ class ServedModel:
         self.overflow = overflow
         self.metrics = metrics
         self.fingerprint = fingerprint
+        self.stand_in = stand_in
+        self._route_by_latency = overflow is not None and config.cpu_fallback == "latency"
         self.signature: Signature = primary.runtime.signature
         self.state = ModelState.READY
         self.successor: ServedModel | None = None
@@ -211,22 +223,55 @@ class ServedModel:
         raise QueueFull(f"queue full ({self.config.max_queue_size} requests waiting)")
 
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float) -> BatchResult:
-        """Queue the request on the primary replica, or on the CPU overflow replica when full."""
+        """Queue the request on the primary replica, or on the CPU replica: when the primary's
+        queue is full (`overflow`, `latency`), or when the CPU is predicted to answer it first
+        (`latency`)."""
         model: ServedModel = self
         while model.state is ModelState.UNLOADING and model.successor is not None:
             # Swapped out after the caller looked it up: the new version takes the request.
             model = model.successor
         if model.state is not ModelState.READY:
             raise ModelNotReady(f"model {self.name!r} version {self.version!r} is not ready")
+        if model._route_by_latency and model._cpu_answers_first(rows):
+            try:
+                return await model._on_cpu(inputs, rows, deadline, "latency")
+            except QueueFull:
+                pass  # the CPU's own bounded queue is full: the device queues it after all
         try:
-            return await model.primary.batcher.submit(inputs, rows, deadline)
+            result = await model.primary.batcher.submit(inputs, rows, deadline)
         except QueueFull:
             if model.overflow is None:
                 raise
-            result = await model.overflow.batcher.submit(inputs, rows, deadline)
-            # Counted once served: a request the CPU replica also refuses was not served by it.
-            model.metrics.cpu_fallback_requests.inc()
-            return result
+            return await model._on_cpu(inputs, rows, deadline, "overflow")
+        if model.stand_in:
+            model.metrics.count_fallback("unavailable")
+            return replace(result, fallback="unavailable")
+        return result
+
+    def _cpu_answers_first(self, rows: int) -> bool:
+        """Whether the CPU replica is predicted to answer `rows` rows sooner than the device.
+
+        Only a small request (one that fits the smallest batch bucket) that would wait on the
+        device is considered: an idle device keeps its traffic, so a quiet model never moves to
+        the CPU on estimates alone, and large requests, which the device batches best, stay on
+        it, so the CPU's cores go to the interactive requests that gain most.
+        """
+        assert self.overflow is not None
+        device = self.primary.batcher
+        if rows > self.config.batch_buckets[0] or not device.would_wait:
+            return False
+        cpu_s = self.overflow.batcher.estimate_s(rows)
+        device_s = device.estimate_s(rows)
+        return cpu_s is not None and device_s is not None and cpu_s < device_s
+
+    async def _on_cpu(
+        self, inputs: dict[str, np.ndarray], rows: int, deadline: float, reason: str
+    ) -> BatchResult:
+        assert self.overflow is not None
+        result = await self.overflow.batcher.submit(inputs, rows, deadline)
+        # Counted once served: a request the CPU replica also refuses was not served by it.
+        self.metrics.count_fallback(reason)
+        return replace(result, fallback=reason)
 
     def replicas(self) -> list[Replica]:
         return [self.primary] + ([self.overflow] if self.overflow else [])

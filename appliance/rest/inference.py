@@ -269,6 +269,8 @@ async def _serve(
             "queue_ms": round(result.queue_s * 1000, 3),
             "compute_ms": round(result.compute_s * 1000, 3),
         }
+        if result.fallback is not None:
+            outcome.fields["cpu_fallback"] = result.fallback
         outputs = [
             OutputTensor(spec.name, spec.datatype, result.outputs[spec.name], binary)
             for spec, binary in wanted

@@ -207,7 +207,9 @@ def test_overflow_sends_what_the_full_xla_queue_cannot_take_to_the_cpu(
             else:
                 assert (status, payload["error"]) == (503, "queue full (4 requests waiting)")
         value = scrape(server)
-        overflowed = value("aegis_cpu_fallback_requests_total", model="demo", version="1")
+        overflowed = value(
+            "aegis_cpu_fallback_requests_total", model="demo", version="1", reason="overflow"
+        )
         assert overflowed > 0
         labels = {"model": "demo", "version": "1", "device": DEVICE_LABEL}
         assert value("aegis_xla_compilations_total", phase="serving", **labels) == 0
