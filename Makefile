@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo dist bench test test-unit test-xla test-tpu test-jax test-e2e test-host-requirements host-requirements lint clean
+.PHONY: venv demo dist image bench test test-unit test-xla test-tpu test-jax test-e2e test-k8s test-host-requirements host-requirements lint clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ demo: venv
 # The appliance as a wheel: what the Ansible role installs on each host.
 dist: venv
 	$(PY) -m pip wheel --quiet --no-deps -w dist .
+
+# The OCI image (root; podman from apt): FLAVOR=cpu (default), tpu or jax, built offline from a
+# debootstrap root; written to dist/aegis-VERSION-FLAVOR.oci.tar.
+FLAVOR ?= cpu
+image: venv
+	PY=$(abspath $(PY)) bash image/build.sh $(FLAVOR)
 
 # Side by side with TorchServe, MLServer and LitServe (each in a cached venv under .cache/bench),
 # then the artifact sync benchmark; root (taskset, wrk from apt, a network namespace).
@@ -61,7 +67,12 @@ test-jax: venv
 test-e2e: venv
 	bash tests/e2e/run_tier.sh
 
-test: lint test-host-requirements test-unit test-xla test-jax test-e2e
+# The k8s tier: the Helm chart rendered by Helm's engine and validated offline, then its Deployment
+# run under podman kube play with the cpu image (root).
+test-k8s: venv
+	bash tests/k8s/run_tier.sh
+
+test: lint test-host-requirements test-unit test-xla test-jax test-e2e test-k8s
 
 clean:
-	rm -rf $(VENV) .venv-xla .venv-jax .venv-deploy .venv-uv .cache/e2e dist
+	rm -rf $(VENV) .venv-xla .venv-jax .venv-deploy .venv-uv .venv-k8s .cache/e2e .cache/image .cache/k8s dist build

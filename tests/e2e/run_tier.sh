@@ -57,29 +57,13 @@ if ! cmp -s "$lock" "$DEPLOY_VENV/.installed" 2>/dev/null; then
     cp "$lock" "$DEPLOY_VENV/.installed"
 fi
 
-# --- the Debian root, cached per package list and ISO week --------------------------------------
-SUITE=bookworm
-MIRROR=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+# --- the Debian root, cached per package list and ISO week (scripts/debian-rootfs.sh) ----------
 # What the target needs: systemd as PID 1, sshd, a python for Ansible (with packaging for the pip
 # module, apt for the apt module), venv for the releases, procps for ExecReload's kill.
 PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,python3-packaging,python3-apt,openssh-server,ca-certificates,procps
-key=$(printf '%s\n' "$SUITE" "$MIRROR" "$PACKAGES" | sha256sum | cut -c1-12)
-export AEGIS_E2E_ROOTFS=$CACHE/rootfs-$SUITE-$key-$(date +%G-W%V).tar.zst
-if [[ ! -f $AEGIS_E2E_ROOTFS ]]; then
-    phase "debootstrap $SUITE ($PACKAGES)"
-    root=$scratch/rootfs
-    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" \
-        >"$AEGIS_E2E_LOGS/debootstrap.log" 2>&1 ||
-        { tail -20 "$AEGIS_E2E_LOGS/debootstrap.log"; exit 1; }
-    # Each container gets its own machine id and ssh host keys; the package cache is dead weight.
-    : >"$root/etc/machine-id"
-    rm -f "$root"/var/lib/dbus/machine-id "$root"/etc/ssh/ssh_host_* "$root"/var/cache/apt/archives/*.deb
-    rm -f "$CACHE"/rootfs-*.tar.zst
-    tar -C "$root" -cf - . | zstd -3 -T0 -q -o "$AEGIS_E2E_ROOTFS.part"
-    mv "$AEGIS_E2E_ROOTFS.part" "$AEGIS_E2E_ROOTFS"
-    rm -rf "$root"
-fi
+phase "Debian root ($PACKAGES)"
+AEGIS_E2E_ROOTFS=$(SUITE=bookworm bash scripts/debian-rootfs.sh "$CACHE" "$PACKAGES")
+export AEGIS_E2E_ROOTFS
 
 # --- wheels: the container has no network -------------------------------------------------------
 # The runtime (a CPU torch, as aegis_tpu_runtime installs with flavor cpu), pinned by constraints.txt.
