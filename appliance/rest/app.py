@@ -1,6 +1,6 @@
 """The Starlette application: Open Inference Protocol v2 routes, health, metrics and admin.
 
-It sees models only through the repository (numpy tensors in and out) and the lifecycle only
+It sees models only through the data plane (numpy tensors in and out) and the lifecycle only
 through the `Readiness` and `RepositoryControl` protocols.
 """
 
@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from appliance.dataplane import DataPlane, Readiness
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import admin, health, inference
@@ -27,16 +28,6 @@ from appliance.rest.errors import error_response
 from appliance.units import MiB
 
 log = structlog.get_logger("aegis.rest")
-
-
-class Readiness(Protocol):
-    def is_ready(self) -> bool: ...
-
-    def not_ready_reason(self) -> str: ...
-
-    def is_draining(self) -> bool:
-        """True from SIGTERM on: replies then ask clients to close their connections."""
-        ...
 
 
 class RepositoryControl(Protocol):
@@ -63,6 +54,13 @@ class AppContext:
     readiness: Readiness
     control: RepositoryControl | None
     access_log: AccessLogSampler = field(default_factory=AccessLogSampler)
+    plane: DataPlane = field(init=False)
+
+    def __post_init__(self) -> None:
+        plane = DataPlane(
+            self.repository, self.readiness, self.settings.server_name, self.settings.server_version
+        )
+        object.__setattr__(self, "plane", plane)  # frozen: set once, here
 
 
 def create_app(

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from appliance.dataplane.metadata import protocol_shape
 from appliance.repository import ModelRepository, ServedModel
 from appliance.rest.openapi_generic import (
     FIXED_PATHS,
@@ -29,7 +30,7 @@ from appliance.rest.openapi_generic import (
     parameters_object,
     ref,
 )
-from appliance.rest.protocol import RESERVED_PARAMETERS, protocol_shape
+from appliance.rest.protocol import RESERVED_PARAMETERS
 from appliance.tensors import DATATYPE_TO_NUMPY, TensorSpec
 
 _BINARY_EXTENSION = (
