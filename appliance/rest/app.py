@@ -6,7 +6,7 @@ through the `Readiness` and `RepositoryControl` protocols.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,7 +66,9 @@ class AppContext:
 def create_app(
     context: AppContext,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]] | None = None,
+    extra_routes: Sequence[Route] = (),
 ) -> ASGIApp:
+    """The app; `extra_routes` (another front door's, such as Vertex AI's) go beside the V2 ones."""
     model = "/v2/models/{model_name:str}"
     version = model + "/versions/{model_version:str}"
     routes = [
@@ -92,6 +94,7 @@ def create_app(
             Route(prefix + "/config", inference.model_config, methods=["GET"]),
         ]
     routes += infer_routes
+    routes += extra_routes
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

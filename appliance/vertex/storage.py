@@ -1,0 +1,97 @@
+"""The config Vertex AI's model copy at `AIP_STORAGE_URI` stands for.
+
+The folder holds `aegis.toml` (its relative model paths are taken inside the folder), or a single
+artifact, served with the signature it carries under the artifact's own name.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import threading
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from appliance.config import ARTIFACT_SUFFIXES, AppConfig, DeclaredModel, ModelConfig, load_config
+from appliance.config.file import parse_config
+from appliance.storage.gcs import GcsClient
+from appliance.storage.remote import RemoteObject
+from appliance.storage.retry import RetryPolicy
+from appliance.storage.sources import GcsSource, LocalSource, parse_source
+from appliance.vertex.settings import VertexConfigError
+
+CONFIG_NAME = "aegis.toml"
+_RUNTIMES = {".onnx": "onnx", ".jax": "jax"}
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+
+def vertex_config(uri: str) -> AppConfig:
+    """The models (and settings) of the folder at `uri`: gs://, or a local path."""
+    source = parse_source(uri)
+    if isinstance(source, LocalSource):
+        return _local_config(source.path)
+    if not isinstance(source, GcsSource):
+        raise VertexConfigError(f"AIP_STORAGE_URI must be a gs:// folder, got {uri!r}")
+    folder = source.name if source.is_folder else source.name + "/"
+    client = GcsClient(RetryPolicy())
+    objects = client.list_objects(GcsSource(source.bucket, folder))
+    base = f"gs://{source.bucket}/{folder}"
+    for obj in objects:
+        if obj.name == folder + CONFIG_NAME:
+            try:
+                data = tomllib.loads(_read(client, obj).decode())
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+                raise VertexConfigError(f"{base}{CONFIG_NAME}: not valid TOML: {error}") from None
+            return parse_config(_anchored(data, base), source=base + CONFIG_NAME)
+    names = [PurePosixPath(obj.name).relative_to(folder).as_posix() for obj in objects]
+    return _single_artifact(base, names)
+
+
+def _local_config(folder: Path) -> AppConfig:
+    if (folder / CONFIG_NAME).is_file():
+        return load_config(folder / CONFIG_NAME)
+    names = [path.relative_to(folder).as_posix() for path in sorted(folder.rglob("*"))]
+    return _single_artifact(str(folder) + "/", names)
+
+
+def _single_artifact(base: str, names: list[str]) -> AppConfig:
+    artifacts = [name for name in names if PurePosixPath(name).suffix in ARTIFACT_SUFFIXES]
+    if len(artifacts) != 1:
+        found = ", ".join(artifacts) or "none"
+        raise VertexConfigError(
+            f"AIP_STORAGE_URI {base} holds no {CONFIG_NAME} and {len(artifacts)} model "
+            f"artifacts ({found}): it needs {CONFIG_NAME}, or exactly one artifact "
+            f"({', '.join(ARTIFACT_SUFFIXES)})"
+        )
+    artifact = PurePosixPath(artifacts[0])
+    model = ModelConfig(
+        model_path=base + artifacts[0], runtime=_RUNTIMES.get(artifact.suffix, "torch")
+    )
+    return AppConfig(models=(DeclaredModel(artifact.stem, "1", model),))
+
+
+def _anchored(data: dict[str, Any], base: str) -> dict[str, Any]:
+    """Relative model paths, taken inside the storage folder."""
+    tables = data.get("models")
+    if isinstance(tables, list):
+        for table in tables:
+            path = table.get("model_path") if isinstance(table, dict) else None
+            if isinstance(path, str) and "://" not in path and not path.startswith("/"):
+                table["model_path"] = base + path
+    return data
+
+
+def _read(client: GcsClient, obj: RemoteObject) -> bytes:
+    with tempfile.TemporaryFile() as sink:
+        if obj.size:
+            client.download_range(obj, sink.fileno(), (0, obj.size), _ignore, threading.Event())
+        sink.seek(0)
+        return sink.read()
+
+
+def _ignore(_count: int) -> None:
+    """Progress of a config file's download: too small to report."""
