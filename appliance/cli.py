@@ -72,7 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         vertex = VertexSettings.from_environment()
         if vertex is not None:
             # Vertex AI: the models come from its copy of them, HTTP goes to its port.
-            config = vertex_config(vertex.storage_uri) if vertex.storage_uri else load_config(path)
+            # A config file of the container's own, if there is one, gives the host settings.
+            host = load_config(path) if args.config or os.path.exists(path) else None
+            if vertex.storage_uri:
+                config = vertex_config(vertex.storage_uri, host)
+            elif host is not None:
+                config = host
+            else:
+                raise ValueError(f"AIP_MODE=PREDICTION: no AIP_STORAGE_URI and no config at {path}")
             return serve(config, args.bind or [vertex.bind], grpc_bind=args.grpc_bind)
         return serve(path, args.bind, grpc_bind=args.grpc_bind)
     except ConfigError as error:

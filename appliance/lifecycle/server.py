@@ -140,7 +140,7 @@ class Appliance:
         predict = PredictEndpoint(self.plane, model, self.config.server.max_request_bytes)
         return [
             Route(vertex.health_route, health.ready, methods=["GET"]),
-            Route(vertex.predict_route, predict, methods=["POST"]),
+            Route(vertex.predict_route, predict.handle, methods=["POST"]),
         ]
 
     def is_ready(self) -> bool:

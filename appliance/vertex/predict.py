@@ -171,11 +171,11 @@ def _spell(values: Any) -> Any:
     return values if math.isfinite(values) else spelled(values)
 
 
-def _bytes_json(row: np.ndarray) -> object:
-    if row.ndim:
+def _bytes_json(row: object) -> object:
+    """A BYTES row as JSON: nested lists of text, `{"b64": ...}` where not UTF-8."""
+    if isinstance(row, np.ndarray):
         return [_bytes_json(part) for part in row]
-    item = row.item()
-    data = item if isinstance(item, bytes) else str(item).encode()
+    data = row if isinstance(row, bytes) else str(row).encode()
     try:
         return data.decode()
     except UnicodeDecodeError:
@@ -199,7 +199,7 @@ class PredictEndpoint:
         self.model_name = model_name
         self.max_request_bytes = max_request_bytes
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         status = 200
         model = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,11 +30,13 @@ else:
     import tomli as tomllib
 
 
-def vertex_config(uri: str) -> AppConfig:
-    """The models (and settings) of the folder at `uri`: gs://, or a local path."""
+def vertex_config(uri: str, host: AppConfig | None = None) -> AppConfig:
+    """The config of the folder at `uri` (gs://, or a local path): its aegis.toml, or else
+    `host` (the container's own settings; defaults when None) serving the folder's artifact."""
+    host = host or AppConfig()
     source = parse_source(uri)
     if isinstance(source, LocalSource):
-        return _local_config(source.path)
+        return _local_config(source.path, host)
     if not isinstance(source, GcsSource):
         raise VertexConfigError(f"AIP_STORAGE_URI must be a gs:// folder, got {uri!r}")
     folder = source.name if source.is_folder else source.name + "/"
@@ -48,17 +51,17 @@ def vertex_config(uri: str) -> AppConfig:
                 raise VertexConfigError(f"{base}{CONFIG_NAME}: not valid TOML: {error}") from None
             return parse_config(_anchored(data, base), source=base + CONFIG_NAME)
     names = [PurePosixPath(obj.name).relative_to(folder).as_posix() for obj in objects]
-    return _single_artifact(base, names)
+    return _single_artifact(base, names, host)
 
 
-def _local_config(folder: Path) -> AppConfig:
+def _local_config(folder: Path, host: AppConfig) -> AppConfig:
     if (folder / CONFIG_NAME).is_file():
         return load_config(folder / CONFIG_NAME)
     names = [path.relative_to(folder).as_posix() for path in sorted(folder.rglob("*"))]
-    return _single_artifact(str(folder) + "/", names)
+    return _single_artifact(str(folder) + "/", names, host)
 
 
-def _single_artifact(base: str, names: list[str]) -> AppConfig:
+def _single_artifact(base: str, names: list[str], host: AppConfig) -> AppConfig:
     artifacts = [name for name in names if PurePosixPath(name).suffix in ARTIFACT_SUFFIXES]
     if len(artifacts) != 1:
         found = ", ".join(artifacts) or "none"
@@ -71,7 +74,7 @@ def _single_artifact(base: str, names: list[str]) -> AppConfig:
     model = ModelConfig(
         model_path=base + artifacts[0], runtime=_RUNTIMES.get(artifact.suffix, "torch")
     )
-    return AppConfig(models=(DeclaredModel(artifact.stem, "1", model),))
+    return replace(host, models=(DeclaredModel(artifact.stem, "1", model),))
 
 
 def _anchored(data: dict[str, Any], base: str) -> dict[str, Any]:

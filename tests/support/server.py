@@ -81,11 +81,12 @@ def start_server(
     python: str = sys.executable,
     preexec_fn: Callable[[], None] | None = None,
     grpc: bool = True,
+    port: int | None = None,
 ) -> ServerProcess:
     """The server on a free loopback port, with gRPC on another (never the default 0.0.0.0:8081,
     which would not be loopback and would clash between servers); `grpc=False` leaves the
     config's grpc_bind alone."""
-    port = free_port()
+    port = port or free_port()
     grpc_port = free_port() if grpc else None
     grpc_args = [] if grpc_port is None else ["--grpc-bind", f"127.0.0.1:{grpc_port}"]
     with open(log_path, "wb") as log:
@@ -118,12 +119,13 @@ def running_server(
     ready_timeout_s: float = 120.0,
     python: str = sys.executable,
     preexec_fn: Callable[[], None] | None = None,
+    port: int | None = None,
 ) -> Iterator[ServerProcess]:
     """A served config, ready; stopped (and killed if need be) on exit, even on failure."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "aegis.toml"
     config_path.write_text(config_text)
-    server = start_server(config_path, workdir / "server.log", env, python, preexec_fn)
+    server = start_server(config_path, workdir / "server.log", env, python, preexec_fn, port=port)
     try:
         server.wait_ready(ready_timeout_s)
         yield server
