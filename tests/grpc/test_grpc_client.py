@@ -270,6 +270,8 @@ def test_typed_contents_are_read_and_answered_typed(server) -> None:
     request.parameters["priority"].uint64_param = 1
     request.parameters["tag"].string_param = "typed"
     request.parameters["scale"].double_param = 0.5
+    request.parameters["flag"].bool_param = True
+    request.parameters["offset"].int64_param = -3
     with grpc.insecure_channel(server.grpc_address) as channel:
         reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
         assert not reply.raw_output_contents

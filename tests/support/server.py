@@ -82,12 +82,13 @@ def start_server(
     preexec_fn: Callable[[], None] | None = None,
     grpc: bool = True,
     port: int | None = None,
+    grpc_port: int | None = None,
 ) -> ServerProcess:
     """The server on a free loopback port, with gRPC on another (never the default 0.0.0.0:8081,
     which would not be loopback and would clash between servers); `grpc=False` leaves the
     config's grpc_bind alone."""
     port = port or free_port()
-    grpc_port = free_port() if grpc else None
+    grpc_port = (grpc_port or free_port()) if grpc else None
     grpc_args = [] if grpc_port is None else ["--grpc-bind", f"127.0.0.1:{grpc_port}"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
