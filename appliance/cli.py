@@ -67,19 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_sync_command(load_config(path))
         from appliance.api import serve
-        from appliance.vertex import VertexSettings, vertex_config
+        from appliance.vertex import VertexSettings, serving_config
 
         vertex = VertexSettings.from_environment()
         if vertex is not None:
             # Vertex AI: the models come from its copy of them, HTTP goes to its port.
-            # A config file of the container's own, if there is one, gives the host settings.
-            host = load_config(path) if args.config or os.path.exists(path) else None
-            if vertex.storage_uri:
-                config = vertex_config(vertex.storage_uri, host)
-            elif host is not None:
-                config = host
-            else:
-                raise ValueError(f"AIP_MODE=PREDICTION: no AIP_STORAGE_URI and no config at {path}")
+            config = serving_config(vertex, path, explicit=args.config is not None)
             return serve(config, args.bind or [vertex.bind], grpc_bind=args.grpc_bind)
         return serve(path, args.bind, grpc_bind=args.grpc_bind)
     except ConfigError as error:

@@ -6,6 +6,7 @@ artifact, served with the signature it carries under the artifact's own name.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from appliance.storage.gcs import GcsClient
 from appliance.storage.remote import RemoteObject
 from appliance.storage.retry import RetryPolicy
 from appliance.storage.sources import GcsSource, LocalSource, parse_source
-from appliance.vertex.settings import VertexConfigError
+from appliance.vertex.settings import VertexConfigError, VertexSettings, predict_model
 
 CONFIG_NAME = "aegis.toml"
 _RUNTIMES = {".onnx": "onnx", ".jax": "jax"}
@@ -28,6 +29,23 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
+
+
+def serving_config(settings: VertexSettings, config_path: str, explicit: bool) -> AppConfig:
+    """What `aegis serve` serves under Vertex AI: the folder at AIP_STORAGE_URI, with the
+    container's own config file (if there is one; `explicit`: it was named, so it must exist)
+    for the host settings; refused at once when the predict route's model is ambiguous."""
+    host = load_config(config_path) if explicit or os.path.exists(config_path) else None
+    if settings.storage_uri:
+        config = vertex_config(settings.storage_uri, host)
+    elif host is not None:
+        config = host
+    else:
+        raise VertexConfigError(
+            f"AIP_MODE=PREDICTION: no AIP_STORAGE_URI and no config file at {config_path}"
+        )
+    predict_model(config)
+    return config
 
 
 def vertex_config(uri: str, host: AppConfig | None = None) -> AppConfig:
