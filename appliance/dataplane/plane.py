@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from appliance.dataplane import metadata
+from appliance.dataplane import metadata, parameters
+from appliance.dataplane.classification import top_classes
 from appliance.dataplane.types import InferRequest, InferResponse, OutputTensor
 from appliance.repository import ModelRepository, ServedModel
 from appliance.tensors import TensorSpec
 
 # The protocol extensions the plane implements, whatever the transport; a transport adds its own
 # (HTTP's binary tensor data).
-EXTENSIONS = ("model_repository", "model_configuration")
+EXTENSIONS = ("classification", "model_repository", "model_configuration")
 
 
 class Readiness(Protocol):
@@ -105,6 +106,10 @@ class DataPlane:
         if model is None:
             model = self.repository.get(request.model_name, request.model_version)
         rows = model.check_inputs(request.inputs, request.datatypes)
+        if request.parameters:
+            parameters.check_request(request.parameters)
+        for name, given in request.input_parameters.items():
+            parameters.check_input(name, given)
         wanted = _wanted(model, request)
         timeout_s = model.config.timeout_ms / 1000.0
         if request.timeout_us is not None:
@@ -113,7 +118,14 @@ class DataPlane:
         result = await model.infer(request.inputs, rows, deadline)
         outputs = [
             OutputTensor(spec.name, spec.datatype, result.outputs[spec.name], binary)
-            for spec, binary in wanted
+            if count is None
+            else OutputTensor(
+                spec.name,
+                "BYTES",
+                top_classes(spec.name, result.outputs[spec.name], count, model.labels),
+                binary,
+            )
+            for spec, binary, count in wanted
         ]
         return InferResponse(
             model.name,
@@ -126,8 +138,13 @@ class DataPlane:
         )
 
 
-def _wanted(model: ServedModel, request: InferRequest) -> list[tuple[TensorSpec, bool]]:
-    """The outputs to return, in order, with their binary hints."""
+def _wanted(model: ServedModel, request: InferRequest) -> list[tuple[TensorSpec, bool, int | None]]:
+    """The outputs to return, in order, with their binary hints and classification counts."""
     if request.outputs is None:
-        return [(spec, request.binary_output) for spec in model.signature.outputs]
-    return [(model.output_spec(out.name), out.binary) for out in request.outputs]
+        return [(spec, request.binary_output, None) for spec in model.signature.outputs]
+    wanted = []
+    for out in request.outputs:
+        spec = model.output_spec(out.name)
+        count = parameters.classification_count(spec, out.parameters) if out.parameters else None
+        wanted.append((spec, out.binary, count))
+    return wanted

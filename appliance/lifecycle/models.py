@@ -173,7 +173,14 @@ class ModelLifecycle:
             make_replica(model.name, loaded.overflow, config, metrics) if loaded.overflow else None
         )
         served = ServedModel(
-            model.name, model.version, config, primary, metrics, overflow, artifact_print
+            model.name,
+            model.version,
+            config,
+            primary,
+            metrics,
+            overflow,
+            artifact_print,
+            loaded.labels,
         )
         metrics.set_ready(served.device, True)
         log.info(

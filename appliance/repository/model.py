@@ -73,6 +73,7 @@ class ServedModel:
         metrics: ModelMetrics,
         overflow: Replica | None = None,
         fingerprint: str = "",
+        labels: tuple[str, ...] = (),
     ) -> None:
         assert primary.runtime.signature is not None, "replicas hold loaded runtimes"
         self.name = name
@@ -82,6 +83,7 @@ class ServedModel:
         self.overflow = overflow
         self.metrics = metrics
         self.fingerprint = fingerprint
+        self.labels = labels  # class labels, by index, for classification results
         self.signature: Signature = primary.runtime.signature
         self.state = ModelState.READY
         self.successor: ServedModel | None = None

@@ -211,3 +211,27 @@ def test_metadata_readiness_and_index_are_plain_facts_for_any_transport(
             plane.model_metadata("mlp", "9")
 
     with_plane(artifacts, tmp_path, body)
+
+
+def test_classification_and_refused_parameters_are_the_planes_whatever_the_transport(
+    artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    rows = np.array([[1, -2, 3, -4], [0, 0, 0, 0]], dtype=np.float32)
+    inputs = {"a": rows, "b": np.zeros((2, 3), np.int64), "c": np.zeros((2, 2), np.bool_)}
+    datatypes = {"a": "FP32", "b": "INT64", "c": "BOOL"}
+
+    async def body(plane: DataPlane) -> None:
+        wanted = [RequestedOutput("output__0", False, {"classification": 2})]
+        response = await plane.infer(InferRequest("mixed", None, inputs, datatypes, outputs=wanted))
+        [output] = response.outputs
+        assert output.datatype == "BYTES" and output.data.shape == (2, 2)
+        # a * 2: [2, -4, 6, -8] ranks 2 then 0; an all-zero row ranks by index.
+        assert output.data.tolist() == [[b"6.0:2", b"2.0:0"], [b"0.0:0", b"0.0:1"]]
+        refused = InferRequest("mixed", None, inputs, datatypes, parameters={"sequence_id": 3})
+        with pytest.raises(InvalidInput, match="'sequence_id' is not supported"):
+            await plane.infer(refused)
+        refused = InferRequest("mixed", None, inputs, datatypes, input_parameters={"a": {"z": 1}})
+        with pytest.raises(InvalidInput, match="input 'a': parameter 'z' is not supported"):
+            await plane.infer(refused)
+
+    with_plane(artifacts, tmp_path, body)

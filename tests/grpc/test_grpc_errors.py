@@ -64,25 +64,28 @@ def x8(rows: int = 1, dtype: type = np.float32) -> np.ndarray:
     return np.ones((rows, 8), dtype=dtype)
 
 
-# Each case: model, version, inputs as (name, array, datatype), requested outputs.
-BAD = {
-    "unknown model": ("nope", "", [("x", x8(), "FP32")], None),
-    "unknown version": ("mlp", "9", [("x", x8(), "FP32")], None),
-    "wrong datatype": ("mlp", "", [("x", x8(1, np.int32), "INT32")], None),
-    "wrong shape": ("mlp", "", [("x", np.ones((2, 7), np.float32), "FP32")], None),
-    "unknown input": ("mlp", "", [("y", x8(), "FP32")], None),
-    "unknown output": ("mlp", "", [("x", x8(), "FP32")], ["nope"]),
-    "too many rows": ("mlp", "", [("x", x8(5), "FP32")], None),
-    "model failure": ("failing", "", [("x", -np.ones((1, 4), np.float32), "FP32")], None),
+# Each case: model, version, inputs as (name, array, datatype), requested outputs, and the
+# infer call's other arguments.
+BAD: dict[str, tuple] = {
+    "unknown model": ("nope", "", [("x", x8(), "FP32")], None, {}),
+    "unknown version": ("mlp", "9", [("x", x8(), "FP32")], None, {}),
+    "wrong datatype": ("mlp", "", [("x", x8(1, np.int32), "INT32")], None, {}),
+    "wrong shape": ("mlp", "", [("x", np.ones((2, 7), np.float32), "FP32")], None, {}),
+    "unknown input": ("mlp", "", [("y", x8(), "FP32")], None, {}),
+    "unknown output": ("mlp", "", [("x", x8(), "FP32")], ["nope"], {}),
+    "too many rows": ("mlp", "", [("x", x8(5), "FP32")], None, {}),
+    "model failure": ("failing", "", [("x", -np.ones((1, 4), np.float32), "FP32")], None, {}),
+    "unknown parameter": ("mlp", "", [("x", x8(), "FP32")], None, {"parameters": {"tag": "a"}}),
+    "priority": ("mlp", "", [("x", x8(), "FP32")], None, {"priority": 2}),
 }
 
 
 def send(module, client, case: tuple) -> InferenceServerException:
-    model, version, inputs, outputs = case
+    model, version, inputs, outputs, extra = case
     built = [tensor(module, name, array, datatype) for name, array, datatype in inputs]
     wanted = None if outputs is None else [module.InferRequestedOutput(o) for o in outputs]
     with pytest.raises(InferenceServerException) as raised:
-        client.infer(model, built, model_version=version, outputs=wanted)
+        client.infer(model, built, model_version=version, outputs=wanted, **extra)
     return raised.value
 
 
