@@ -356,3 +356,20 @@ def test_repository_rpcs_need_the_bearer_token(client) -> None:
     assert raised.value.status() == "StatusCode.NOT_FOUND"
     client.load_model("strings", headers=BEARER)
     assert client.is_model_ready("strings")
+
+
+def test_classification_answers_as_over_http(client, server) -> None:
+    x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
+    over_grpc = client.infer(
+        "mlp", [mlp_input(x)], outputs=[grpcclient.InferRequestedOutput("output__0", class_count=2)]
+    ).as_numpy("output__0")
+    http = httpclient.InferenceServerClient(server.address)
+    try:
+        given = httpclient.InferInput("x", [2, 8], "FP32")
+        given.set_data_from_numpy(x)
+        wanted = httpclient.InferRequestedOutput("output__0", class_count=2)
+        over_http = http.infer("mlp", [given], outputs=[wanted]).as_numpy("output__0")
+    finally:
+        http.close()
+    assert over_grpc.shape == (2, 2)
+    assert over_grpc.tolist() == over_http.tolist()
