@@ -120,7 +120,7 @@ class Appliance:
         )
         self.plane = context.plane
         self.app: ASGIApp = create_app(
-            context, lifespan=self._lifespan, extra_routes=self._vertex_routes()
+            context, lifespan=self._lifespan, extra_routes=self._vertex_routes(sampler)
         )
         self.grpc_context = GrpcContext(
             self.plane,
@@ -130,14 +130,15 @@ class Appliance:
             access_log=sampler,
         )
 
-    def _vertex_routes(self) -> list[Route]:
+    def _vertex_routes(self, sampler: AccessLogSampler) -> list[Route]:
         """Vertex AI's health and predict routes, when it runs this container
         (`AIP_MODE=PREDICTION`)."""
         vertex = VertexSettings.from_environment()
         if vertex is None:
             return []
         model = predict_model(self.config)
-        predict = PredictEndpoint(self.plane, model, self.config.server.max_request_bytes)
+        limit = self.config.server.max_request_bytes
+        predict = PredictEndpoint(self.plane, model, limit, sampler)
         return [
             Route(vertex.health_route, health.ready, methods=["GET"]),
             Route(vertex.predict_route, predict.handle, methods=["POST"]),

@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from appliance.dataplane import DataPlane, InferRequest, OutputTensor
 from appliance.errors import InferenceError, InvalidInput
+from appliance.rest.access import AccessLogSampler
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.inference import read_body
 from appliance.rest.protocol import spelled
@@ -194,15 +195,23 @@ def predictions(outputs: list[OutputTensor], count: int) -> list[object]:
 class PredictEndpoint:
     """`POST $AIP_PREDICT_ROUTE` for `model_name`, through the data plane."""
 
-    def __init__(self, plane: DataPlane, model_name: str, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        model_name: str,
+        max_request_bytes: int,
+        access_log: AccessLogSampler,
+    ) -> None:
         self.plane = plane
         self.model_name = model_name
         self.max_request_bytes = max_request_bytes
+        self.access_log = access_log
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         status = 200
         model = None
+        fields: dict[str, object] = {}
         try:
             model = self.plane.model(self.model_name)
             model.check_room()
@@ -228,6 +237,7 @@ class PredictEndpoint:
             )
             response = await self.plane.infer(infer, model)
             count = len(document["instances"])
+            fields = {"instances": count, "batch_size": response.batch_size}
             payload = {"predictions": predictions(response.outputs, count)}
             return Response(
                 orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
@@ -235,14 +245,26 @@ class PredictEndpoint:
             )
         except InferenceError as error:
             status = status_of(error)
+            fields = {"error": str(error)}
             return failure_response(error)
         except HTTPFailure as error:  # 413, 415, a client gone mid-body
             status = error.status
+            fields = {"error": str(error)}
             return failure_response(error)
         except Exception as error:
             log.error("unhandled_error", route="predict", exc_info=error)
             status = 500
             return error_response(500, "internal server error")
         finally:
+            elapsed = time.perf_counter() - started
             if model is not None:
-                model.metrics.observe_request(status, time.perf_counter() - started, "http")
+                model.metrics.observe_request(status, elapsed, "http")
+            if self.access_log.wants(status):
+                log.info(
+                    "predict",
+                    model=self.model_name,
+                    status=status,
+                    protocol="http",
+                    duration_ms=round(elapsed * 1000, 3),
+                    **fields,
+                )

@@ -104,6 +104,16 @@ def test_health_is_503_until_warm_then_200_and_predict_serves_one_input(
         status, body = predict(server, {"instances": [[1.0] * 8, [1.0] * 7]})
         assert status == 400
         assert body["error"].startswith("instance 1: input 'x': has shape [7]")
+        # Each call leaves an access line, like an infer call.
+        lines = [
+            json.loads(line)
+            for line in server.wait_for_log('"status":400').splitlines()
+            if '"event":"predict"' in line
+        ]
+        assert [(line["status"], line["protocol"]) for line in lines] == [
+            (200, "http"),
+            (400, "http"),
+        ]
     finally:
         server.stop()
 
