@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo dist image bench test test-unit test-xla test-tpu test-jax test-e2e test-k8s test-host-requirements host-requirements lint clean
+.PHONY: venv proto demo dist image bench test test-unit test-xla test-tpu test-jax test-e2e test-k8s test-host-requirements host-requirements lint clean
 
 venv: $(STAMP)
 
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,onnx]'
 	touch $@
+
+# The Python modules of appliance/grpc/proto/inference.proto (committed; run after editing it).
+proto: venv
+	PYTHON=$(PY) appliance/grpc/proto/generate.sh
 
 demo: venv
 	$(VENV)/bin/aegis demo --bind 127.0.0.1:8080

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from appliance.config import AppConfig, load_config
+from appliance.config import AppConfig, load_config, with_grpc_bind
 from appliance.registry import ModelRegistry, registry
 
 
@@ -25,12 +25,19 @@ def serve(
     config: AppConfig | str | Path | None = None,
     bind: list[str] | None = None,
     models: ModelRegistry = registry,
+    grpc_bind: list[str] | None = None,
 ) -> int:
     """Serve until SIGTERM; returns the exit code. A path is re-read on SIGHUP."""
     from appliance.lifecycle.supervisor import ConfigSource, serve_host
 
     if isinstance(config, (str, Path)):
         loaded = with_registered_models(load_config(config), models)
-        return serve_host(ConfigSource(loaded, str(config), models.models()), bind)
-    base = with_registered_models(config or AppConfig(), models)
-    return serve_host(ConfigSource(base, None, models.models()), bind)
+        loaded = with_grpc_bind(loaded, grpc_bind)
+        source = ConfigSource(loaded, str(config), models.models(), _tuple(grpc_bind))
+        return serve_host(source, bind)
+    base = with_grpc_bind(with_registered_models(config or AppConfig(), models), grpc_bind)
+    return serve_host(ConfigSource(base, None, models.models(), _tuple(grpc_bind)), bind)
+
+
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)

@@ -12,6 +12,7 @@ import structlog
 from appliance.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from appliance.lifecycle.preflight import PreflightFailed
 from appliance.logs import capture_native_output, configure_logging
+from appliance.storage.errors import SyncError
 
 EXIT_INVALID_CONFIG = 2
 
@@ -24,8 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="sync, load, warm and serve the configured models")
     serve.add_argument("--config", help=config_help)
     serve.add_argument("--bind", action="append", help="HOST:PORT, overrides [server].bind")
+    serve.add_argument(
+        "--grpc-bind", action="append", help="HOST:PORT, overrides [server].grpc_bind"
+    )
     demo = commands.add_parser("demo", help="serve the built-in demo model on the CPU")
     demo.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default %(default)s)")
+    demo.add_argument(
+        "--grpc-bind", default="127.0.0.1:8081", help="gRPC HOST:PORT (default %(default)s)"
+    )
     check = commands.add_parser("check-config", help="validate a config file: exit 0, or 2")
     check.add_argument("path")
     sync = commands.add_parser("sync", help="pull and verify model artifacts, then exit")
@@ -53,15 +60,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             from appliance.demo import demo_config
             from appliance.lifecycle.server import run
 
-            return run(demo_config(args.bind))
+            return run(demo_config(args.bind, args.grpc_bind))
         path = _config_path(args.config)
         if args.command == "sync":
             from appliance.storage import run_sync_command
 
             return run_sync_command(load_config(path))
         from appliance.api import serve
+        from appliance.vertex import VertexSettings, serving_config
 
-        return serve(path, args.bind)
+        vertex = VertexSettings.from_environment()
+        if vertex is not None:
+            # Vertex AI: the models come from its copy of them, HTTP goes to its port.
+            config = serving_config(vertex, path, explicit=args.config is not None)
+            return serve(config, args.bind or [vertex.bind], grpc_bind=args.grpc_bind)
+        return serve(path, args.bind, grpc_bind=args.grpc_bind)
     except ConfigError as error:
         _report(args.command, f"invalid configuration: {error}")
         return EXIT_INVALID_CONFIG
@@ -70,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in error.problems:
             _report(args.command, f"invalid configuration: {where}{problem}")
         return EXIT_INVALID_CONFIG if args.command == "check-config" else 1
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SyncError) as error:
         _report(args.command, str(error))
         return 1
 

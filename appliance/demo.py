@@ -67,7 +67,7 @@ def export_demo_model(path: Path) -> Path:
     return path
 
 
-def demo_config(bind: str = "127.0.0.1:8080") -> AppConfig:
+def demo_config(bind: str = "127.0.0.1:8080", grpc_bind: str = "127.0.0.1:8081") -> AppConfig:
     """Serve the demo model on the CPU from a local folder; no cloud account needed."""
     home = demo_home()
     artifact = export_demo_model(home / "model.pt2")
@@ -81,7 +81,7 @@ def demo_config(bind: str = "127.0.0.1:8080") -> AppConfig:
         outputs=(TensorDeclaration(name="output__0", datatype="FP32", shape=(-1, DEMO_OUTPUTS)),),
     )
     return AppConfig(
-        server=ServerConfig(bind=(bind,)),
+        server=ServerConfig(bind=(bind,), grpc_bind=(grpc_bind,)),
         storage=StorageConfig(cache_dir=str(home / "cache")),
         models=(DeclaredModel(DEMO_NAME, "1", model),),
     )

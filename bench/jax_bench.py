@@ -143,6 +143,7 @@ def served(runtime: str, python: Path, artifact: Path, work: Path, max_batch_siz
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO)}
     command = ["taskset", "-c", SERVER_CORE, str(python), "-m", "appliance", "serve"]
     command += ["--config", str(config), "--bind", f"{HOST}:{port}"]
+    command += ["--grpc-bind", f"{HOST}:{free_port()}"]
     with open(work / "server.log", "wb") as server_log:
         process = subprocess.Popen(
             command, stdout=server_log, stderr=subprocess.STDOUT, env=env, start_new_session=True

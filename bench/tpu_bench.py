@@ -213,7 +213,8 @@ def http(out: Path, rounds: int = 3, seconds: int = 10, connections: int = 16) -
     log = open(work / "server.log", "wb")  # noqa: SIM115 - held for the server's lifetime
     server = subprocess.Popen(
         ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "appliance", "serve",
-         "--config", str(config), "--bind", f"127.0.0.1:{port}"],
+         "--config", str(config), "--bind", f"127.0.0.1:{port}",
+         "--grpc-bind", f"127.0.0.1:{port + 1}"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
     )  # fmt: skip
     try:

@@ -17,17 +17,20 @@ from tests.support.server import ServerProcess
 
 
 def test_demo_serves_the_built_in_model(tmp_path: Path) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     log_path = tmp_path / "demo.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "demo", "--bind", f"127.0.0.1:{port}"],
+            [
+                *(sys.executable, "-m", "appliance", "demo", "--bind", f"127.0.0.1:{port}"),
+                *("--grpc-bind", f"127.0.0.1:{grpc_port}"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, "AEGIS_DEMO_DIR": str(tmp_path / "demo")},
         )
-    server = ServerProcess(process, "127.0.0.1", port, log_path)
+    server = ServerProcess(process, "127.0.0.1", port, log_path, grpc_port)
     try:
         server.wait_ready(120)
         assert (tmp_path / "demo" / "model.pt2").is_file()

@@ -6,7 +6,7 @@ operator never has to read a traceback to fix a typo.
 """
 
 from appliance.config.errors import ConfigError
-from appliance.config.file import DEFAULT_CONFIG_PATH, load_config, parse_config
+from appliance.config.file import DEFAULT_CONFIG_PATH, load_config, parse_config, with_grpc_bind
 from appliance.config.schema import (
     ARTIFACT_SUFFIXES,
     AppConfig,
@@ -33,4 +33,5 @@ __all__ = [
     "default_buckets",
     "load_config",
     "parse_config",
+    "with_grpc_bind",
 ]

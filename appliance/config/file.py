@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from appliance.config.errors import ConfigError, config_error
-from appliance.config.schema import AppConfig, ConfigFile
+from appliance.config.schema import AppConfig, ConfigFile, ServerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,3 +77,11 @@ def load_config(path: str | Path) -> AppConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("(syntax)", f"not valid TOML: {error}", source) from None
     return parse_config(data, source)
+
+
+def with_grpc_bind(config: AppConfig, grpc_bind: Sequence[str] | None) -> AppConfig:
+    """`config` with `[server] grpc_bind` replaced (`--grpc-bind`), when `grpc_bind` is given."""
+    if grpc_bind is None:
+        return config
+    fields = {**config.server.model_dump(), "grpc_bind": tuple(grpc_bind)}
+    return replace(config, server=ServerConfig(**fields))

@@ -384,6 +384,12 @@ class ServerConfig(_Table):
     admin_token_file: Text = ""
     replicas: Replicas = "auto"
     access_log: Text = "all"
+    grpc_bind: Annotated[tuple[Text, ...], BeforeValidator(_bind_list)] = ("0.0.0.0:8081",)
+    # gRPC's own limit is a signed 32-bit length; None: max_request_bytes.
+    grpc_max_message_bytes: Annotated[int, Strict(), Field(ge=1, le=2**31 - 1)] | None = None
+    # The model that answers Vertex AI's predict route (AIP_MODE=PREDICTION); needed only when
+    # several models are served.
+    vertex_model: Text = ""
 
     @field_validator("access_log")
     @classmethod
@@ -406,6 +412,26 @@ class ServerConfig(_Table):
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise invalid(f"must be HOST:PORT (or unix:PATH), got {entry!r}")
         return bind
+
+    @field_validator("grpc_bind")
+    @classmethod
+    def _grpc_host_port(cls, bind: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in bind:
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise invalid(
+                    f"must be a list of HOST:PORT strings ([] turns gRPC off), got {entry!r}"
+                )
+        if len(set(bind)) != len(bind):
+            raise invalid("lists the same HOST:PORT twice")
+        return bind
+
+    @property
+    def grpc_message_limit(self) -> int:
+        """The largest gRPC message either way: grpc_max_message_bytes, else max_request_bytes."""
+        if self.grpc_max_message_bytes is not None:
+            return self.grpc_max_message_bytes
+        return min(self.max_request_bytes, 2**31 - 1)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:

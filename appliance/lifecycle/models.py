@@ -184,6 +184,7 @@ class ModelLifecycle:
             metrics,
             overflow,
             artifact_print,
+            loaded.labels,
             stand_in=loaded.fallback_reason is not None,
         )
         metrics.set_ready(served.device, True)

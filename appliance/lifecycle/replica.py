@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 from prometheus_client import CollectorRegistry
 
-from appliance.config import AppConfig, DeclaredModel, load_config
+from appliance.config import AppConfig, DeclaredModel, load_config, with_grpc_bind
 from appliance.errors import ModelNotReady
 from appliance.lifecycle.link import Link, LinkClosed, Message, raise_for_reply
 from appliance.lifecycle.server import Appliance, run_appliance
@@ -50,6 +50,7 @@ class ReplicaSpec:
     config: AppConfig  # the models this replica starts with, its own XLA cache folder
     config_path: str | None  # re-read on SIGHUP; None: `config` is re-used
     extra_models: tuple[DeclaredModel, ...]  # declared from Python, added on every re-read
+    grpc_bind: tuple[str, ...] | None  # --grpc-bind, kept over the file's on every re-read
     binds: tuple[str, ...]  # fd://N of the inherited listening sockets
     control_fd: int
     metrics_root: str
@@ -63,7 +64,7 @@ def reread_function(spec: ReplicaSpec) -> Callable[[], AppConfig]:
     path = spec.config_path
 
     def reread() -> AppConfig:
-        fresh = load_config(path)
+        fresh = with_grpc_bind(load_config(path), spec.grpc_bind)
         declared = {(m.name, m.version) for m in fresh.models}
         extra = tuple(m for m in spec.extra_models if (m.name, m.version) not in declared)
         return replace(fresh, models=fresh.models + extra)
@@ -107,6 +108,7 @@ class ReplicaAppliance(Appliance):
         self.spec = spec
         self._forwarded = forwarded
         self.warm_before_serving = spec.warm_before_serving
+        self.grpc_reuse_port = True
         self.host_ready = False
         self._metrics_folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR", root))
 

@@ -29,19 +29,24 @@ import structlog
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from appliance.config import AppConfig
 from appliance.config.schema import access_log_rate
+from appliance.grpc import GrpcContext, GrpcServer
 from appliance.lifecycle.models import ModelLifecycle, StartupFailed
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.preflight import preflight
 from appliance.lifecycle.process import shorten_switch_interval
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
-from appliance.rest import AppContext, HttpSettings, create_app
+from appliance.rest import AppContext, HttpSettings, create_app, health
 from appliance.rest.access import AccessLogSampler
 from appliance.rest.app import RepositoryControl
+from appliance.vertex import VertexSettings
+from appliance.vertex.predict import PredictEndpoint
+from appliance.vertex.settings import predict_model
 
 log = structlog.get_logger("aegis.lifecycle")
 
@@ -96,6 +101,8 @@ class Appliance:
         self.exit_code = 0
         # A replica restarted beside serving ones warms before it accepts from the shared socket.
         self.warm_before_serving = False
+        # Replicas each bind the gRPC port themselves, sharing it (SO_REUSEPORT).
+        self.grpc_reuse_port = False
         self._started = False
         self._draining = False
         self._stop = asyncio.Event()
@@ -107,15 +114,35 @@ class Appliance:
             admin_token=admin_token,
             server_version=server_version(),
         )
+        sampler = AccessLogSampler(access_log_rate(config.server.access_log))
         context = AppContext(
-            self.repository,
-            self.metrics,
-            settings,
-            self,
-            control or self.models,
-            AccessLogSampler(access_log_rate(config.server.access_log)),
+            self.repository, self.metrics, settings, self, control or self.models, sampler
         )
-        self.app: ASGIApp = create_app(context, lifespan=self._lifespan)
+        self.plane = context.plane
+        self.app: ASGIApp = create_app(
+            context, lifespan=self._lifespan, extra_routes=self._vertex_routes(sampler)
+        )
+        self.grpc_context = GrpcContext(
+            self.plane,
+            self.metrics,
+            control or self.models,
+            admin_token,
+            access_log=sampler,
+        )
+
+    def _vertex_routes(self, sampler: AccessLogSampler) -> list[Route]:
+        """Vertex AI's health and predict routes, when it runs this container
+        (`AIP_MODE=PREDICTION`)."""
+        vertex = VertexSettings.from_environment()
+        if vertex is None:
+            return []
+        model = predict_model(self.config)
+        limit = self.config.server.max_request_bytes
+        predict = PredictEndpoint(self.plane, model, limit, sampler)
+        return [
+            Route(vertex.health_route, health.ready, methods=["GET"]),
+            Route(vertex.predict_route, predict.handle, methods=["POST"]),
+        ]
 
     def is_ready(self) -> bool:
         return self._started and not self._draining and self.repository.ready
@@ -170,6 +197,7 @@ class Appliance:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         shorten_switch_interval()
+        grpc_stop = await self._start_grpc()
         if not self._started:
             self._spawn(self._start_models(), "start")
         if self.notifier.watchdog_interval() is not None:
@@ -181,7 +209,40 @@ class Appliance:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if grpc_stop is not None:
+                # HTTP has drained; gRPC drains within the same budget, and may still be.
+                self._stop.set()
+                await grpc_stop
             await self._close_models()
+
+    async def _start_grpc(self) -> asyncio.Task[None] | None:
+        """Serve gRPC from here on; the task that drains it once the stop comes (as Hypercorn
+        drains HTTP). None when gRPC is off, or when its address could not be bound (the
+        process then exits non-zero, as for an HTTP address)."""
+        server = self.config.server
+        if not server.grpc_bind:
+            return None
+        tls = (server.certfile, server.keyfile) if server.certfile else None
+        try:
+            grpc_server = GrpcServer(
+                self.grpc_context,
+                self,
+                server.grpc_bind,
+                server.grpc_message_limit,
+                tls,
+                reuse_port=self.grpc_reuse_port,
+            )
+            await grpc_server.start()
+        except OSError as error:
+            self._fail_start(str(error))
+            return None
+        _, drain_s = drain_budget(server.shutdown_grace_s, server.unready_window_s)
+
+        async def drain() -> None:
+            await self._stop.wait()
+            await grpc_server.stop(drain_s)
+
+        return asyncio.get_running_loop().create_task(drain(), name="grpc")
 
     async def _close_models(self) -> None:
         """Close the models within what is left of the grace period (all of it, if not stopping)."""

@@ -44,7 +44,7 @@ from hypercorn.config import Config as HypercornConfig
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from appliance.config import AppConfig, DeclaredModel, XlaConfig, load_config
+from appliance.config import AppConfig, DeclaredModel, XlaConfig, load_config, with_grpc_bind
 from appliance.lifecycle.chips import tpu_chips
 from appliance.lifecycle.link import Link, LinkClosed, Message
 from appliance.lifecycle.notify import SystemdNotifier
@@ -71,11 +71,12 @@ class ConfigSource:
     config: AppConfig  # models declared from Python included
     path: str | None  # None: served from a config object, `config` is re-used
     extra_models: tuple[DeclaredModel, ...]
+    grpc_bind: tuple[str, ...] | None = None  # --grpc-bind, kept over the file's on re-reads
 
     def reread(self) -> AppConfig:
         if self.path is None:
             return self.config
-        fresh = load_config(self.path)
+        fresh = with_grpc_bind(load_config(self.path), self.grpc_bind)
         declared = {(m.name, m.version) for m in fresh.models}
         extra = tuple(m for m in self.extra_models if (m.name, m.version) not in declared)
         return replace(fresh, models=fresh.models + extra)
@@ -247,6 +248,7 @@ class Supervisor:
             config=replace(config, models=models, xla=XlaConfig(compilation_cache_dir=cache)),
             config_path=self.source.path,
             extra_models=self.source.extra_models,
+            grpc_bind=self.source.grpc_bind,
             binds=tuple(f"fd://{sock.fileno()}" for sock in self._sockets),
             control_fd=control_fd,
             metrics_root=str(self._rundir / "metrics"),

@@ -40,6 +40,8 @@ LATENCY_BUCKETS = (
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 COMPILE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+# The `protocol` label of the request series.
+PROTOCOLS = ("http", "grpc")
 SYNC_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -57,16 +59,18 @@ class Metrics:
         self.runtime_collectors: list[Collector] = []
         r = self.registry
         model = ("model", "version")
+        # `protocol` ("http", "grpc") on the request series only: a query that leaves it out
+        # sums over both, as it did before gRPC was served.
         self.requests = Counter(
             "aegis_inference_requests",
-            "Inference requests by final HTTP status.",
-            (*model, "code"),
+            "Inference requests by final status (over gRPC: the HTTP status its code stands for).",
+            (*model, "code", "protocol"),
             registry=r,
         )
         self.request_duration = Histogram(
             "aegis_inference_request_duration_seconds",
             "Time from a request's arrival to its response, queue wait included.",
-            model,
+            (*model, "protocol"),
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -237,7 +241,9 @@ class ModelMetrics:
         self.name = name
         self.version = version
         labels = (name, version)
-        self.request_duration = metrics.request_duration.labels(*labels)
+        self._request_duration = {
+            protocol: metrics.request_duration.labels(*labels, protocol) for protocol in PROTOCOLS
+        }
         self.queue_duration = metrics.queue_duration.labels(*labels)
         self.compute_duration = metrics.compute_duration.labels(*labels)
         self.batch_size = metrics.batch_size.labels(*labels)
@@ -252,14 +258,16 @@ class ModelMetrics:
             outcome: metrics.failed_batch_requests.labels(*labels, outcome)
             for outcome in ("culprit", "rescued")
         }
-        self._requests: dict[int, Counter] = {}
+        self._requests: dict[tuple[int, str], Counter] = {}
 
-    def count_request(self, code: int) -> None:
-        child = self._requests.get(code)
+    def observe_request(self, code: int, elapsed_s: float, protocol: str) -> None:
+        """One answered request: its final status and its time, on `protocol` (PROTOCOLS)."""
+        child = self._requests.get((code, protocol))
         if child is None:
-            child = self._metrics.requests.labels(self.name, self.version, str(code))
-            self._requests[code] = child
+            child = self._metrics.requests.labels(self.name, self.version, str(code), protocol)
+            self._requests[code, protocol] = child
         child.inc()
+        self._request_duration[protocol].observe(elapsed_s)
 
     def observe_batch(self, rows: int, bucket: int, compute_s: float) -> None:
         self.batch_size.observe(rows)

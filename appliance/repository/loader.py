@@ -18,11 +18,29 @@ from appliance.runtimes.artifacts import resolve_artifact
 log = structlog.get_logger("aegis.repository")
 
 
+# Class labels for Triton's classification extension: one per line, line N naming class N, in
+# the folder that holds the artifact (so a folder model_path syncs them with it).
+LABELS_FILE = "labels.txt"
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedRuntimes:
     primary: Runtime
     overflow: Runtime | None
     fallback_reason: str | None
+    labels: tuple[str, ...] = ()
+
+
+def read_labels(artifact: Path) -> tuple[str, ...]:
+    """The labels beside `artifact`, or none when it has no labels file."""
+    path = artifact.parent / LABELS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ()
+    except UnicodeDecodeError as error:
+        raise OSError(f"{path.name}: not UTF-8 text ({error.reason})") from None
+    return tuple(text.splitlines())
 
 
 def _cpu_runtime(model: DeclaredModel, artifact: Path) -> Runtime:
@@ -42,6 +60,7 @@ def _cpu_runtime(model: DeclaredModel, artifact: Path) -> Runtime:
 def load_runtimes(model: DeclaredModel, location: Path, xla: XlaConfig) -> LoadedRuntimes:
     """Load `model` from `location` (file or folder), applying its `cpu_fallback` policy."""
     artifact = resolve_artifact(location)
+    labels = read_labels(artifact)
     config = model.config
     runtime = create_runtime(config, artifact, xla)
     try:
@@ -57,7 +76,7 @@ def load_runtimes(model: DeclaredModel, location: Path, xla: XlaConfig) -> Loade
             device=config.device,
             reason=str(error),
         )
-        return LoadedRuntimes(_cpu_runtime(model, artifact), None, str(error))
+        return LoadedRuntimes(_cpu_runtime(model, artifact), None, str(error), labels)
     overflow = None
     if (
         config.cpu_fallback in ("overflow", "latency")
@@ -65,7 +84,7 @@ def load_runtimes(model: DeclaredModel, location: Path, xla: XlaConfig) -> Loade
         and runtime.device != "cpu"
     ):
         overflow = _cpu_runtime(model, artifact)
-    return LoadedRuntimes(runtime, overflow, None)
+    return LoadedRuntimes(runtime, overflow, None, labels)
 
 
 def warmup_shapes(

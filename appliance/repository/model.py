@@ -80,6 +80,7 @@ class ServedModel:
         metrics: ModelMetrics,
         overflow: Replica | None = None,
         fingerprint: str = "",
+        labels: tuple[str, ...] = (),
         stand_in: bool = False,
     ) -> None:
         """`overflow`: the CPU replica of `cpu_fallback` "overflow" or "latency"; `stand_in`:
@@ -92,6 +93,7 @@ class ServedModel:
         self.overflow = overflow
         self.metrics = metrics
         self.fingerprint = fingerprint
+        self.labels = labels  # class labels, by index, for classification results
         self.stand_in = stand_in
         self._route_by_latency = overflow is not None and config.cpu_fallback == "latency"
         self.signature: Signature = primary.runtime.signature

@@ -79,8 +79,7 @@ def record(
     params = scope["path_params"]
     model = outcome.model
     if model is not None:
-        model.metrics.count_request(outcome.status)
-        model.metrics.request_duration.observe(elapsed)
+        model.metrics.observe_request(outcome.status, elapsed, "http")
     if not sampler.wants(outcome.status):
         return
     log.info(
@@ -89,6 +88,7 @@ def record(
         model=params["model_name"],
         version=model.version if model is not None else params.get("model_version"),
         status=outcome.status,
+        protocol="http",
         duration_ms=round(elapsed * 1000, 3),
         **outcome.fields,
     )

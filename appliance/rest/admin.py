@@ -30,7 +30,7 @@ async def index(request: Request) -> Response:
     refusal = _refusal(request)
     if refusal is not None:
         return refusal
-    return json_response(request.app.state.aegis.repository.index())
+    return json_response(request.app.state.aegis.plane.repository_index())
 
 
 async def _change(request: Request, action: str) -> Response:

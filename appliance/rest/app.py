@@ -1,12 +1,12 @@
 """The Starlette application: Open Inference Protocol v2 routes, health, metrics and admin.
 
-It sees models only through the repository (numpy tensors in and out) and the lifecycle only
+It sees models only through the data plane (numpy tensors in and out) and the lifecycle only
 through the `Readiness` and `RepositoryControl` protocols.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from appliance.dataplane import DataPlane, Readiness
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import admin, health, inference
@@ -27,16 +28,6 @@ from appliance.rest.errors import error_response
 from appliance.units import MiB
 
 log = structlog.get_logger("aegis.rest")
-
-
-class Readiness(Protocol):
-    def is_ready(self) -> bool: ...
-
-    def not_ready_reason(self) -> str: ...
-
-    def is_draining(self) -> bool:
-        """True from SIGTERM on: replies then ask clients to close their connections."""
-        ...
 
 
 class RepositoryControl(Protocol):
@@ -63,12 +54,21 @@ class AppContext:
     readiness: Readiness
     control: RepositoryControl | None
     access_log: AccessLogSampler = field(default_factory=AccessLogSampler)
+    plane: DataPlane = field(init=False)
+
+    def __post_init__(self) -> None:
+        plane = DataPlane(
+            self.repository, self.readiness, self.settings.server_name, self.settings.server_version
+        )
+        object.__setattr__(self, "plane", plane)  # frozen: set once, here
 
 
 def create_app(
     context: AppContext,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]] | None = None,
+    extra_routes: Sequence[Route] = (),
 ) -> ASGIApp:
+    """The app; `extra_routes` (another front door's, such as Vertex AI's) go beside the V2 ones."""
     model = "/v2/models/{model_name:str}"
     version = model + "/versions/{model_version:str}"
     routes = [
@@ -94,6 +94,7 @@ def create_app(
             Route(prefix + "/config", inference.model_config, methods=["GET"]),
         ]
     routes += infer_routes
+    routes += extra_routes
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

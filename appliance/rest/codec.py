@@ -9,12 +9,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 import orjson
 
+from appliance.dataplane.types import InferRequest, OutputTensor, RequestedOutput
 from appliance.errors import InvalidInput
 from appliance.rest.protocol import RESERVED_PARAMETERS, SPELLED_FLOATS, spelled
 from appliance.tensors import DATATYPE_TO_NUMPY
@@ -29,23 +29,6 @@ _MAX_ELEMENTS = 2**48
 *_OTHER_SPELLINGS, _LAST_SPELLING = (f'"{name}"' for name in SPELLED_FLOATS)
 # What a float tensor's JSON data may hold: '(numbers, "NaN", "Infinity" or "-Infinity")'.
 _FLOAT_VALUES = f"(numbers, {', '.join(_OTHER_SPELLINGS)} or {_LAST_SPELLING})"
-
-
-@dataclass(slots=True)
-class RequestedOutput:
-    name: str
-    binary: bool
-
-
-@dataclass(slots=True)
-class DecodedRequest:
-    id: str | None
-    parameters: dict[str, Any]
-    inputs: dict[str, np.ndarray]
-    datatypes: dict[str, str]
-    outputs: list[RequestedOutput] | None
-    binary_output: bool
-    timeout_us: int | None = None
 
 
 def _little_endian(datatype: str) -> np.dtype:
@@ -237,8 +220,15 @@ def _binary_bytes(chunk: memoryview, count: int, where: str) -> np.ndarray:
     return array
 
 
-def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
-    """Parse an infer request body; `header_length` is the binary extension's header, if sent."""
+def decode_request(
+    body: bytes, header_length: int | None, model_name: str, model_version: str | None
+) -> InferRequest:
+    """Parse an infer request body for the model (and version) named in its path;
+    `header_length` is the binary extension's header, if sent.
+
+    The binary extension's parameters (binary_data_size, binary_data, binary_data_output) and
+    `timeout` are taken out here; every other parameter goes to the data plane as sent.
+    """
     header: bytes | memoryview
     if header_length is None:
         header, binary = body, memoryview(b"")
@@ -256,7 +246,7 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         raise InvalidInput(f"request body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise InvalidInput("request body must be a JSON object")
-    parameters = _parameters(document.get("parameters"), "request")
+    parameters = dict(_parameters(document.get("parameters"), "request"))
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
@@ -265,6 +255,7 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         raise InvalidInput("'inputs' must be a non-empty list")
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
+    input_parameters: dict[str, dict[str, object]] = {}
     offset = 0
     for index, raw in enumerate(raw_inputs):
         if not isinstance(raw, dict):
@@ -280,8 +271,12 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         if not isinstance(datatype, str) or datatype not in DATATYPE_TO_NUMPY:
             raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
         shape = _shape(raw.get("shape"), where)
-        input_parameters = _parameters(raw.get("parameters"), where)
-        given_size = input_parameters.get("binary_data_size")
+        given = _parameters(raw.get("parameters"), where)
+        given_size = given.get("binary_data_size")
+        if len(given) > (given_size is not None):  # more than the binary extension's own
+            input_parameters[name] = {
+                key: value for key, value in given.items() if key != "binary_data_size"
+            }
         if given_size is not None:
             if "data" in raw:
                 raise InvalidInput(f"{where}: has both 'data' and binary_data_size")
@@ -306,16 +301,25 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
             f"{binary.nbytes - offset} bytes of binary data follow the last tensor; "
             "binary_data_size values do not add up to the body"
         )
-    binary_output = parameters.get("binary_data_output", False)
+    binary_output = parameters.pop("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise InvalidInput("'binary_data_output' must be true or false")
     outputs = _requested_outputs(document.get("outputs"), binary_output)
-    given_timeout = parameters.get("timeout")
+    given_timeout = parameters.pop("timeout", None)
     timeout = None if given_timeout is None else _as_int(given_timeout)
     if given_timeout is not None and (timeout is None or timeout <= 0):
         raise InvalidInput("'timeout' must be a positive integer (microseconds)")
-    return DecodedRequest(
-        request_id, parameters, inputs, datatypes, outputs, binary_output, timeout
+    return InferRequest(
+        model_name,
+        model_version,
+        inputs,
+        datatypes,
+        request_id,
+        parameters,
+        outputs,
+        binary_output,
+        timeout,
+        input_parameters,
     )
 
 
@@ -328,20 +332,12 @@ def _requested_outputs(raw: object, binary_default: bool) -> list[RequestedOutpu
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"outputs[{index}] must be an object with a 'name'")
-        parameters = _parameters(item.get("parameters"), f"output {item['name']!r}")
-        binary = parameters.get("binary_data", binary_default)
+        parameters = dict(_parameters(item.get("parameters"), f"output {item['name']!r}"))
+        binary = parameters.pop("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise InvalidInput(f"output {item['name']!r}: binary_data must be true or false")
-        outputs.append(RequestedOutput(item["name"], binary))
+        outputs.append(RequestedOutput(item["name"], binary, parameters))
     return outputs
-
-
-@dataclass(slots=True)
-class OutputTensor:
-    name: str
-    datatype: str
-    array: np.ndarray
-    binary: bool
 
 
 def _bytes_payload(array: np.ndarray) -> bytes:
@@ -354,7 +350,7 @@ def _bytes_payload(array: np.ndarray) -> bytes:
 
 
 def _json_data(tensor: OutputTensor) -> object:
-    flat = tensor.array.reshape(-1)
+    flat = tensor.data.reshape(-1)
     if tensor.datatype == "BYTES":
         return [
             element.decode("utf-8", "replace") if isinstance(element, bytes) else str(element)
@@ -381,13 +377,13 @@ def encode_response(
         entry: dict[str, Any] = {
             "name": tensor.name,
             "datatype": tensor.datatype,
-            "shape": list(tensor.array.shape),
+            "shape": list(tensor.data.shape),
         }
         if tensor.binary or tensor.datatype == "BF16":
             if tensor.datatype == "BYTES":
-                payload = _bytes_payload(tensor.array)
+                payload = _bytes_payload(tensor.data)
             else:
-                array = tensor.array.astype(tensor.array.dtype.newbyteorder("<"), copy=False)
+                array = tensor.data.astype(tensor.data.dtype.newbyteorder("<"), copy=False)
                 payload = np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(payload)}
             chunks.append(payload)

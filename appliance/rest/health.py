@@ -6,33 +6,35 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
+from appliance.dataplane import DataPlane
 from appliance.rest.errors import error_response
 from appliance.rest.openapi import openapi_document
 from appliance.rest.responses import json_response
 
-_EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
+# The extension only this transport implements; the data plane names the others.
+_HTTP_EXTENSIONS = ["binary_tensor_data"]
+
+
+def _plane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.aegis.plane
+    return plane
 
 
 async def live(request: Request) -> Response:
-    return json_response({"live": True})
+    return json_response({"live": _plane(request).live()})
 
 
 async def ready(request: Request) -> Response:
-    readiness = request.app.state.aegis.readiness
-    if readiness.is_ready():
+    plane = _plane(request)
+    if plane.ready():
         return json_response({"ready": True})
-    return error_response(503, f"not ready: {readiness.not_ready_reason()}", {"Retry-After": "1"})
+    return error_response(503, f"not ready: {plane.not_ready_reason()}", {"Retry-After": "1"})
 
 
 async def server_metadata(request: Request) -> Response:
-    settings = request.app.state.aegis.settings
-    return json_response(
-        {
-            "name": settings.server_name,
-            "version": settings.server_version,
-            "extensions": _EXTENSIONS,
-        }
-    )
+    document = _plane(request).server_metadata()
+    document["extensions"] = _HTTP_EXTENSIONS + document["extensions"]
+    return json_response(document)
 
 
 async def metrics(request: Request) -> Response:

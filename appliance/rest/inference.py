@@ -1,4 +1,4 @@
-"""Model metadata, readiness, config and the infer endpoint."""
+"""Model metadata, readiness, config and the infer endpoint: HTTP around the data plane."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from appliance.dataplane import DataPlane
 from appliance.errors import InferenceError, InvalidInput, QueueFull
-from appliance.repository import ModelRepository, ServedModel
-from appliance.rest import metadata
 from appliance.rest.access import Outcome, record, request_id_of
-from appliance.rest.codec import OutputTensor, decode_request, encode_response
+from appliance.rest.codec import decode_request, encode_response
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.responses import json_response
 
@@ -41,22 +40,24 @@ CLIENT_CLOSED = 499
 OVERLOAD_HOLD_S = 1.0
 
 
-def _model(request: Request) -> ServedModel:
-    params = request.path_params
-    repository: ModelRepository = request.app.state.aegis.repository
-    return repository.get(params["model_name"], params.get("model_version"))
+def _plane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.aegis.plane
+    return plane
 
 
 async def model_metadata(request: Request) -> Response:
+    params = request.path_params
     try:
-        return json_response(metadata.model_metadata(_model(request)))
+        document = _plane(request).model_metadata(params["model_name"], params.get("model_version"))
     except InferenceError as error:
         return failure_response(error)
+    return json_response(document)
 
 
 async def model_ready(request: Request) -> Response:
+    params = request.path_params
     try:
-        model = _model(request)
+        model = _plane(request).model(params["model_name"], params.get("model_version"))
     except InferenceError as error:
         return failure_response(error)
     if not model.ready:
@@ -65,10 +66,12 @@ async def model_ready(request: Request) -> Response:
 
 
 async def model_config(request: Request) -> Response:
+    params = request.path_params
     try:
-        return json_response(metadata.triton_config(_model(request)))
+        document = _plane(request).model_config(params["model_name"], params.get("model_version"))
     except InferenceError as error:
         return failure_response(error)
+    return json_response(document)
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
@@ -223,10 +226,10 @@ async def _serve(
     outcome: Outcome,
 ) -> Reply:
     params = scope["path_params"]
+    plane: DataPlane = context.plane
     try:
-        model = outcome.model = context.repository.get(
-            params["model_name"], params.get("model_version")
-        )
+        # Looked up apart from the room check: a refused request is still counted on its model.
+        model = outcome.model = plane.model(params["model_name"], params.get("model_version"))
         limit = context.settings.max_request_bytes
         try:
             # At the door: under overload the refusal is the common answer, and it must not
@@ -237,22 +240,14 @@ async def _serve(
             await read_raw_body(receive, headers, limit)
             raise
         body = await read_body(receive, headers, limit)
-        decoded = decode_request(body, _header_length(headers))
-        rows = model.check_inputs(decoded.inputs, decoded.datatypes)
-        if decoded.outputs is None:
-            wanted = [(spec, decoded.binary_output) for spec in model.signature.outputs]
-        else:
-            wanted = [(model.output_spec(out.name), out.binary) for out in decoded.outputs]
-        timeout_s = model.config.timeout_ms / 1000.0
-        if decoded.timeout_us is not None:
-            timeout_s = min(timeout_s, decoded.timeout_us / 1_000_000)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        request = decode_request(
+            body, _header_length(headers), params["model_name"], params.get("model_version")
+        )
         handler = asyncio.current_task()
         assert handler is not None
-        watcher = loop.create_task(_watch_disconnect(receive, handler))
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, handler))
         try:
-            result = await model.infer(decoded.inputs, rows, deadline)
+            result = await plane.infer(request, model)
         except asyncio.CancelledError:
             if not watcher.done():
                 raise
@@ -271,11 +266,9 @@ async def _serve(
         }
         if result.fallback is not None:
             outcome.fields["cpu_fallback"] = result.fallback
-        outputs = [
-            OutputTensor(spec.name, spec.datatype, result.outputs[spec.name], binary)
-            for spec, binary in wanted
-        ]
-        payload, header_length = encode_response(model.name, model.version, decoded.id, outputs)
+        payload, header_length = encode_response(
+            result.model_name, result.model_version, result.id, result.outputs
+        )
         reply_headers = [
             (b"x-request-id", request_id.encode("latin-1")),
             (b"content-length", b"%d" % len(payload)),

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from appliance.dataplane.metadata import protocol_shape
 from appliance.repository import ModelRepository, ServedModel
 from appliance.rest.openapi_generic import (
     FIXED_PATHS,
@@ -29,7 +30,6 @@ from appliance.rest.openapi_generic import (
     parameters_object,
     ref,
 )
-from appliance.rest.protocol import RESERVED_PARAMETERS, protocol_shape
 from appliance.tensors import DATATYPE_TO_NUMPY, TensorSpec
 
 _BINARY_EXTENSION = (
@@ -84,9 +84,7 @@ def _json_input(spec: TensorSpec, rows: int) -> dict[str, Any]:
             "datatype": {"const": spec.datatype},
             "shape": shape,
             # null binary_data_size means none: the tensor is in `data`.
-            "parameters": parameters_object(
-                *RESERVED_PARAMETERS, binary_data_size={"type": "null"}
-            ),
+            "parameters": parameters_object(binary_data_size={"type": "null"}),
             "data": data,
         },
     }
@@ -108,7 +106,6 @@ def _request_schema(model: ServedModel) -> dict[str, Any]:
         }
         for count in rows
     ]
-    outputs = [spec.name for spec in model.signature.outputs]
     return {
         "type": "object",
         "required": ["inputs"],
@@ -118,16 +115,23 @@ def _request_schema(model: ServedModel) -> dict[str, Any]:
             "inputs": {"anyOf": alternatives},
             "outputs": {
                 "type": ["array", "null"],
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"enum": outputs},
-                        "parameters": ref("OutputParameters"),
-                    },
-                },
+                "items": {"anyOf": [_requested_output(spec) for spec in model.signature.outputs]},
             },
         },
+    }
+
+
+def _requested_output(spec: TensorSpec) -> dict[str, Any]:
+    """An entry of `outputs` naming `spec`: classification up to its number of classes, where it
+    has a fixed one."""
+    known: dict[str, dict[str, Any]] = {"binary_data": {"type": "boolean"}}
+    classes = spec.shape[-1] if len(spec.shape) >= 2 else None
+    if spec.datatype != "BYTES" and isinstance(classes, int) and classes >= 1:
+        known["classification"] = {"type": "integer", "minimum": 1, "maximum": classes}
+    return {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"const": spec.name}, "parameters": parameters_object(**known)},
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from appliance.rest.protocol import ERROR_REASONS, RESERVED_PARAMETERS, SPELLED_FLOATS
+from appliance.rest.protocol import ERROR_REASONS, SPELLED_FLOATS
 from appliance.tensors import DATATYPE_TO_NUMPY
 
 DATATYPES = sorted(DATATYPE_TO_NUMPY)
@@ -38,15 +38,13 @@ def errors(*statuses: int) -> dict[str, Any]:
     return responses
 
 
-def parameters_object(*refused: str, **known: dict[str, Any]) -> dict[str, Any]:
-    """A `parameters` object: `known` keys typed, any other key free, `refused` keys refused.
+def parameters_object(**known: dict[str, Any]) -> dict[str, Any]:
+    """A `parameters` object: `known` keys typed, any other key refused (the server implements
+    each parameter it takes or answers 400; shared-memory ones among the refused).
 
     null is accepted wherever `parameters` is, and means no parameters.
     """
-    schema: dict[str, Any] = {"type": ["object", "null"], "properties": known}
-    if refused:
-        schema["propertyNames"] = {"not": {"enum": list(refused)}}
-    return schema
+    return {"type": ["object", "null"], "properties": known, "additionalProperties": False}
 
 
 MODEL_PARAMETER = {
@@ -153,7 +151,6 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "RequestParameters": parameters_object(
-        *RESERVED_PARAMETERS,
         timeout={
             "type": ["integer", "null"],
             "minimum": 1,
@@ -161,11 +158,19 @@ SCHEMAS: dict[str, Any] = {
             "description": "deadline in microseconds; the model's timeout_ms caps it",
         },
         binary_data_output={"type": "boolean"},
+        priority={"const": 0, "description": "only the default: one queue per model"},
     ),
     "InputParameters": parameters_object(
-        *RESERVED_PARAMETERS, binary_data_size={"type": ["integer", "null"], "minimum": 0}
+        binary_data_size={"type": ["integer", "null"], "minimum": 0}
     ),
-    "OutputParameters": parameters_object(*RESERVED_PARAMETERS, binary_data={"type": "boolean"}),
+    "OutputParameters": parameters_object(
+        binary_data={"type": "boolean"},
+        classification={
+            "type": "integer",
+            "minimum": 1,
+            "description": "return the top K classes as BYTES 'value:index[:label]'",
+        },
+    ),
     "RequestInput": {
         "type": "object",
         "required": ["name", "shape", "datatype"],

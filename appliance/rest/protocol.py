@@ -17,7 +17,6 @@ from appliance.errors import (
     ModelNotReady,
     QueueFull,
 )
-from appliance.tensors import TensorSpec
 
 # Parameters the codec refuses on a request, an input or an output: shared-memory tensors are not
 # supported.
@@ -57,9 +56,3 @@ def spelled(value: float) -> str:
     if value != value:
         return "NaN"
     return "Infinity" if value > 0 else "-Infinity"
-
-
-def protocol_shape(spec: TensorSpec) -> list[int]:
-    """`spec`'s shape as the protocol states it: fixed sizes, and -1 for "any size" (a named
-    dimension is one: its length is the request's, up to its largest bucket)."""
-    return [dim if isinstance(dim, int) else -1 for dim in spec.shape]

@@ -32,7 +32,11 @@ def start(
         f'[[models.outputs]]\nname = "output__0"\ndatatype = "FP32"\n'
         f"shape = [-1, {models.OUTPUTS}]\n"
     )
-    proc, log = launch.spawn([AEGIS, "serve", "--config", config, "--bind", f"{HOST}:{port}"], home)
+    # gRPC on a free port too: the default 0.0.0.0:8081 would clash between servers.
+    grpc = ["--grpc-bind", f"{HOST}:{free_port()}"]
+    proc, log = launch.spawn(
+        [AEGIS, "serve", "--config", config, "--bind", f"{HOST}:{port}", *grpc], home
+    )
     path = f"/v2/models/{model}/infer"
     targets = [payload.json_target("aegis-json", path), payload.binary_target("aegis-binary", path)]
     return Server("aegis", proc, port, targets, log, metrics_model=model)
@@ -42,7 +46,9 @@ def start_demo(launch: Launch, _model: str, payload: Payload) -> Server:
     home = launch.home("aegis-demo")
     port = free_port()
     proc, log = launch.spawn(
-        [AEGIS, "demo", "--bind", f"{HOST}:{port}"], home, {"AEGIS_DEMO_DIR": str(home)}
+        [AEGIS, "demo", "--bind", f"{HOST}:{port}", "--grpc-bind", f"{HOST}:{free_port()}"],
+        home,
+        {"AEGIS_DEMO_DIR": str(home)},
     )
     target = payload.json_target("aegis-demo", "/v2/models/demo/infer")
     return Server("aegis-demo", proc, port, [target], log, metrics_model="demo")

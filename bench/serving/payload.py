@@ -44,7 +44,8 @@ class Payload:
 def make_payload(model_name: str, artifacts: Path) -> Payload:
     import torch
 
-    from appliance.rest.codec import OutputTensor, encode_response
+    from appliance.dataplane import OutputTensor
+    from appliance.rest.codec import encode_response
 
     rows = np.random.default_rng(64).standard_normal((1, models.INPUTS)).astype(np.float32)
     module = torch.export.load(str(artifacts / f"{model_name}.pt2")).module()

@@ -84,4 +84,6 @@ def test_batch_size_histogram_shows_batches_larger_than_one(server) -> None:
         "aegis_artifact_sync_seconds",
     ):
         assert name in text, name
-    assert 'aegis_inference_requests_total{code="200",model="mlp",version="1"}' in text
+    assert (
+        'aegis_inference_requests_total{code="200",model="mlp",protocol="http",version="1"}' in text
+    )

@@ -9,6 +9,11 @@ import time
 from tests.rest.test_overload import in_background, rounds_for, slow_model, slow_request
 from tests.support.http import get_text
 
+# The 499s of this model over HTTP.
+CLOSED = (
+    r'aegis_inference_requests_total\{code="499",model="slow",protocol="http",version="1"\} (\S+)'
+)
+
 
 def metric(server, pattern: str) -> float:
     text = get_text(server, "/metrics", timeout_s=10)
@@ -33,19 +38,8 @@ def test_disconnected_request_is_not_computed(serve, artifacts) -> None:
     running.join(60)
     assert result[0][0] == 200
     end = time.monotonic() + 10
-    while (
-        time.monotonic() < end
-        and metric(
-            server, r'aegis_inference_requests_total\{code="499",model="slow",version="1"\} (\S+)'
-        )
-        < 1
-    ):
+    while time.monotonic() < end and metric(server, CLOSED) < 1:
         time.sleep(0.1)
-    assert (
-        metric(
-            server, r'aegis_inference_requests_total\{code="499",model="slow",version="1"\} (\S+)'
-        )
-        == 1
-    )
+    assert metric(server, CLOSED) == 1
     batches = metric(server, r'aegis_batch_size_count\{model="slow",version="1"\} (\S+)')
     assert batches - batches_before == 1, "the abandoned request reached the model"

@@ -8,8 +8,9 @@ import numpy as np
 import orjson
 import pytest
 
+from appliance.dataplane import OutputTensor
 from appliance.errors import InvalidInput
-from appliance.rest.codec import OutputTensor, decode_request, encode_response
+from appliance.rest.codec import decode_request, encode_response
 
 
 def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, int]:
@@ -28,7 +29,7 @@ def test_json_tensors_decode_nested_or_flat() -> None:
             ],
         }
     )
-    decoded = decode_request(body, None)
+    decoded = decode_request(body, None, "m", None)
     assert decoded.id == "r1"
     assert decoded.inputs["a"].dtype == np.float32
     assert decoded.inputs["a"].tolist() == [[1, 2], [3, 4.5]]
@@ -52,7 +53,7 @@ def test_binary_tensors_are_views_of_the_body() -> None:
         "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
     }
     body, length = binary_body(header, values.tobytes(), flags.tobytes())
-    decoded = decode_request(body, length)
+    decoded = decode_request(body, length, "m", None)
     assert decoded.inputs["x"].tolist() == values.reshape(2, 3).tolist()
     assert decoded.inputs["f"].tolist() == [True, False, True]
     assert decoded.outputs is not None and decoded.outputs[0].binary
@@ -71,11 +72,11 @@ def test_bytes_tensors_binary_and_json() -> None:
         ]
     }
     body, length = binary_body(header, raw)
-    assert decode_request(body, length).inputs["s"].tolist() == [b"ab", b"", b"xyz"]
+    assert decode_request(body, length, "m", None).inputs["s"].tolist() == [b"ab", b"", b"xyz"]
     body = orjson.dumps(
         {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2], "data": ["hé", "x"]}]}
     )
-    assert decode_request(body, None).inputs["s"].tolist() == ["hé".encode(), b"x"]
+    assert decode_request(body, None, "m", None).inputs["s"].tolist() == ["hé".encode(), b"x"]
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,7 @@ def test_bytes_tensors_binary_and_json() -> None:
 )
 def test_bad_bodies_get_a_clear_message(body: bytes, header_length: int | None, message: str):
     with pytest.raises(InvalidInput, match=message):
-        decode_request(body, header_length)
+        decode_request(body, header_length, "m", None)
 
 
 def test_binary_size_past_the_body_is_refused() -> None:
@@ -146,7 +147,7 @@ def test_binary_size_past_the_body_is_refused() -> None:
     }
     body, length = binary_body(header, b"\0" * 8)
     with pytest.raises(InvalidInput, match="runs past the body"):
-        decode_request(body, length)
+        decode_request(body, length, "m", None)
 
 
 def test_trailing_binary_bytes_are_refused() -> None:
@@ -157,7 +158,7 @@ def test_trailing_binary_bytes_are_refused() -> None:
     }
     body, length = binary_body(header, b"\0" * 8)
     with pytest.raises(InvalidInput, match="4 bytes of binary data follow"):
-        decode_request(body, length)
+        decode_request(body, length, "m", None)
 
 
 def test_bytes_element_longer_than_its_tensor_is_refused() -> None:
@@ -174,7 +175,7 @@ def test_bytes_element_longer_than_its_tensor_is_refused() -> None:
     }
     body, length = binary_body(header, raw)
     with pytest.raises(InvalidInput, match="runs past its tensor"):
-        decode_request(body, length)
+        decode_request(body, length, "m", None)
 
 
 def test_huge_shapes_do_not_allocate() -> None:
@@ -182,7 +183,7 @@ def test_huge_shapes_do_not_allocate() -> None:
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**62, 2**62], "data": [1]}]}
     )
     with pytest.raises(InvalidInput, match="larger than any tensor"):
-        decode_request(body, None)
+        decode_request(body, None, "m", None)
 
 
 def test_response_json_and_binary() -> None:
@@ -215,7 +216,7 @@ def test_empty_tensor_with_an_absurd_dimension_is_refused() -> None:
     }
     body, length = binary_body(header)
     with pytest.raises(InvalidInput, match="larger than any tensor"):
-        decode_request(body, length)
+        decode_request(body, length, "m", None)
 
 
 def json_input(datatype: str, data: list) -> bytes:
@@ -233,7 +234,7 @@ def test_non_finite_floats_as_replies_spell_them_are_taken_back(datatype: str) -
     )
     data = orjson.loads(reply)["outputs"][0]["data"]
     assert data == [1.5, "NaN", "Infinity", "-Infinity"]
-    decoded = decode_request(json_input(datatype, data), None).inputs["x"]
+    decoded = decode_request(json_input(datatype, data), None, "m", None).inputs["x"]
     assert decoded.dtype == np.dtype(f"float{datatype[2:]}")
     assert decoded[0] == 1.5 and np.isnan(decoded[1])
     assert decoded[2] == np.inf and decoded[3] == -np.inf
@@ -251,4 +252,4 @@ def test_non_finite_floats_as_replies_spell_them_are_taken_back(datatype: str) -
 )
 def test_other_strings_in_numeric_data_are_refused(datatype: str, data: list, message: str):
     with pytest.raises(InvalidInput, match=message):
-        decode_request(json_input(datatype, data), None)
+        decode_request(json_input(datatype, data), None, "m", None)

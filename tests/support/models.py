@@ -51,6 +51,43 @@ class Failing(torch.nn.Module):
         return x * 2.0
 
 
+class Echo(torch.nn.Module):
+    """Gives back a copy of each of its inputs: one per datatype torch has (ECHO_DATATYPES)."""
+
+    def forward(
+        self,
+        bool_: torch.Tensor,
+        uint8: torch.Tensor,
+        uint16: torch.Tensor,
+        uint32: torch.Tensor,
+        uint64: torch.Tensor,
+        int8: torch.Tensor,
+        int16: torch.Tensor,
+        int32: torch.Tensor,
+        int64: torch.Tensor,
+        fp16: torch.Tensor,
+        fp32: torch.Tensor,
+        fp64: torch.Tensor,
+        bf16: torch.Tensor,
+    ) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+        torch.Tensor,
+    ]:  # fmt: skip
+        return (
+            *(bool_.clone(), uint8.clone(), uint16.clone(), uint32.clone(), uint64.clone()),
+            *(int8.clone(), int16.clone(), int32.clone(), int64.clone()),
+            *(fp16.clone(), fp32.clone(), fp64.clone(), bf16.clone()),
+        )
+
+
+# Echo's inputs in order; the config names them in_<datatype> and its outputs out_<datatype>.
+ECHO_DATATYPES = (
+    *("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"),
+    *("FP16", "FP32", "FP64", "BF16"),
+)
+
+
 def export_pt2(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Path:
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = tuple({0: batch} for _ in example)

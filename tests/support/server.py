@@ -21,6 +21,13 @@ class ServerProcess:
     host: str
     port: int
     log_path: Path
+    grpc_port: int | None = None
+
+    @property
+    def grpc_address(self) -> str:
+        """host:port of the gRPC service, as tritonclient.grpc wants it."""
+        assert self.grpc_port is not None, "this server was started without gRPC"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -73,8 +80,16 @@ def start_server(
     env: dict[str, str] | None = None,
     python: str = sys.executable,
     preexec_fn: Callable[[], None] | None = None,
+    grpc: bool = True,
+    port: int | None = None,
+    grpc_port: int | None = None,
 ) -> ServerProcess:
-    port = free_port()
+    """The server on a free loopback port, with gRPC on another (never the default 0.0.0.0:8081,
+    which would not be loopback and would clash between servers); `grpc=False` leaves the
+    config's grpc_bind alone."""
+    port = port or free_port()
+    grpc_port = (grpc_port or free_port()) if grpc else None
+    grpc_args = [] if grpc_port is None else ["--grpc-bind", f"127.0.0.1:{grpc_port}"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
@@ -86,6 +101,7 @@ def start_server(
                 str(config_path),
                 "--bind",
                 f"127.0.0.1:{port}",
+                *grpc_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -93,7 +109,7 @@ def start_server(
             start_new_session=True,
             preexec_fn=preexec_fn,
         )
-    return ServerProcess(process, "127.0.0.1", port, log_path)
+    return ServerProcess(process, "127.0.0.1", port, log_path, grpc_port)
 
 
 @contextlib.contextmanager
@@ -104,12 +120,13 @@ def running_server(
     ready_timeout_s: float = 120.0,
     python: str = sys.executable,
     preexec_fn: Callable[[], None] | None = None,
+    port: int | None = None,
 ) -> Iterator[ServerProcess]:
     """A served config, ready; stopped (and killed if need be) on exit, even on failure."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "aegis.toml"
     config_path.write_text(config_text)
-    server = start_server(config_path, workdir / "server.log", env, python, preexec_fn)
+    server = start_server(config_path, workdir / "server.log", env, python, preexec_fn, port=port)
     try:
         server.wait_ready(ready_timeout_s)
         yield server

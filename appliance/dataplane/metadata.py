@@ -1,11 +1,11 @@
-"""A served model as the protocol describes it: V2 model metadata and Triton's model config."""
+"""A served model as the protocol describes it: V2 model metadata and Triton's model config, as
+plain dicts that every transport renders in its own format."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from appliance.repository import ServedModel
-from appliance.rest.protocol import protocol_shape
 from appliance.tensors import TensorSpec
 
 _PLATFORMS = {
@@ -15,6 +15,12 @@ _PLATFORMS = {
     ".jax": "jax_export",
 }
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+def protocol_shape(spec: TensorSpec) -> list[int]:
+    """`spec`'s shape as the protocol states it: fixed sizes, and -1 for "any size" (a named
+    dimension is one: its length is the request's, up to its largest bucket)."""
+    return [dim if isinstance(dim, int) else -1 for dim in spec.shape]
 
 
 def platform(model: ServedModel) -> str:

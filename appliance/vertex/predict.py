@@ -1,0 +1,270 @@
+"""Vertex AI's predict route: `{"instances": [...], "parameters": {...}}` in, `{"predictions":
+[...]}` out, the instances as one request to the data plane (they batch with everything else).
+
+An instance is one row: the row itself for a model with one input, else an object keyed by input
+name. BYTES values are strings, or `{"b64": "..."}` for binary (Vertex's convention). A
+prediction is the row of the one output, or an object keyed by output name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from appliance.dataplane import DataPlane, InferRequest, OutputTensor
+from appliance.errors import InferenceError, InvalidInput
+from appliance.rest.access import AccessLogSampler
+from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
+from appliance.rest.inference import read_body
+from appliance.rest.protocol import spelled
+from appliance.tensors import DATATYPE_TO_NUMPY, TensorSpec
+
+log = structlog.get_logger("aegis.vertex")
+
+# JSON values each datatype's kind takes: numbers for floats, integers for integers.
+_FLOAT_KINDS = "iuf"
+_INT_KINDS = "iu"
+
+
+def _row(value: object, spec: TensorSpec, where: str) -> np.ndarray:
+    """One instance's value for `spec`: an array shaped like a row of the input."""
+    if spec.datatype == "BYTES":
+        array = _bytes_row(value, where)
+    else:
+        try:
+            parsed = np.asarray(value)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"{where}: not a rectangular array of numbers") from None
+        array = _typed(parsed, spec.datatype, where)
+    row_shape = spec.shape[1:]
+    if len(array.shape) != len(row_shape) or any(
+        isinstance(want, int) and want != -1 and want != got
+        for want, got in zip(row_shape, array.shape, strict=True)
+    ):
+        shape = [dim if isinstance(dim, int) else -1 for dim in row_shape]
+        raise InvalidInput(
+            f"{where}: has shape {list(array.shape)}, one instance of it is {shape} (-1: any size)"
+        )
+    return array
+
+
+def _typed(parsed: np.ndarray, datatype: str, where: str) -> np.ndarray:
+    if datatype == "BOOL":
+        if parsed.size and parsed.dtype.kind != "b":
+            raise InvalidInput(f"{where}: BOOL values are true or false")
+        return parsed.astype(np.bool_)
+    accepted = _INT_KINDS if datatype.startswith(("INT", "UINT")) else _FLOAT_KINDS
+    if parsed.size and parsed.dtype.kind not in accepted:
+        kind = "integers" if accepted == _INT_KINDS else "numbers"
+        raise InvalidInput(f"{where}: {datatype} values are {kind}")
+    if datatype == "BF16":
+        return _bf16_bits(parsed.astype(np.float32))
+    target = DATATYPE_TO_NUMPY[datatype]
+    converted = parsed.astype(target)
+    if target.kind in "iu" and not np.array_equal(converted, parsed):
+        raise InvalidInput(f"{where}: values out of range for {datatype}")
+    return converted
+
+
+def _bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values as bfloat16 bit patterns, rounded to nearest even."""
+    bits = values.view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def _bytes_row(value: object, where: str) -> np.ndarray:
+    def element(item: object) -> bytes:
+        if isinstance(item, str):
+            return item.encode()
+        if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
+            try:
+                return base64.b64decode(item["b64"], validate=True)
+            except binascii.Error:
+                raise InvalidInput(f"{where}: 'b64' is not valid base64") from None
+        raise InvalidInput(f'{where}: BYTES values are strings or {{"b64": "..."}}')
+
+    def nest(item: object) -> object:
+        return [nest(part) for part in item] if isinstance(item, list) else element(item)
+
+    nested = nest(value)
+    shape: list[int] = []
+    probe = nested
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        probe = probe[0] if probe else None
+    flat: list[bytes] = []
+    stack = [nested]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            flat.append(item)  # type: ignore[arg-type]
+    if len(flat) != math.prod(shape):
+        raise InvalidInput(f"{where}: not a rectangular array")
+    array = np.empty(len(flat), dtype=np.object_)
+    array[:] = flat
+    return array.reshape(shape)
+
+
+def decode_instances(instances: object, inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """The model's inputs, one row per instance; InvalidInput naming the instance and input."""
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty list")
+    names = [spec.name for spec in inputs]
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for index, instance in enumerate(instances):
+        if len(inputs) == 1:
+            spec = inputs[0]
+            rows[spec.name].append(_row(instance, spec, f"instance {index}: input {spec.name!r}"))
+            continue
+        if not isinstance(instance, dict):
+            raise InvalidInput(
+                f"instance {index}: must be an object keyed by input name ({', '.join(names)})"
+            )
+        for key in instance:
+            if key not in rows:
+                raise InvalidInput(
+                    f"instance {index}: the model has no input {key!r} (inputs: {', '.join(names)})"
+                )
+        for spec in inputs:
+            where = f"instance {index}: input {spec.name!r}"
+            if spec.name not in instance:
+                raise InvalidInput(f"{where} is missing")
+            rows[spec.name].append(_row(instance[spec.name], spec, where))
+    tensors = {}
+    for spec in inputs:
+        first = rows[spec.name][0].shape
+        for index, row in enumerate(rows[spec.name]):
+            if row.shape != first:
+                raise InvalidInput(
+                    f"instance {index}: input {spec.name!r} has shape {list(row.shape)}, "
+                    f"instance 0 has {list(first)}: one request's instances must agree"
+                )
+        tensors[spec.name] = np.stack(rows[spec.name])
+    return tensors
+
+
+def _value(tensor: OutputTensor, row: np.ndarray) -> object:
+    if tensor.datatype == "BYTES":
+        return _bytes_json(row)
+    if tensor.datatype == "BF16":
+        row = (row.astype(np.uint32) << 16).view(np.float32)
+    values = row.tolist()
+    if row.dtype.kind == "f" and not np.isfinite(row).all():
+        return _spell(values)
+    return values
+
+
+def _spell(values: Any) -> Any:
+    if isinstance(values, list):
+        return [_spell(value) for value in values]
+    return values if math.isfinite(values) else spelled(values)
+
+
+def _bytes_json(row: object) -> object:
+    """A BYTES row as JSON: nested lists of text, `{"b64": ...}` where not UTF-8."""
+    if isinstance(row, np.ndarray):
+        return [_bytes_json(part) for part in row]
+    data = row if isinstance(row, bytes) else str(row).encode()
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(data).decode()}
+
+
+def predictions(outputs: list[OutputTensor], count: int) -> list[object]:
+    if len(outputs) == 1:
+        return [_value(outputs[0], outputs[0].data[index]) for index in range(count)]
+    return [
+        {tensor.name: _value(tensor, tensor.data[index]) for tensor in outputs}
+        for index in range(count)
+    ]
+
+
+class PredictEndpoint:
+    """`POST $AIP_PREDICT_ROUTE` for `model_name`, through the data plane."""
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        model_name: str,
+        max_request_bytes: int,
+        access_log: AccessLogSampler,
+    ) -> None:
+        self.plane = plane
+        self.model_name = model_name
+        self.max_request_bytes = max_request_bytes
+        self.access_log = access_log
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        status = 200
+        model = None
+        fields: dict[str, object] = {}
+        try:
+            model = self.plane.model(self.model_name)
+            model.check_room()
+            headers = {name: value for name, value in request.headers.raw}
+            body = await read_body(request.receive, headers, self.max_request_bytes)
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError as error:
+                raise InvalidInput(f"request body is not valid JSON: {error}") from None
+            if not isinstance(document, dict):
+                raise InvalidInput("request body must be a JSON object")
+            parameters = document.get("parameters") or {}
+            if not isinstance(parameters, dict):
+                raise InvalidInput("'parameters' must be an object")
+            inputs = decode_instances(document.get("instances"), model.signature.inputs)
+            datatypes = {spec.name: spec.datatype for spec in model.signature.inputs}
+            infer = InferRequest(
+                model_name=model.name,
+                model_version=model.version,
+                inputs=inputs,
+                datatypes=datatypes,
+                parameters=parameters,
+            )
+            response = await self.plane.infer(infer, model)
+            count = len(document["instances"])
+            fields = {"instances": count, "batch_size": response.batch_size}
+            payload = {"predictions": predictions(response.outputs, count)}
+            return Response(
+                orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+                media_type="application/json",
+            )
+        except InferenceError as error:
+            status = status_of(error)
+            fields = {"error": str(error)}
+            return failure_response(error)
+        except HTTPFailure as error:  # 413, 415, a client gone mid-body
+            status = error.status
+            fields = {"error": str(error)}
+            return failure_response(error)
+        except Exception as error:
+            log.error("unhandled_error", route="predict", exc_info=error)
+            status = 500
+            return error_response(500, "internal server error")
+        finally:
+            elapsed = time.perf_counter() - started
+            if model is not None:
+                model.metrics.observe_request(status, elapsed, "http")
+            if self.access_log.wants(status):
+                log.info(
+                    "predict",
+                    model=self.model_name,
+                    status=status,
+                    protocol="http",
+                    duration_ms=round(elapsed * 1000, 3),
+                    **fields,
+                )
