@@ -18,7 +18,6 @@ import logging
 import os
 import resource
 import signal
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -37,6 +36,8 @@ from appliance.lifecycle.models import ModelLifecycle, StartupFailed
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.preflight import preflight
 from appliance.lifecycle.process import shorten_switch_interval
+from appliance.lifecycle.steps import THREAD_PREFIX
+from appliance.logs import finish_output
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import AppContext, HttpSettings, create_app
@@ -306,10 +307,13 @@ def raise_descriptor_limit() -> None:
 
 
 def _abandon_stuck_threads(code: int) -> None:
-    """Exit now if a model thread is still running (a hung model): joining it could take forever.
+    """Exit now if a model thread or a start step is still running: joining it could take forever.
 
-    The interpreter joins every non-daemon thread at exit, and model batches run on executor
-    threads that cannot be interrupted; the models have had their grace period already.
+    The interpreter joins every non-daemon thread at exit, and model batches and the steps of a
+    start (`steps`) run native code that cannot be interrupted; the models have had their grace
+    period already. An interpreter exit with such a thread inside native code is not safe either
+    (a stop during a jax load was seen to abort it: "terminate called without an active
+    exception"), so the process ends with os._exit, its log lines passed on first.
     """
     end = time.monotonic() + THREAD_JOIN_S
     stuck = []
@@ -320,7 +324,12 @@ def _abandon_stuck_threads(code: int) -> None:
         if thread.is_alive():
             stuck.append(thread.name)
     if stuck:
-        log.error("exiting_with_model_threads_running", threads=stuck)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        starting = [
+            name.removeprefix(THREAD_PREFIX) for name in stuck if name.startswith(THREAD_PREFIX)
+        ]
+        if starting and len(starting) == len(stuck):
+            log.info("exiting_during_start", left_running=starting)
+        else:
+            log.error("exiting_with_model_threads_running", threads=stuck)
+        finish_output()
         os._exit(code)
