@@ -5,9 +5,10 @@ turns 200 and systemd hears READY=1 only when every model is warm. SIGHUP reload
 
 SIGTERM, all within `shutdown_grace_s`: readiness turns 503 at once while the listeners stay open
 for a short unready window (probes and load balancers see 503; what arrives is still served),
-then Hypercorn stops accepting and waits for accepted requests, then the models close, then the
-process exits, abandoning model threads that are stuck in a hung model. A second SIGTERM or
-SIGINT skips the window.
+then the listeners take no new handshakes and the connections the kernel has queued are accepted
+(`listeners`), then Hypercorn closes them and waits for accepted requests, then the models close,
+then the process exits, abandoning model threads that are stuck in a hung model. A second
+SIGTERM or SIGINT skips the window.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp
 
 from appliance.config import AppConfig
 from appliance.config.schema import access_log_rate
+from appliance.lifecycle.listeners import empty_before_closing, own_listeners
 from appliance.lifecycle.models import ModelLifecycle, StartupFailed
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.preflight import preflight
@@ -56,6 +58,8 @@ KEEP_ALIVE_S = 5.0
 LISTEN_BACKLOG = 2048
 # How long the worker threads get to finish once the event loop has stopped.
 THREAD_JOIN_S = 0.5
+# The most of the HTTP drain spent taking the connections queued on the listeners.
+LISTENER_DRAIN_S = 1.0
 
 
 def drain_budget(grace_s: float, unready_window_s: float) -> tuple[float, float]:
@@ -67,6 +71,11 @@ def drain_budget(grace_s: float, unready_window_s: float) -> tuple[float, float]
     window = min(unready_window_s, grace_s)
     reserve = min(1.0, (grace_s - window) * 0.2)
     return window, max(grace_s - window - reserve, 0.0)
+
+
+def listener_budget(http_drain_s: float) -> float:
+    """The part of the HTTP drain for taking the queued connections before the listeners close."""
+    return min(LISTENER_DRAIN_S, http_drain_s / 4)
 
 
 def server_version() -> str:
@@ -101,6 +110,8 @@ class Appliance:
         self._draining = False
         self._stop = asyncio.Event()
         self._stop_deadline: float | None = None
+        self._listeners: list[int] = []  # descriptors of the sockets this process listens on
+        self._emptying: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         admin_token = preflight(config)
         settings = HttpSettings(
@@ -204,7 +215,10 @@ class Appliance:
         """Readiness turns 503 at once; after the unready window Hypercorn stops accepting."""
         loop = asyncio.get_running_loop()
         if self._draining:
-            self._stop.set()  # asked twice: no more waiting for probes
+            # Asked twice: no more waiting for probes or queued connections.
+            if self._emptying is not None:
+                self._emptying.cancel()
+            self._stop.set()
             return
         grace_s = self.config.server.shutdown_grace_s
         window, _ = drain_budget(grace_s, self.config.server.unready_window_s)
@@ -212,7 +226,23 @@ class Appliance:
         self.notifier.stopping()
         self._draining = True
         self._stop_deadline = loop.time() + grace_s
-        loop.call_later(window, self._stop.set)
+        loop.call_later(window, self._close_listeners)
+
+    def _close_listeners(self) -> None:
+        """Take what the kernel has queued on the listeners, then let Hypercorn close them."""
+        if self._stop.is_set() or not self._listeners:
+            self._stop.set()
+            return
+        server = self.config.server
+        _, http_drain_s = drain_budget(server.shutdown_grace_s, server.unready_window_s)
+
+        async def empty_then_stop() -> None:
+            try:
+                await empty_before_closing(self._listeners, listener_budget(http_drain_s))
+            finally:
+                self._stop.set()
+
+        self._emptying = asyncio.get_running_loop().create_task(empty_then_stop())
 
     async def _warm_first(self) -> bool:
         """Bring the models up before serving; False when that failed or a stop came first."""
@@ -236,7 +266,7 @@ class Appliance:
             hyper.certfile = server.certfile
             hyper.keyfile = server.keyfile
         _, http_drain_s = drain_budget(server.shutdown_grace_s, server.unready_window_s)
-        hyper.graceful_timeout = http_drain_s
+        hyper.graceful_timeout = http_drain_s - listener_budget(http_drain_s)
         # Hypercorn's own bound on the lifespan shutdown; _close_models keeps to a tighter one.
         hyper.shutdown_timeout = server.shutdown_grace_s + 5.0
         hyper.accesslog = None  # the app logs one structured line per request itself
@@ -260,7 +290,9 @@ class Appliance:
         try:
             if self.warm_before_serving and not await self._warm_first():
                 return self.exit_code
-            await serve(self.app, self.hypercorn_config(bind), shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
+            hyper = self.hypercorn_config(bind)
+            self._listeners = own_listeners(hyper)
+            await serve(self.app, hyper, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
