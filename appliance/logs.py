@@ -133,9 +133,25 @@ def capture_native_output() -> TextIO:
         os.dup2(output.fileno(), 1)
         os.dup2(output.fileno(), 2)
         relay.join(_RELAY_JOIN_S)
+        output.flush()
 
-    atexit.register(restore)
+    global _restore
+    _restore = restore
+    atexit.register(finish_output)
     return output
+
+
+_restore: Callable[[], None] | None = None
+
+
+def finish_output() -> None:
+    """Pass on every line written so far, before an exit that skips atexit (os._exit): once."""
+    global _restore
+    restore, _restore = _restore, None
+    if restore is not None:
+        restore()
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def _relay(read_end: int, output: TextIO, journal: bool) -> None:

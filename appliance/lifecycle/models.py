@@ -1,7 +1,8 @@
 """Bringing model versions up (sync -> load -> warm -> serve), swapping and removing them.
 
-Blocking steps (downloads, loading, XLA compilation) run on worker threads so the event loop
-keeps answering health checks and, during a reload, inference on the old versions.
+Blocking steps (downloads, loading, XLA compilation) run on threads of their own (`steps`) so the
+event loop keeps answering health checks and, during a reload, inference on the old versions, and
+so that a stop never waits for one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from appliance.config import AppConfig, DeclaredModel, XlaConfig
 from appliance.errors import InferenceError, LoadFailed, ModelNotFound
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.process import freeze_heap
+from appliance.lifecycle.steps import run_step
 from appliance.metrics import Metrics, ModelMetrics, RuntimeSample
 from appliance.repository import (
     LoadedRuntimes,
@@ -115,7 +117,7 @@ class ModelLifecycle:
         for model in self._declared.values():
             self._repository.expect(model.name, model.version)
         async with self._changing:
-            await asyncio.to_thread(self._configure_processes)
+            await run_step(self._configure_processes)
             for model in self._declared.values():
                 try:
                     served = await self._bring_up(model)
@@ -143,28 +145,34 @@ class ModelLifecycle:
         """Sync, load and warm `model`; None when its artifact's fingerprint equals `unchanged`."""
         label = f"{model.name}:{model.version}"
         self._notifier.status(f"syncing {label}")
-        synced = await asyncio.to_thread(
+        log.info("model_syncing", model=model.name, version=model.version)
+        synced = await run_step(
             self._store.sync, model.name, model.version, model.config.model_path
         )
-        artifact_print = await asyncio.to_thread(fingerprint, synced.path)
+        artifact_print = await run_step(fingerprint, synced.path)
         if artifact_print == unchanged:
             return None
         self._notifier.status(f"loading {label}")
         log.info(
             "model_loading", model=model.name, version=model.version, artifact=synced.path.name
         )
-        loaded = await asyncio.to_thread(_load, model, synced.path, self._config.xla)
+        loaded = await run_step(_load, model, synced.path, self._config.xla)
         config = model.config
         runtimes = [r for r in (loaded.primary, loaded.overflow) if r is not None]
         shapes = len(list(warmup_shapes(config.batch_buckets, config.dims)))
         self._notifier.status(f"warming {label} ({shapes} shapes)")
+        log.info("model_warming", model=model.name, version=model.version, shapes=shapes)
         try:
             warm_times = [
-                await asyncio.to_thread(
+                await run_step(
                     warm_up, runtime, config.batch_buckets, config.dims, config.warmup_iters
                 )
                 for runtime in runtimes
             ]
+        except asyncio.CancelledError:
+            # The process is stopping while a warmup step runs on: closing the runtime under it
+            # would fail that step; the exit frees the device memory.
+            raise
         except BaseException:
             # A version that does not come up must not keep its device memory.
             await _close_runtimes(runtimes)
@@ -264,7 +272,7 @@ class ModelLifecycle:
                     "config_reload_partial", unchanged="[server] and [storage] until restart"
                 )
             self._declared = {(m.name, m.version): m for m in fresh.models}
-            await asyncio.to_thread(self._configure_processes)
+            await run_step(self._configure_processes)
         for model in list(self._repository):
             if (model.name, model.version) not in self._declared:
                 await self._retire(model.name, model.version)

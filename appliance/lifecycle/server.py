@@ -5,9 +5,10 @@ turns 200 and systemd hears READY=1 only when every model is warm. SIGHUP reload
 
 SIGTERM, all within `shutdown_grace_s`: readiness turns 503 at once while the listeners stay open
 for a short unready window (probes and load balancers see 503; what arrives is still served),
-then Hypercorn stops accepting and waits for accepted requests, then the models close, then the
-process exits, abandoning model threads that are stuck in a hung model. A second SIGTERM or
-SIGINT skips the window.
+then the listeners take no new handshakes and the connections the kernel has queued are accepted
+(`listeners`), then Hypercorn closes them and waits for accepted requests, then the models close,
+then the process exits, abandoning model threads that are stuck in a hung model. A second
+SIGTERM or SIGINT skips the window.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import logging
 import os
 import resource
 import signal
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -35,10 +35,13 @@ from starlette.types import ASGIApp
 from appliance.config import AppConfig
 from appliance.config.schema import access_log_rate
 from appliance.grpc import GrpcContext, GrpcServer
+from appliance.lifecycle.listeners import empty_before_closing, own_listeners
 from appliance.lifecycle.models import ModelLifecycle, StartupFailed
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.preflight import preflight
 from appliance.lifecycle.process import shorten_switch_interval
+from appliance.lifecycle.steps import THREAD_PREFIX
+from appliance.logs import finish_output
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import AppContext, HttpSettings, create_app, health
@@ -60,6 +63,8 @@ KEEP_ALIVE_S = 5.0
 LISTEN_BACKLOG = 2048
 # How long the worker threads get to finish once the event loop has stopped.
 THREAD_JOIN_S = 0.5
+# The most of the HTTP drain spent taking the connections queued on the listeners.
+LISTENER_DRAIN_S = 1.0
 
 
 def drain_budget(grace_s: float, unready_window_s: float) -> tuple[float, float]:
@@ -71,6 +76,11 @@ def drain_budget(grace_s: float, unready_window_s: float) -> tuple[float, float]
     window = min(unready_window_s, grace_s)
     reserve = min(1.0, (grace_s - window) * 0.2)
     return window, max(grace_s - window - reserve, 0.0)
+
+
+def listener_budget(http_drain_s: float) -> float:
+    """The part of the HTTP drain for taking the queued connections before the listeners close."""
+    return min(LISTENER_DRAIN_S, http_drain_s / 4)
 
 
 def server_version() -> str:
@@ -107,6 +117,8 @@ class Appliance:
         self._draining = False
         self._stop = asyncio.Event()
         self._stop_deadline: float | None = None
+        self._listeners: list[int] = []  # descriptors of the sockets this process listens on
+        self._emptying: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         admin_token = preflight(config)
         settings = HttpSettings(
@@ -264,7 +276,10 @@ class Appliance:
         """Readiness turns 503 at once; after the unready window Hypercorn stops accepting."""
         loop = asyncio.get_running_loop()
         if self._draining:
-            self._stop.set()  # asked twice: no more waiting for probes
+            # Asked twice: no more waiting for probes or queued connections.
+            if self._emptying is not None:
+                self._emptying.cancel()
+            self._stop.set()
             return
         grace_s = self.config.server.shutdown_grace_s
         window, _ = drain_budget(grace_s, self.config.server.unready_window_s)
@@ -272,7 +287,23 @@ class Appliance:
         self.notifier.stopping()
         self._draining = True
         self._stop_deadline = loop.time() + grace_s
-        loop.call_later(window, self._stop.set)
+        loop.call_later(window, self._close_listeners)
+
+    def _close_listeners(self) -> None:
+        """Take what the kernel has queued on the listeners, then let Hypercorn close them."""
+        if self._stop.is_set() or not self._listeners:
+            self._stop.set()
+            return
+        server = self.config.server
+        _, http_drain_s = drain_budget(server.shutdown_grace_s, server.unready_window_s)
+
+        async def empty_then_stop() -> None:
+            try:
+                await empty_before_closing(self._listeners, listener_budget(http_drain_s))
+            finally:
+                self._stop.set()
+
+        self._emptying = asyncio.get_running_loop().create_task(empty_then_stop())
 
     async def _warm_first(self) -> bool:
         """Bring the models up before serving; False when that failed or a stop came first."""
@@ -296,7 +327,7 @@ class Appliance:
             hyper.certfile = server.certfile
             hyper.keyfile = server.keyfile
         _, http_drain_s = drain_budget(server.shutdown_grace_s, server.unready_window_s)
-        hyper.graceful_timeout = http_drain_s
+        hyper.graceful_timeout = http_drain_s - listener_budget(http_drain_s)
         # Hypercorn's own bound on the lifespan shutdown; _close_models keeps to a tighter one.
         hyper.shutdown_timeout = server.shutdown_grace_s + 5.0
         hyper.accesslog = None  # the app logs one structured line per request itself
@@ -320,7 +351,9 @@ class Appliance:
         try:
             if self.warm_before_serving and not await self._warm_first():
                 return self.exit_code
-            await serve(self.app, self.hypercorn_config(bind), shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
+            hyper = self.hypercorn_config(bind)
+            self._listeners = own_listeners(hyper)
+            await serve(self.app, hyper, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
@@ -367,10 +400,13 @@ def raise_descriptor_limit() -> None:
 
 
 def _abandon_stuck_threads(code: int) -> None:
-    """Exit now if a model thread is still running (a hung model): joining it could take forever.
+    """Exit now if a model thread or a start step is still running: joining it could take forever.
 
-    The interpreter joins every non-daemon thread at exit, and model batches run on executor
-    threads that cannot be interrupted; the models have had their grace period already.
+    The interpreter joins every non-daemon thread at exit, and model batches and the steps of a
+    start (`steps`) run native code that cannot be interrupted; the models have had their grace
+    period already. An interpreter exit with such a thread inside native code is not safe either
+    (a stop during a jax load was seen to abort it: "terminate called without an active
+    exception"), so the process ends with os._exit, its log lines passed on first.
     """
     end = time.monotonic() + THREAD_JOIN_S
     stuck = []
@@ -381,7 +417,12 @@ def _abandon_stuck_threads(code: int) -> None:
         if thread.is_alive():
             stuck.append(thread.name)
     if stuck:
-        log.error("exiting_with_model_threads_running", threads=stuck)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        starting = [
+            name.removeprefix(THREAD_PREFIX) for name in stuck if name.startswith(THREAD_PREFIX)
+        ]
+        if starting and len(starting) == len(stuck):
+            log.info("exiting_during_start", left_running=starting)
+        else:
+            log.error("exiting_with_model_threads_running", threads=stuck)
+        finish_output()
         os._exit(code)

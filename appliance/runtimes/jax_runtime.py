@@ -170,6 +170,7 @@ class JaxRuntime(Runtime):
                 f"{path.name}: not a loadable torch.export program ({error})"
             ) from None
         signature = exported_signature(program)
+        _views_as_reshapes(program, torch)
         try:
             # torchax registers its aten lowerings when its environment is first made.
             torchax.default_env()
@@ -179,7 +180,8 @@ class JaxRuntime(Runtime):
         except Exception as error:  # an op torchax has no lowering for, and the like
             raise ArtifactError(
                 f"{path.name}: torchax cannot convert this program ({type(error).__name__}: "
-                f"{error})"
+                f"{_first_line(error)}); runtime 'tpu' (PyTorch/XLA) or 'torch' serves "
+                "torch.export programs as they are"
             ) from None
         with torch.no_grad():
             weights = self._jax.device_put([t2j(state.detach()) for state in states], self._device)
@@ -306,6 +308,30 @@ class JaxRuntime(Runtime):
         if program is not None:
             for weight in program.weights:
                 weight.delete()
+
+
+def _views_as_reshapes(program: Any, torch: Any) -> None:
+    """Turn the program's `aten.view` calls into `aten.reshape`, in place.
+
+    torchax first re-traces the program through torch's decompositions, and there torch's stride
+    rules can reject a view the export recorded: a view of a tensor that a decomposition leaves
+    non-contiguous (GPT-2's attention output: "Cannot view a tensor with shape [s43, s53, 128]
+    and strides ..."). `reshape` is that same view wherever a view is legal, and a copy where it
+    is not; JAX arrays have no strides, so both lower to the same JAX reshape.
+    """
+    view, reshape = torch.ops.aten.view.default, torch.ops.aten.reshape.default
+    changed = False
+    for node in program.graph_module.graph.nodes:
+        if node.op == "call_function" and node.target is view:
+            node.target = reshape
+            changed = True
+    if changed:
+        program.graph_module.recompile()
+
+
+def _first_line(error: Exception) -> str:
+    """The message of an error from an FX re-trace, without the graph dump it appends."""
+    return str(error).strip().split("\n", 1)[0]
 
 
 def _named_as_configured(found: Signature, merged: Signature, artifact: str) -> Signature:

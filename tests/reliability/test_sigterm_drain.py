@@ -16,9 +16,11 @@ from tests.support.config import model_table, server_config
 from tests.support.http import call
 from tests.support.server import running_server
 
-GRACE_S = 5.0
+GRACE_S = 8.0  # room for the long request past the listeners' closing
 CLIENTS = 8
-LONG_S = 2.0  # a request still running when the listeners close
+# A request still running when the listeners close. A connect while the listeners are emptied
+# (handshakes ignored) is refused at its SYN retry, a second later: the request outlasts that.
+LONG_S = 4.0
 MLP = json_infer("x", "FP32", [1, 8], [0.5] * 8)
 
 
@@ -34,7 +36,9 @@ def test_sigterm_under_load_loses_no_accepted_request(tmp_path, artifacts) -> No
     models = model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0") + declared_table(
         "slow", artifacts["slow.pt"], 1, "max_batch_size = 1\ntimeout_ms = 20000\nwarmup_iters = 0"
     )
-    config = server_config(tmp_path, models)
+    config = server_config(tmp_path, models).replace(
+        "shutdown_grace_s = 5", f"shutdown_grace_s = {GRACE_S:g}"
+    )
     assert f"shutdown_grace_s = {GRACE_S:g}" in config
     with running_server(config, tmp_path, ONE_THREAD) as server:
         long_rounds = rounds_for(server, LONG_S)
