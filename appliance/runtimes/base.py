@@ -151,6 +151,16 @@ class Runtime(abc.ABC):
         """Load the artifact onto the device and resolve the signature. Blocking."""
 
     @abc.abstractmethod
+    def read_signature(self, path: Path) -> Signature:
+        """The artifact file's own signature (see `signature`), read without opening a device:
+        what `aegis check-config` and `aegis inspect` look at."""
+
+    @abc.abstractmethod
+    def settle_signature(self, found: Signature, artifact: str) -> Signature:
+        """The signature this runtime serves for `found` and the config, or ArtifactError naming
+        what to change: the checks `load` makes, none of which need the device."""
+
+    @abc.abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch: every array has the same leading (batch) dimension. Thread-safe."""
 
