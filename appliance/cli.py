@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from appliance.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from appliance.config import DEFAULT_CONFIG_PATH, AppConfig, ConfigError, load_config
 from appliance.lifecycle.preflight import PreflightFailed
 from appliance.logs import capture_native_output, configure_logging
 
@@ -26,8 +26,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", action="append", help="HOST:PORT, overrides [server].bind")
     demo = commands.add_parser("demo", help="serve the built-in demo model on the CPU")
     demo.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default %(default)s)")
-    check = commands.add_parser("check-config", help="validate a config file: exit 0, or 2")
+    check = commands.add_parser(
+        "check-config", help="validate a config file and its models' artifacts: exit 0, or 2"
+    )
     check.add_argument("path")
+    check.add_argument(
+        "--no-artifacts",
+        action="store_true",
+        help="check the file alone, without reading any artifact's signature",
+    )
     sync = commands.add_parser("sync", help="pull and verify model artifacts, then exit")
     sync.add_argument("--config", help=config_help)
     return parser
@@ -47,8 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = load_config(args.path)
             preflight(config)
-            print(f"{args.path}: valid ({len(config.models)} model(s))")
-            return 0
+            return (
+                _check_artifacts(args.path, config)
+                if not args.no_artifacts
+                else _valid(args.path, config)
+            )
         if args.command == "demo":
             from appliance.demo import demo_config
             from appliance.lifecycle.server import run
@@ -73,6 +83,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         _report(args.command, str(error))
         return 1
+
+
+def _valid(path: str, config: AppConfig, checked: str = "") -> int:
+    print(f"{path}: valid ({len(config.models)} model(s){checked})")
+    return 0
+
+
+def _check_artifacts(path: str, config: AppConfig) -> int:
+    from appliance.lifecycle.artifact_check import check_artifacts
+
+    report = check_artifacts(config)
+    for skipped in report.skipped:
+        print(f"aegis: note: {path}: {skipped}", file=sys.stderr)
+    if report.problems:
+        raise PreflightFailed(report.problems)
+    return _valid(path, config, f", {report.checked} artifact(s) checked")
 
 
 def _report(command: str, message: str) -> None:

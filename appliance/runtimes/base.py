@@ -112,6 +112,12 @@ def check_buckets_fit(signature: Signature, config: ModelConfig, artifact: str) 
         if spec is None or limit.axis >= len(spec.shape):
             continue
         dim = spec.shape[limit.axis]
+        if limit.axis == 0 and limit.max is not None and config.max_batch_size > limit.max:
+            raise ArtifactError(
+                f"{artifact}: max_batch_size is {config.max_batch_size}, but input "
+                f"{limit.input!r} dimension 0 (the batch) accepts at most {limit.max} (the "
+                "export's Dim): lower max_batch_size or export with a wider Dim"
+            )
         if limit.axis == 0:
             what, buckets, key = "batch", config.batch_buckets, "batch_buckets"
         elif isinstance(dim, str):
