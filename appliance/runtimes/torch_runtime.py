@@ -26,7 +26,12 @@ from appliance.runtimes.base import (
     Runtime,
     check_buckets_fit,
 )
-from appliance.runtimes.exported import ExportedForward, output_names
+from appliance.runtimes.exported import (
+    ExportedForward,
+    ProgramLoadError,
+    load_program,
+    output_names,
+)
 from appliance.runtimes.signature import merge_signature
 from appliance.tensors import DimLimit, Signature, TensorSpec
 
@@ -135,9 +140,9 @@ def output_order(found: Signature, config: ModelConfig) -> tuple[int, ...] | Non
 
 def load_exported(path: Path) -> torch.export.ExportedProgram:
     try:
-        return torch.export.load(str(path))
-    except Exception as error:
-        raise ArtifactError(f"{path.name}: not a loadable torch.export program ({error})") from None
+        return load_program(path)
+    except ProgramLoadError as error:
+        raise ArtifactError(f"{path.name}: not a loadable torch.export program: {error}") from None
 
 
 class TorchRuntime(Runtime):
