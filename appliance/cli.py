@@ -1,4 +1,4 @@
-"""The `aegis` command: serve, demo, check-config, sync."""
+"""The `aegis` command: serve, demo, check-config, inspect, sync."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
@@ -35,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the file alone, without reading any artifact's signature",
     )
+    inspect = commands.add_parser(
+        "inspect",
+        help="print an artifact's inputs, outputs and dynamic dimensions, and a [[models]] table",
+    )
+    inspect.add_argument("artifact", help="a .pt2, .pt, .onnx or .jax file")
     sync = commands.add_parser("sync", help="pull and verify model artifacts, then exit")
     sync.add_argument("--config", help=config_help)
     return parser
@@ -59,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not args.no_artifacts
                 else _valid(args.path, config)
             )
+        if args.command == "inspect":
+            return _inspect(args.artifact)
         if args.command == "demo":
             from appliance.demo import demo_config
             from appliance.lifecycle.server import run
@@ -83,6 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         _report(args.command, str(error))
         return 1
+
+
+def _inspect(artifact: str) -> int:
+    from appliance.inspection import InspectError, inspect
+
+    try:
+        print(inspect(Path(artifact)))
+    except InspectError as error:
+        print(f"aegis: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _valid(path: str, config: AppConfig, checked: str = "") -> int:
