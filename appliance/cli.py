@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ EXIT_INVALID_CONFIG = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aegis", description="Aegis inference appliance")
     parser.add_argument("--log-level", default=os.environ.get("AEGIS_LOG_LEVEL", "info"))
+    parser.add_argument("--version", action="version", version=f"aegis {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     config_help = f"config file (default: $AEGIS_CONFIG or {DEFAULT_CONFIG_PATH})"
     serve = commands.add_parser("serve", help="sync, load, warm and serve the configured models")
@@ -44,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", help="pull and verify model artifacts, then exit")
     sync.add_argument("--config", help=config_help)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("aegis-appliance")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _config_path(given: str | None) -> str:
