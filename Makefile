@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 proto: venv
 	PYTHON=$(PY) appliance/grpc/proto/generate.sh
 
+# make demo PORT=9090, or BIND=HOST:PORT
+PORT ?= 8080
+BIND ?= 127.0.0.1:$(PORT)
 demo: venv
-	$(VENV)/bin/aegis demo --bind 127.0.0.1:8080
+	$(VENV)/bin/aegis demo --bind $(BIND)
 
 # The appliance as a wheel: what the Ansible role installs on each host.
 dist: venv

@@ -1,15 +1,17 @@
-"""The `aegis` command: serve, demo, check-config, sync."""
+"""The `aegis` command: serve, demo, check-config, inspect, sync."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
-from appliance.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from appliance.config import DEFAULT_CONFIG_PATH, AppConfig, ConfigError, load_config
 from appliance.lifecycle.preflight import PreflightFailed
 from appliance.logs import capture_native_output, configure_logging
 from appliance.storage.errors import SyncError
@@ -20,6 +22,7 @@ EXIT_INVALID_CONFIG = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aegis", description="Aegis inference appliance")
     parser.add_argument("--log-level", default=os.environ.get("AEGIS_LOG_LEVEL", "info"))
+    parser.add_argument("--version", action="version", version=f"aegis {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     config_help = f"config file (default: $AEGIS_CONFIG or {DEFAULT_CONFIG_PATH})"
     serve = commands.add_parser("serve", help="sync, load, warm and serve the configured models")
@@ -33,11 +36,30 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--grpc-bind", default="127.0.0.1:8081", help="gRPC HOST:PORT (default %(default)s)"
     )
-    check = commands.add_parser("check-config", help="validate a config file: exit 0, or 2")
+    check = commands.add_parser(
+        "check-config", help="validate a config file and its models' artifacts: exit 0, or 2"
+    )
     check.add_argument("path")
+    check.add_argument(
+        "--no-artifacts",
+        action="store_true",
+        help="check the file alone, without reading any artifact's signature",
+    )
+    inspect = commands.add_parser(
+        "inspect",
+        help="print an artifact's inputs, outputs and dynamic dimensions, and a [[models]] table",
+    )
+    inspect.add_argument("artifact", help="a .pt2, .pt, .onnx or .jax file")
     sync = commands.add_parser("sync", help="pull and verify model artifacts, then exit")
     sync.add_argument("--config", help=config_help)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("aegis-appliance")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _config_path(given: str | None) -> str:
@@ -54,8 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = load_config(args.path)
             preflight(config)
-            print(f"{args.path}: valid ({len(config.models)} model(s))")
-            return 0
+            return (
+                _check_artifacts(args.path, config)
+                if not args.no_artifacts
+                else _valid(args.path, config)
+            )
+        if args.command == "inspect":
+            return _inspect(args.artifact)
         if args.command == "demo":
             from appliance.demo import demo_config
             from appliance.lifecycle.server import run
@@ -86,6 +113,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, SyncError) as error:
         _report(args.command, str(error))
         return 1
+
+
+def _inspect(artifact: str) -> int:
+    from appliance.inspection import InspectError, inspect
+
+    try:
+        print(inspect(Path(artifact)))
+    except InspectError as error:
+        print(f"aegis: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _valid(path: str, config: AppConfig, checked: str = "") -> int:
+    print(f"{path}: valid ({len(config.models)} model(s){checked})")
+    return 0
+
+
+def _check_artifacts(path: str, config: AppConfig) -> int:
+    from appliance.lifecycle.artifact_check import check_artifacts
+
+    report = check_artifacts(config)
+    for skipped in report.skipped:
+        print(f"aegis: note: {path}: {skipped}", file=sys.stderr)
+    if report.problems:
+        raise PreflightFailed(report.problems)
+    return _valid(path, config, f", {report.checked} artifact(s) checked")
 
 
 def _report(command: str, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -55,5 +56,50 @@ def test_demo_serves_the_built_in_model(tmp_path: Path) -> None:
         with torch.no_grad():
             expected = build_demo_module()(torch.from_numpy(x)).numpy().ravel()
         np.testing.assert_allclose(output["data"], expected, rtol=1e-5, atol=1e-6)
+        assert_the_readme_reply_is_the_demos(server)
     finally:
         assert server.stop() == 0, server.log()
+
+
+def assert_the_readme_reply_is_the_demos(server: ServerProcess) -> None:
+    """The quick start's request, sent as the README sends it, gets the README's digits (to the
+    last digit or two, which vary with the CPU's vector units)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    printed = next(line for line in readme.splitlines() if line.startswith('{"model_name":"demo"'))
+    body = {
+        "inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]
+    }
+    reply = call(server, "POST", "/v2/models/demo/infer", json.dumps(body).encode())
+    assert reply.status == 200, reply
+    got = reply.json()["outputs"][0]["data"]
+    want = json.loads(printed)["outputs"][0]["data"]
+    np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-8)
+
+
+def test_version_prints_the_package_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == f"aegis {importlib.metadata.version('aegis-appliance')}"
+
+
+def test_make_demo_takes_another_port_or_bind() -> None:
+    root = Path(__file__).resolve().parents[1]
+
+    def planned(*args: str) -> str:
+        result = subprocess.run(
+            ["make", "-n", "-C", str(root), "demo", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return result.stdout
+
+    assert "demo --bind 127.0.0.1:8080" in planned()
+    assert "demo --bind 127.0.0.1:9090" in planned("PORT=9090")
+    assert "demo --bind 0.0.0.0:9191" in planned("BIND=0.0.0.0:9191")

@@ -112,6 +112,12 @@ def check_buckets_fit(signature: Signature, config: ModelConfig, artifact: str) 
         if spec is None or limit.axis >= len(spec.shape):
             continue
         dim = spec.shape[limit.axis]
+        if limit.axis == 0 and limit.max is not None and config.max_batch_size > limit.max:
+            raise ArtifactError(
+                f"{artifact}: max_batch_size is {config.max_batch_size}, but input "
+                f"{limit.input!r} dimension 0 (the batch) accepts at most {limit.max} (the "
+                "export's Dim): lower max_batch_size or export with a wider Dim"
+            )
         if limit.axis == 0:
             what, buckets, key = "batch", config.batch_buckets, "batch_buckets"
         elif isinstance(dim, str):
@@ -149,6 +155,16 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def load(self) -> None:
         """Load the artifact onto the device and resolve the signature. Blocking."""
+
+    @abc.abstractmethod
+    def read_signature(self, path: Path) -> Signature:
+        """The artifact file's own signature (see `signature`), read without opening a device:
+        what `aegis check-config` and `aegis inspect` look at."""
+
+    @abc.abstractmethod
+    def settle_signature(self, found: Signature, artifact: str) -> Signature:
+        """The signature this runtime serves for `found` and the config, or ArtifactError naming
+        what to change: the checks `load` makes, none of which need the device."""
 
     @abc.abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -8,6 +8,12 @@ arguments instead, so binding them once leaves only the graph's own ops. The che
 made are the server's (the signature's shapes and datatypes, and the export's limits, before a
 request is queued), so what the model accepts does not change.
 
+A program whose outputs (or inputs) are pytree nodes of classes this process does not know, such as
+a Hugging Face `ModelOutput`, cannot be loaded by torch until the class is registered under the
+name it was saved with. `load_program` registers a stand-in for each such name, a dict of the
+node's children by its keys, so the outputs are named by those keys (`last_hidden_state`,
+`pooler_output`) without importing the library that defined the class.
+
 `move_to_device_pass` rewrites the graph's device arguments as well as moving its weights, so
 tensors the graph makes itself (a mask's `arange`, an RNN's initial state) are made on the device.
 A graph that mutates its buffers or threads effect tokens runs through `module()`, which applies
@@ -16,7 +22,12 @@ those effects.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+import threading
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,10 +38,147 @@ from torch.export.graph_signature import InputKind, OutputKind
 _BOUND_INPUTS = frozenset({InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR})
 
 
+class ForeignNode(dict[str, Any]):
+    """Stands in for a pytree node class a saved program names and this process lacks: its
+    children by key, in the saved order. One subclass per saved class name."""
+
+    saved_as = ""
+
+
+_stand_ins: dict[str, type[ForeignNode]] = {}
+_registering = threading.Lock()
+
+
+class ProgramLoadError(Exception):
+    """torch.export could not load the file; the message is torch's own cause."""
+
+
+def load_program(path: Path) -> torch.export.ExportedProgram:
+    """torch.export.load, with a stand-in registered for each pytree class the file names that
+    this process does not know; ProgramLoadError carries the cause torch only logs."""
+    _register_stand_ins(_saved_node_types(path))
+    causes = _CauseCatcher()
+    logger = logging.getLogger("torch.export")
+    logger.addHandler(causes)
+    try:
+        return torch.export.load(str(path))
+    except Exception as error:
+        raise ProgramLoadError(causes.cause() or f"{type(error).__name__}: {error}") from None
+    finally:
+        logger.removeHandler(causes)
+
+
+class _CauseCatcher(logging.Handler):
+    """Keeps the innermost exception torch.export logs while it fails to load a file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+    def cause(self) -> str | None:
+        if not self.errors:
+            return None
+        error = self.errors[-1]
+        while error.__cause__ is not None or error.__context__ is not None:
+            error = error.__cause__ or error.__context__  # type: ignore[assignment]
+        return f"{type(error).__name__}: {error}"
+
+
+def _saved_node_types(path: Path) -> set[str]:
+    """The pytree node class names in the file's serialized input and output specs."""
+    names: set[str] = set()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            documents = [
+                archive.read(name)
+                for name in archive.namelist()
+                if "/models/" in name and name.endswith(".json")
+            ]
+    except (OSError, zipfile.BadZipFile):
+        return names  # torch.export.load says what is wrong with the file
+    for document in documents:
+        try:
+            for text in _strings(json.loads(document)):
+                if text.startswith("[1, {"):  # a treespec: [protocol version, its JSON]
+                    names.update(_node_types(json.loads(text)[1]))
+        except ValueError:
+            continue
+    return names
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for child in value.values():
+            yield from _strings(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from _strings(child)
+
+
+def _node_types(node: Any) -> Iterator[str]:
+    if not isinstance(node, dict):
+        return
+    if isinstance(node.get("type"), str):
+        yield node["type"]
+    for child in node.get("children_spec") or ():
+        yield from _node_types(child)
+
+
+def _register_stand_ins(names: set[str]) -> None:
+    with _registering:
+        known = pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE
+        for name in sorted(names - set(known)):
+            stand_in = type(name.rsplit(".", 1)[-1], (ForeignNode,), {"saved_as": name})
+            pytree.register_pytree_node(
+                stand_in,
+                _flatten,
+                _unflatten(stand_in),
+                serialized_type_name=name,
+                to_dumpable_context=json.dumps,
+                from_dumpable_context=json.loads,
+                flatten_with_keys_fn=_flatten_with_keys,
+            )
+            _stand_ins[name] = stand_in
+
+
+def _flatten(node: ForeignNode) -> tuple[list[Any], list[str]]:
+    return list(node.values()), list(node.keys())
+
+
+def _flatten_with_keys(node: ForeignNode) -> tuple[list[tuple[Any, Any]], list[str]]:
+    return [(pytree.MappingKey(key), value) for key, value in node.items()], list(node.keys())
+
+
+def _unflatten(stand_in: type[ForeignNode]) -> Any:
+    def unflatten(values: Any, context: Any) -> ForeignNode:
+        keys = context if _all_names(context) else [f"output__{i}" for i in range(len(values))]
+        return stand_in(zip(keys, values, strict=True))
+
+    return unflatten
+
+
+def _all_names(context: Any) -> bool:
+    return isinstance(context, list) and all(isinstance(key, str) for key in context)
+
+
 def output_names(program: torch.export.ExportedProgram) -> tuple[str, ...] | None:
-    """The keys of a model that returns a flat dict of tensors, in the graph's output order."""
+    """The keys of a model that returns a flat dict of tensors (or a node this process knows only
+    by a stand-in, such as a Hugging Face `ModelOutput`), in the graph's output order."""
     spec = program.call_spec.out_spec
-    if spec is None or spec.type is not dict:
+    if spec is None:
+        return None
+    keyed = spec.type is dict or (
+        isinstance(spec.type, type)
+        and issubclass(spec.type, ForeignNode)
+        and _all_names(spec.context)
+    )
+    if not keyed:
         return None
     # torch 2.13 has children() and deprecates children_specs, which is all that 2.9 has.
     children = spec.children() if hasattr(spec, "children") else spec.children_specs

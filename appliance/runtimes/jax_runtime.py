@@ -43,6 +43,7 @@ from appliance.runtimes.base import (
     RuntimeStats,
     check_buckets_fit,
 )
+from appliance.runtimes.signature import merge_signature
 from appliance.tensors import Signature, TensorSpec, numpy_dtype
 
 log = structlog.get_logger("aegis.runtimes")
@@ -108,26 +109,35 @@ class JaxRuntime(Runtime):
                     f"{path.name}: runtime 'jax' loads .jax (jax.export) and .pt2 (torch.export)"
                 )
         self._record(built, 0.0, {})
-        # Imported here: it imports torch, which a `.jax` model never needs to be imported for.
-        from appliance.runtimes.torch_runtime import merge_signature
-
-        merged = merge_signature(program.signature, self.config, path.name)
-        self.signature = _named_as_configured(program.signature, merged, path.name)
-        self._check_batch_dims(path.name)
-        self._check_dims_bucketed(path.name)
-        check_buckets_fit(self.signature, self.config, path.name)
+        self.signature = self.settle_signature(program.signature, path.name)
         self._program = program
         log.info("jax_model_loaded", artifact=path.name, device=self.device)
 
+    def read_signature(self, path: Path) -> Signature:
+        if path.suffix == ".pt2":
+            from appliance.runtimes.torch_runtime import exported_signature, load_exported
+
+            return exported_signature(load_exported(path))
+        try:
+            import jax
+            import jax.export
+        except ImportError as error:
+            raise DeviceUnavailable(
+                f"{path.name}: reading a .jax file needs jax ({error}); install the "
+                "aegis_tpu_runtime role's jax flavor (requirements-jax.txt)"
+            ) from None
+        return _exported_signature(_deserialize(jax, path), path.name)
+
+    def settle_signature(self, found: Signature, artifact: str) -> Signature:
+        signature = merge_signature(found, self.config, artifact)
+        self._check_batch_dims(signature, artifact)
+        self._check_dims_bucketed(signature, artifact)
+        check_buckets_fit(signature, self.config, artifact)
+        return signature
+
     def _load_exported(self, path: Path) -> _Program:
         jax = self._jax
-        try:
-            exported = jax.export.deserialize(bytearray(path.read_bytes()))
-        except Exception as error:
-            raise ArtifactError(
-                f"{path.name}: not a serialized jax.export.Exported ({type(error).__name__}: "
-                f"{error})"
-            ) from None
+        exported = _deserialize(jax, path)
         platform = self._device.platform
         if platform not in exported.platforms:
             raise ArtifactError(
@@ -161,14 +171,9 @@ class JaxRuntime(Runtime):
                 f"torchax cannot be imported ({type(error).__name__}: {error}); install "
                 "the aegis_tpu_runtime role's jax flavor (requirements-jax.txt)"
             ) from None
-        from appliance.runtimes.torch_runtime import exported_signature
+        from appliance.runtimes.torch_runtime import exported_signature, load_exported
 
-        try:
-            program = torch.export.load(str(path))
-        except Exception as error:
-            raise ArtifactError(
-                f"{path.name}: not a loadable torch.export program ({error})"
-            ) from None
+        program = load_exported(path)
         signature = exported_signature(program)
         _views_as_reshapes(program, torch)
         try:
@@ -193,27 +198,19 @@ class JaxRuntime(Runtime):
 
         return _Program(call, signature, weights)
 
-    def _check_batch_dims(self, artifact: str) -> None:
-        assert self.signature is not None
-        for spec in (*self.signature.inputs, *self.signature.outputs):
+    def _check_batch_dims(self, signature: Signature, artifact: str) -> None:
+        for spec in (*signature.inputs, *signature.outputs):
             if spec.shape and spec.shape[0] != -1 and self.config.max_batch_size > 1:
                 raise ArtifactError(
                     f"{artifact}: {spec.name!r} has a fixed batch dimension {spec.shape[0]}; "
                     "export with a symbolic first dimension"
                 )
 
-    def _check_dims_bucketed(self, artifact: str) -> None:
+    def _check_dims_bucketed(self, signature: Signature, artifact: str) -> None:
         """XLA compiles one program per shape: every dynamic input dimension past the batch must
         be a named dimension with buckets in [models.dims]."""
-        assert self.signature is not None
-        for spec in self.signature.inputs:
+        for spec in signature.inputs:
             for axis, dim in enumerate(spec.shape[1:], start=1):
-                if isinstance(dim, str) and dim not in self.config.dims:
-                    raise ArtifactError(
-                        f"{artifact}: input {spec.name!r} dimension {axis} is the symbolic "
-                        f"dimension {dim!r}: declare the input in [[models.inputs]] with a name "
-                        "there and give that name's buckets in [models.dims]"
-                    )
                 if dim == -1:
                     raise ArtifactError(
                         f"{artifact}: input {spec.name!r} dimension {axis} is dynamic without "
@@ -334,33 +331,6 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().split("\n", 1)[0]
 
 
-def _named_as_configured(found: Signature, merged: Signature, artifact: str) -> Signature:
-    """`merged` with each of the artifact's symbolic dimensions called by the config's name for
-    it (matched by input and axis), outputs included; one symbol gets one name."""
-    names: dict[str, str] = {}
-    for actual, spec in zip(found.inputs, merged.inputs, strict=False):
-        for axis, symbol in actual.named_axes():
-            if axis >= len(spec.shape) or not isinstance(spec.shape[axis], str):
-                continue
-            name = names.setdefault(symbol, str(spec.shape[axis]))
-            if name != spec.shape[axis]:
-                raise ArtifactError(
-                    f"{artifact}: input {spec.name!r} dimension {axis} is declared "
-                    f"{spec.shape[axis]!r}, but the export ties it to {name!r} (both are "
-                    f"{symbol!r}): give them one name"
-                )
-
-    def renamed(spec: TensorSpec) -> TensorSpec:
-        shape = tuple(names.get(dim, dim) if isinstance(dim, str) else dim for dim in spec.shape)
-        return dataclasses.replace(spec, shape=shape)
-
-    return dataclasses.replace(
-        merged,
-        inputs=tuple(renamed(spec) for spec in merged.inputs),
-        outputs=tuple(renamed(spec) for spec in merged.outputs),
-    )
-
-
 def _exported_signature(exported: Any, artifact: str) -> Signature:
     """Inputs and outputs of a `jax.export.Exported`, from its flattened avals."""
     batch = None
@@ -406,8 +376,17 @@ def _spec(name: str, aval: Any, batch: str | None, artifact: str, *, is_input: b
                 f"({batch!r}) first and plain symbolic dimensions or fixed sizes after it"
             )
         else:
-            shape.append(-1)  # derived from the inputs' sizes (e.g. 2*seq): any size
+            shape.append(symbol)  # derived from the inputs' sizes (e.g. 2*seq): see `signature`
     return TensorSpec(name, datatype, tuple(shape))
+
+
+def _deserialize(jax: Any, path: Path) -> Any:
+    try:
+        return jax.export.deserialize(bytearray(path.read_bytes()))
+    except Exception as error:
+        raise ArtifactError(
+            f"{path.name}: not a serialized jax.export.Exported ({type(error).__name__}: {error})"
+        ) from None
 
 
 def _to_jax_host(array: np.ndarray, datatype: str) -> np.ndarray:

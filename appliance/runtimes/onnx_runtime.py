@@ -9,7 +9,7 @@ import onnxruntime
 
 from appliance.config import ModelConfig
 from appliance.runtimes.base import ArtifactError, DeviceUnavailable, ModelExecutionError, Runtime
-from appliance.runtimes.torch_runtime import merge_signature
+from appliance.runtimes.signature import merge_signature
 from appliance.tensors import Signature, TensorSpec
 
 _ONNX_TO_DATATYPE = {
@@ -34,8 +34,31 @@ def _spec(node: onnxruntime.NodeArg) -> TensorSpec:
         datatype = _ONNX_TO_DATATYPE[node.type]
     except KeyError:
         raise ArtifactError(f"{node.name}: ONNX type {node.type} is not supported") from None
-    shape = tuple(dim if isinstance(dim, int) and dim > 0 else -1 for dim in node.shape)
+    # A `dim_param` is a symbol the graph shares between tensors (see `signature`); an unknown
+    # dimension is None.
+    shape = tuple(
+        dim if (isinstance(dim, int) and dim > 0) or (isinstance(dim, str) and dim) else -1
+        for dim in node.shape
+    )
     return TensorSpec(node.name, datatype, shape)
+
+
+def _session(path: Path, providers: list[str]) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    # Concurrency comes from max_concurrency batches in flight; one op thread each is stable.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as error:
+        raise ArtifactError(f"{path.name}: not a loadable ONNX model ({error})") from None
+
+
+def _found(session: onnxruntime.InferenceSession) -> Signature:
+    return Signature(
+        tuple(_spec(node) for node in session.get_inputs()),
+        tuple(_spec(node) for node in session.get_outputs()),
+    )
 
 
 class OnnxRuntime(Runtime):
@@ -57,24 +80,9 @@ class OnnxRuntime(Runtime):
         return ["CPUExecutionProvider"]
 
     def load(self) -> None:
-        options = onnxruntime.SessionOptions()
-        # Concurrency comes from max_concurrency batches in flight; one op thread each is stable.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
         providers = self._providers()
-        try:
-            session = onnxruntime.InferenceSession(
-                str(self.artifact), sess_options=options, providers=providers
-            )
-        except Exception as error:
-            raise ArtifactError(
-                f"{self.artifact.name}: not a loadable ONNX model ({error})"
-            ) from None
-        found = Signature(
-            tuple(_spec(node) for node in session.get_inputs()),
-            tuple(_spec(node) for node in session.get_outputs()),
-        )
-        self.signature = merge_signature(found, self.config, self.artifact.name)
+        session = _session(self.artifact, providers)
+        self.signature = self.settle_signature(_found(session), self.artifact.name)
         # Declared names may differ from the graph's: feed and fetch by position.
         self._feed_names = {
             spec.name: node.name
@@ -83,6 +91,12 @@ class OnnxRuntime(Runtime):
         self._fetch_names = [node.name for node in session.get_outputs()]
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
         self._session = session
+
+    def read_signature(self, path: Path) -> Signature:
+        return _found(_session(path, ["CPUExecutionProvider"]))
+
+    def settle_signature(self, found: Signature, artifact: str) -> Signature:
+        return merge_signature(found, self.config, artifact)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None and self.signature is not None, "load() first"

@@ -26,7 +26,13 @@ from appliance.runtimes.base import (
     Runtime,
     check_buckets_fit,
 )
-from appliance.runtimes.exported import ExportedForward, output_names
+from appliance.runtimes.exported import (
+    ExportedForward,
+    ProgramLoadError,
+    load_program,
+    output_names,
+)
+from appliance.runtimes.signature import merge_signature
 from appliance.tensors import DimLimit, Signature, TensorSpec
 
 TORCH_TO_DATATYPE: dict[torch.dtype, str] = {
@@ -61,14 +67,15 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _spec_from_meta(name: str, value: Any) -> TensorSpec:
-    """A TensorSpec from an exported graph node's fake tensor (symbolic dims become -1)."""
+    """A TensorSpec from an exported graph node's fake tensor; a symbolic dimension is its
+    symbol's expression (`s27`, `2*s27`), which `merge_signature` resolves."""
     if not isinstance(value, torch.Tensor):
         raise ArtifactError(f"{name}: exported programs must take and return tensors only")
     try:
         datatype = TORCH_TO_DATATYPE[value.dtype]
     except KeyError:
         raise ArtifactError(f"{name}: dtype {value.dtype} has no protocol datatype") from None
-    shape = tuple(dim if isinstance(dim, int) else -1 for dim in value.shape)
+    shape = tuple(dim if isinstance(dim, int) else str(dim.node.expr) for dim in value.shape)
     return TensorSpec(name, datatype, shape)
 
 
@@ -90,7 +97,7 @@ def _limits_from_meta(name: str, value: torch.Tensor, ranges: dict[Any, Any]) ->
 def exported_signature(program: torch.export.ExportedProgram) -> Signature:
     """Inputs, outputs and dimension limits of a torch.export program, by its placeholder and
     output nodes and its range constraints. A model that returns a dict names its outputs by
-    the dict's keys."""
+    the dict's keys. Dynamic dimensions are left as the export's symbols (see `signature`)."""
     names = output_names(program)
     user_inputs = set(program.graph_signature.user_inputs)
     inputs = []
@@ -109,6 +116,18 @@ def exported_signature(program: torch.export.ExportedProgram) -> Signature:
     return Signature(tuple(inputs), tuple(outputs), tuple(limits))
 
 
+def exported_signature_as_declared(
+    program: torch.export.ExportedProgram, config: ModelConfig
+) -> tuple[Signature, tuple[int, ...] | None]:
+    """The program's signature with its outputs in the order the config declares them, and
+    that order (indexes into the graph's outputs; None: the graph's own)."""
+    found = exported_signature(program)
+    order = output_order(found, config)
+    if order is not None:
+        found = dataclasses.replace(found, outputs=tuple(found.outputs[i] for i in order))
+    return found, order
+
+
 def output_order(found: Signature, config: ModelConfig) -> tuple[int, ...] | None:
     """Where each declared output sits among the graph's outputs, when the declaration names
     the keys of a dict the model returns (in any order); None: by position."""
@@ -121,50 +140,9 @@ def output_order(found: Signature, config: ModelConfig) -> tuple[int, ...] | Non
 
 def load_exported(path: Path) -> torch.export.ExportedProgram:
     try:
-        return torch.export.load(str(path))
-    except Exception as error:
-        raise ArtifactError(f"{path.name}: not a loadable torch.export program ({error})") from None
-
-
-def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Signature:
-    """The artifact's signature, named and checked by the config's declaration where given."""
-    merged: list[tuple[TensorSpec, ...]] = []
-    for kind, have, declared in (
-        ("inputs", found.inputs, config.input_specs),
-        ("outputs", found.outputs, config.output_specs),
-    ):
-        if not declared:
-            merged.append(have)
-            continue
-        if have and len(have) != len(declared):
-            raise ArtifactError(
-                f"{artifact}: config declares {len(declared)} {kind}, the model has {len(have)}"
-            )
-        verb = "takes" if kind == "inputs" else "returns"
-        for spec, actual in zip(declared, have, strict=False):
-            if actual.datatype != spec.datatype:
-                raise ArtifactError(
-                    f"{artifact}: {kind} {spec.name!r} is declared {spec.datatype}, "
-                    f"the model {verb} {actual.datatype}"
-                )
-        for spec, actual in zip(declared, have, strict=False):
-            for axis, dim in spec.named_axes():
-                fixed = axis < len(actual.shape) and isinstance(actual.shape[axis], int)
-                if fixed and actual.shape[axis] != -1:
-                    raise ArtifactError(
-                        f"{artifact}: {kind} {spec.name!r} dimension {axis} is declared "
-                        f"{dim!r}, but the model fixes it at {actual.shape[axis]}"
-                    )
-        merged.append(declared)
-    # Limits follow the inputs by position: the declaration may rename them.
-    renamed = {
-        actual.name: spec.name for spec, actual in zip(merged[0], found.inputs, strict=False)
-    }
-    limits = tuple(
-        dataclasses.replace(limit, input=renamed.get(limit.input, limit.input))
-        for limit in found.limits
-    )
-    return Signature(merged[0], merged[1], limits)
+        return load_program(path)
+    except ProgramLoadError as error:
+        raise ArtifactError(f"{path.name}: not a loadable torch.export program: {error}") from None
 
 
 class TorchRuntime(Runtime):
@@ -183,11 +161,21 @@ class TorchRuntime(Runtime):
             module, found = self._load_exported(path)
         else:
             module, found = self._load_torchscript(path), Signature((), ())
-        self.signature = merge_signature(found, self.config, path.name)
-        self._check_batch_dims(path.name)
-        check_buckets_fit(self.signature, self.config, path.name)
-        self._check_no_bytes(path.name)
+        self.signature = self.settle_signature(found, path.name)
         self._forward = module
+
+    def read_signature(self, path: Path) -> Signature:
+        if path.suffix != ".pt2":
+            return Signature((), ())  # TorchScript carries none: the declaration is all there is
+        found, _order = exported_signature_as_declared(load_exported(path), self.config)
+        return found
+
+    def settle_signature(self, found: Signature, artifact: str) -> Signature:
+        signature = merge_signature(found, self.config, artifact)
+        self._check_batch_dims(signature, artifact)
+        check_buckets_fit(signature, self.config, artifact)
+        self._check_no_bytes(signature, artifact)
+        return signature
 
     def _open_device(self) -> torch.device:
         if self.requested_device == "cuda":
@@ -198,10 +186,7 @@ class TorchRuntime(Runtime):
 
     def _load_exported(self, path: Path) -> tuple[Callable[..., Any], Signature]:
         program = load_exported(path)
-        found = exported_signature(program)
-        order = output_order(found, self.config)
-        if order is not None:
-            found = dataclasses.replace(found, outputs=tuple(found.outputs[i] for i in order))
+        found, order = exported_signature_as_declared(program, self.config)
         return ExportedForward(program, self._torch_device, order), found
 
     def _load_torchscript(self, path: Path) -> torch.jit.ScriptModule:
@@ -218,20 +203,18 @@ class TorchRuntime(Runtime):
             ) from None
         return module.eval()
 
-    def _check_batch_dims(self, artifact: str) -> None:
-        assert self.signature is not None
-        for spec in (*self.signature.inputs, *self.signature.outputs):
+    def _check_batch_dims(self, signature: Signature, artifact: str) -> None:
+        for spec in (*signature.inputs, *signature.outputs):
             if spec.shape and spec.shape[0] != -1 and self.config.max_batch_size > 1:
                 raise ArtifactError(
                     f"{artifact}: {spec.name!r} has a fixed batch dimension {spec.shape[0]}; "
                     "export with a dynamic first dimension (torch.export.Dim)"
                 )
 
-    def _check_no_bytes(self, artifact: str) -> None:
+    def _check_no_bytes(self, signature: Signature, artifact: str) -> None:
         # A PyTorch model takes and returns tensors: caught here, a BYTES declaration is a load
         # error naming the tensor rather than a 500 on every request.
-        assert self.signature is not None
-        for kind, specs in (("input", self.signature.inputs), ("output", self.signature.outputs)):
+        for kind, specs in (("input", signature.inputs), ("output", signature.outputs)):
             for spec in specs:
                 if spec.datatype == "BYTES":
                     raise ArtifactError(

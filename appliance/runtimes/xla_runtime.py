@@ -46,9 +46,8 @@ from appliance.runtimes.base import (
 from appliance.runtimes.exported import ExportedForward
 from appliance.runtimes.torch_runtime import (
     TorchRuntime,
-    exported_signature,
+    exported_signature_as_declared,
     load_exported,
-    output_order,
     to_tensor,
 )
 from appliance.runtimes.xla_replay import Program, trace_program
@@ -243,7 +242,6 @@ class XlaRuntime(TorchRuntime):
         # holds the device lock, so a reload stalls the models being served as little as it can.
         super().load()
         self.device = self._xla.label
-        self._check_static_shapes()
         self._replayable = self._xla.bridge is not None and self._replay_reason() is None
         if not self._replayable:
             log.warning(
@@ -264,15 +262,19 @@ class XlaRuntime(TorchRuntime):
             return "the exported graph reads tensor values into Python (.item())"
         return None
 
-    def _check_static_shapes(self) -> None:
+    def settle_signature(self, found: Signature, artifact: str) -> Signature:
+        signature = super().settle_signature(found, artifact)
+        self._check_static_shapes(signature, artifact)
+        return signature
+
+    def _check_static_shapes(self, signature: Signature, artifact: str) -> None:
         # The config refuses a declared dynamic dimension without buckets; an undeclared
         # signature comes from the artifact, and is checked here.
-        assert self.signature is not None
-        for spec in self.signature.inputs:
+        for spec in signature.inputs:
             for axis, dim in enumerate(spec.shape[1:], start=1):
                 if dim == -1:
                     raise ArtifactError(
-                        f"{self.artifact.name}: input {spec.name!r} dimension {axis} is dynamic "
+                        f"{artifact}: input {spec.name!r} dimension {axis} is dynamic "
                         "without buckets, and XLA compiles one program per size: declare the "
                         'input with a named dimension (shape = [-1, "seq"]) and its buckets in '
                         "[models.dims]"
@@ -284,10 +286,7 @@ class XlaRuntime(TorchRuntime):
 
     def _load_exported(self, path: Path) -> tuple[Callable[..., Any], Signature]:
         program = load_exported(path)
-        found = exported_signature(program)
-        order = output_order(found, self.config)
-        if order is not None:
-            found = dataclasses.replace(found, outputs=tuple(found.outputs[i] for i in order))
+        found, order = exported_signature_as_declared(program, self.config)
         # Weights, constants and the device arguments of the graph's own tensor factories.
         with self._moving_to_device():
             forward = ExportedForward(program, self._torch_device, order)

@@ -5,6 +5,7 @@ torch; over HTTP too. Prints each model's warmup compile time and per-batch time
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -147,6 +148,16 @@ def zoo_server(tmp_path_factory: pytest.TempPathFactory, zoo: dict[str, Path]) -
         )
         for name in ZOO
     )
+    # The encoder again with its outputs undeclared: the export says `tokens` follows `seq`.
+    models += model_toml(
+        "encoder_outputs_undeclared",
+        zoo["encoder"],
+        dataclasses.replace(ZOO["encoder"], outputs=()),
+        runtime="tpu",
+        device="tpu",
+        max_batch_size=BUCKETS[-1],
+        warmup_iters=1,
+    )
     env = {"PJRT_DEVICE": PJRT_DEVICE}
     with running_server(config_toml(workdir, models), workdir, env, ready_timeout_s=600) as server:
         yield server
@@ -184,3 +195,17 @@ def test_the_zoo_serves_over_http_on_tpu_and_compiles_nothing_after_warmup(
     assert get_json(zoo_server.url, "/v2/models/encoder")["parameters"]["dims"] == {
         "seq": [8, 16, 32]
     }
+
+
+def test_undeclared_outputs_that_follow_seq_come_back_at_the_requests_length_on_tpu(
+    zoo_server: ServerProcess, zoo: dict[str, Path]
+) -> None:
+    encoder = ZOO["encoder"]
+    inputs = encoder.example(np.random.default_rng(9), 2, {"seq": 5})  # padded to the bucket of 8
+    status, outputs = infer(zoo_server.url, "encoder_outputs_undeclared", inputs)
+    assert status == 200, outputs
+    assert isinstance(outputs, dict)
+    want = encoder.exported_reference(zoo["encoder"])(inputs)
+    assert outputs["tokens"].shape == (2, 5, 32)
+    for name, expected in want.items():
+        np.testing.assert_allclose(outputs[name], expected, **TOLERANCE, err_msg=name)
