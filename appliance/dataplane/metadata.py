@@ -32,10 +32,12 @@ def platform(model: ServedModel) -> str:
     return _PLATFORMS.get(runtime.artifact.suffix, runtime.name)
 
 
-def model_metadata(model: ServedModel) -> dict[str, Any]:
+def model_metadata(model: ServedModel, versions: list[str]) -> dict[str, Any]:
+    """`model`'s metadata; `versions` are every version of its name that serves, as Triton lists
+    them whichever version was asked for."""
     return {
         "name": model.name,
-        "versions": [model.version],
+        "versions": versions,
         "platform": platform(model),
         "inputs": [spec.to_json() for spec in model.signature.inputs],
         "outputs": [spec.to_json() for spec in model.signature.outputs],

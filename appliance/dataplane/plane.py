@@ -73,7 +73,8 @@ class DataPlane:
         return self.model(name, version).ready
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        return metadata.model_metadata(self.model(name, version))
+        model = self.model(name, version)
+        return metadata.model_metadata(model, self.repository.versions(name))
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         return metadata.triton_config(self.model(name, version))
