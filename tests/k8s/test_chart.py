@@ -146,6 +146,25 @@ def test_custom_resources_scrape_and_scale_the_pods() -> None:
     assert account["iam.gke.io/gcp-service-account"] == "aegis@project.iam.gserviceaccount.com"
 
 
+@pytest.mark.parametrize(
+    ("values", "grpc_bind", "ports"),
+    [
+        ({}, ["0.0.0.0:8081"], {"http": 8080, "grpc": 8081}),
+        ({"grpc": {"enabled": False}}, [], {"http": 8080}),
+    ],
+)
+def test_grpc_is_served_and_exposed_unless_turned_off(
+    values: dict[str, Any], grpc_bind: list[str], ports: dict[str, int]
+) -> None:
+    found = objects(render({"models": [MODEL], **values}))
+    server = tomllib.loads(find(found, "ConfigMap")["data"]["aegis.toml"])["server"]
+    # Off means off in the appliance too: its own default would still listen on 8081.
+    assert server["grpc_bind"] == grpc_bind
+    assert {port["name"]: port["containerPort"] for port in container(found)["ports"]} == ports
+    service_ports = {port["name"]: port["port"] for port in find(found, "Service")["spec"]["ports"]}
+    assert service_ports == ports
+
+
 def test_helm_test_pod_infers_against_the_service() -> None:
     found = objects(render({"models": [MODEL]}))
     smoke = [item for item in found if item["kind"] == "Pod"]

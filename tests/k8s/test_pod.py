@@ -114,6 +114,7 @@ def release(tier: Tier, bucket: str, tmp_path_factory: pytest.TempPathFactory) -
             "shutdownGraceS": SHUTDOWN_GRACE_S,
             "unreadyWindowS": 2,
         },
+        "grpc": {"port": free_port()},
         "env": [{"name": "STORAGE_EMULATOR_HOST", "value": bucket}],
         "models": [
             {
