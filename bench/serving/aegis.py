@@ -33,13 +33,14 @@ def start(
         f"shape = [-1, {models.OUTPUTS}]\n"
     )
     # gRPC on a free port too: the default 0.0.0.0:8081 would clash between servers.
-    grpc = ["--grpc-bind", f"{HOST}:{free_port()}"]
+    grpc_port = free_port()
+    grpc = ["--grpc-bind", f"{HOST}:{grpc_port}"]
     proc, log = launch.spawn(
         [AEGIS, "serve", "--config", config, "--bind", f"{HOST}:{port}", *grpc], home
     )
     path = f"/v2/models/{model}/infer"
     targets = [payload.json_target("aegis-json", path), payload.binary_target("aegis-binary", path)]
-    return Server("aegis", proc, port, targets, log, metrics_model=model)
+    return Server("aegis", proc, port, targets, log, metrics_model=model, grpc_port=grpc_port)
 
 
 def start_demo(launch: Launch, _model: str, payload: Payload) -> Server:

@@ -32,6 +32,7 @@ class Server:
     targets: list[Target]
     log: Path
     metrics_model: str | None = None  # the model name in Aegis's /metrics, for batch sizes
+    grpc_port: int | None = None  # Aegis's gRPC front door
 
 
 @dataclass
