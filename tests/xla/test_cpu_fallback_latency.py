@@ -6,7 +6,6 @@ device. The slowness is real load on a real compiled model, never a sleep.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -14,57 +13,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from appliance.demo import DEMO_INPUTS, DEMO_OUTPUTS
+from appliance.demo import DEMO_INPUTS
 from tests.support.server import ServerProcess, running_server
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE, TOLERANCE
 from tests.xla.test_xla_serving import config_toml, infer, model_toml, post_infer, scrape
+from tests.xla.wide import export_wide, wide_eager
 
 pytestmark = pytest.mark.xla
 
-WIDTH = 512
 LOAD_ROWS = 16  # every background request is a full batch
 LOAD_CLIENTS = 6
 PROBES = 40
 
 
-class Wide(torch.nn.Module):
-    """Seven 512-wide layers: milliseconds a batch of 16, so a few clients keep a queue."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(11)
-        sizes = [DEMO_INPUTS, *[WIDTH] * 7, DEMO_OUTPUTS]
-        self.layers = torch.nn.ModuleList(
-            torch.nn.Linear(a, b) for a, b in itertools.pairwise(sizes)
-        )
-        with torch.no_grad():
-            for layer in self.layers:
-                std = (1 / layer.in_features) ** 0.5
-                layer.weight.normal_(std=std, generator=generator)
-                layer.bias.normal_(std=std, generator=generator)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers[:-1]:
-            x = torch.relu(layer(x))
-        return self.layers[-1](x)
-
-
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("wide") / "wide.pt2"
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(
-        Wide().eval(), (torch.zeros(2, DEMO_INPUTS),), dynamic_shapes=({0: batch},)
-    )
-    torch.export.save(program, str(path))
-    return path
-
-
-def eager(rows: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return Wide().eval()(torch.from_numpy(rows)).numpy()
+    return export_wide(tmp_path_factory.mktemp("wide") / "wide.pt2")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +67,7 @@ def probe_latencies(server: ServerProcess, model: str, rng: np.random.Generator)
             started = time.perf_counter()
             output = infer(server, model, row)
             latencies.append(time.perf_counter() - started)
-            np.testing.assert_allclose(output, eager(row), **TOLERANCE)
+            np.testing.assert_allclose(output, wide_eager(row), **TOLERANCE)
     finally:
         stop.set()
         for client in clients:
@@ -114,7 +79,7 @@ def test_idle_requests_all_stay_on_the_device(server: ServerProcess) -> None:
     rng = np.random.default_rng(1)
     for _ in range(20):
         row = rng.standard_normal((1, DEMO_INPUTS)).astype(np.float32)
-        np.testing.assert_allclose(infer(server, "routed", row), eager(row), **TOLERANCE)
+        np.testing.assert_allclose(infer(server, "routed", row), wide_eager(row), **TOLERANCE)
     value = scrape(server)
     for reason in ("latency", "overflow", "unavailable"):
         labels = {"model": "routed", "version": "1", "reason": reason}
