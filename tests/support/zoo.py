@@ -221,9 +221,16 @@ class ZooModel:
         """The module's own outputs on the CPU, by output name."""
         return self.eager_reference()(inputs)
 
-    def eager_reference(self) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
-        """`eager` as a function of a request's inputs, the module built once."""
+    def eager_reference(
+        self, weights: Path | None = None
+    ) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+        """`eager` as a function of a request's inputs, the module built once; with the weights
+        of the artifact `weights` where given: another torch version may draw other initial
+        weights from the same seed (ViT's truncated normals do under torch 2.9 and 2.13)."""
         module = self.build()
+        if weights is not None:
+            # After build(): loading needs the output classes the model's library registers.
+            module.load_state_dict(torch.export.load(str(weights)).state_dict)
         return lambda inputs: self._by_name(self.call(module, inputs))
 
     def exported_reference(
