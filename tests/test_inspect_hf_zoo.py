@@ -6,7 +6,6 @@ answers equal to eager at each request's own length. Run as the real command."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest

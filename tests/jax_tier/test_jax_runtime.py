@@ -194,7 +194,9 @@ def test_symbolic_dimensions_of_the_export_take_the_configured_names_and_buckets
 def test_a_symbolic_dimension_without_a_configured_name_is_refused(
     make_runtime: RuntimeFactory,
 ) -> None:
-    with pytest.raises(ArtifactError, match="input 'input__0' dimension 1 is dynamic without buckets"):
+    with pytest.raises(
+        ArtifactError, match="input 'input__0' dimension 1 is dynamic without buckets"
+    ):
         make_runtime("masked.jax")
 
 
