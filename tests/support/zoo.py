@@ -148,6 +148,10 @@ class ZooModel:
     dims: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     # Per input, the value range of its elements in examples (ids, categories); floats: normal.
     ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    # Inputs that mark padding (1 real, 0 padding): examples pad a random tail of each row.
+    masks: tuple[str, ...] = ()
+    # Inputs go in by name, as `model(**inputs)` (Hugging Face models), else by position.
+    keyword: bool = False
 
     def build(self) -> torch.nn.Module:
         torch.manual_seed(sum(map(ord, self.name)))
@@ -169,13 +173,13 @@ class ZooModel:
         self, rng: np.random.Generator, rows: int, lengths: Mapping[str, int] | None = None
     ) -> dict[str, np.ndarray]:
         """A request of `rows` rows, each named dimension at `lengths` (default: its largest
-        bucket); a `mask` input marks a random tail of each row as padding."""
+        bucket); each of `masks` marks a random tail of each row as padding."""
         sizes = {name: buckets[-1] for name, buckets in self.dims.items()} | dict(lengths or {})
         batch: dict[str, np.ndarray] = {}
         for spec in self.inputs:
             shape = (rows, *(sizes[d] if isinstance(d, str) else d for d in spec.shape[1:]))
             dtype = numpy_dtype(spec.datatype)
-            if spec.name == "mask":
+            if spec.name in self.masks:
                 filled = rng.integers(1, shape[1] + 1, rows)
                 batch[spec.name] = (np.arange(shape[1]) < filled[:, None]).astype(dtype)
             elif spec.name in self.ranges:
@@ -191,22 +195,43 @@ class ZooModel:
         example = self.example(rng, 3, {name: 5 for name in self.dims})
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         seq = torch.export.Dim("seq", min=1, max=MAX_SEQ)
-        dynamic = tuple(
-            {0: batch, **{axis: seq for axis, _ in spec.named_axes()}} for spec in self.inputs
-        )
-        program = torch.export.export(
-            self.build(),
-            tuple(torch.from_numpy(example[spec.name]) for spec in self.inputs),
-            dynamic_shapes=dynamic,
-        )
+        axes = {
+            spec.name: {0: batch, **{axis: seq for axis, _ in spec.named_axes()}}
+            for spec in self.inputs
+        }
+        tensors = {name: torch.from_numpy(array) for name, array in example.items()}
+        if self.keyword:
+            program = torch.export.export(self.build(), (), tensors, dynamic_shapes=axes)
+        else:
+            program = torch.export.export(
+                self.build(),
+                tuple(tensors[spec.name] for spec in self.inputs),
+                dynamic_shapes=tuple(axes[spec.name] for spec in self.inputs),
+            )
         torch.export.save(program, str(path))
         return path
 
+    def call(self, module: Callable[..., object], inputs: Mapping[str, np.ndarray]) -> object:
+        """`module` on a request's inputs, passed the way the model was exported."""
+        tensors = [(spec.name, torch.from_numpy(inputs[spec.name])) for spec in self.inputs]
+        with torch.no_grad():
+            return module(**dict(tensors)) if self.keyword else module(*(t for _, t in tensors))
+
     def eager(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The module's own outputs on the CPU, by output name."""
-        with torch.no_grad():
-            result = self.build()(*(torch.from_numpy(inputs[spec.name]) for spec in self.inputs))
-        return self._by_name(result)
+        return self.eager_reference()(inputs)
+
+    def eager_reference(
+        self, weights: Path | None = None
+    ) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+        """`eager` as a function of a request's inputs, the module built once; with the weights
+        of the artifact `weights` where given: another torch version may draw other initial
+        weights from the same seed (ViT's truncated normals do under torch 2.9 and 2.13)."""
+        module = self.build()
+        if weights is not None:
+            # After build(): loading needs the output classes the model's library registers.
+            module.load_state_dict(torch.export.load(str(weights)).state_dict)
+        return lambda inputs: self._by_name(self.call(module, inputs))
 
     def exported_reference(
         self, artifact: Path
@@ -216,10 +241,7 @@ class ZooModel:
         module = torch.export.load(str(artifact)).module()
 
         def reference(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            with torch.no_grad():
-                return self._by_name(
-                    module(*(torch.from_numpy(inputs[spec.name]) for spec in self.inputs))
-                )
+            return self._by_name(self.call(module, inputs))
 
         return reference
 
@@ -245,6 +267,7 @@ ZOO: dict[str, ZooModel] = {
             (_spec("pooled", "FP32", 32), _spec("tokens", "FP32", "seq", 32)),
             dims={"seq": (8, 16, 32)},
             ranges={"ids": (1, VOCAB)},
+            masks=("mask",),
         ),
         ZooModel("gru", Gru, (_spec("series", "FP32", 12, 4),), (_spec("scores", "FP32", 3),)),
         ZooModel(
@@ -282,9 +305,11 @@ def model_toml(name: str, artifact: Path, model: ZooModel, **fields: object) -> 
     return "\n".join(lines) + "\n"
 
 
-def export_zoo(root: Path, names: tuple[str, ...] = tuple(ZOO)) -> dict[str, Path]:
+def export_zoo(
+    root: Path, names: tuple[str, ...] = tuple(ZOO), zoo: Mapping[str, ZooModel] = ZOO
+) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
-    return {name: ZOO[name].export(root / f"{name}.pt2") for name in names}
+    return {name: zoo[name].export(root / f"{name}.pt2") for name in names}
 
 
 if __name__ == "__main__":
