@@ -60,3 +60,22 @@ def test_no_module_imports_a_layer_above_its_own() -> None:
                 upward.append(f"{module} imports {imported}")
     assert upward == []
 
+
+def test_no_two_modules_import_each_other_even_through_others() -> None:
+    """A cycle, even one only the type checker follows, means neither module stands alone."""
+    graph = {module: _imports(path) & MODULES.keys() for module, path in MODULES.items()}
+    cycles = []
+    for start in graph:
+        # Depth-first from `start` through greater modules only: each cycle is found once, from
+        # its least module.
+        stack = [(start, (start,))]
+        seen = set()
+        while stack:
+            module, trail = stack.pop()
+            for imported in sorted(graph[module]):
+                if imported == start:
+                    cycles.append(" -> ".join((*trail, start)))
+                elif imported not in seen and imported > start:
+                    seen.add(imported)
+                    stack.append((imported, (*trail, imported)))
+    assert cycles == []
