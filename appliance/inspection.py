@@ -17,23 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import ConfigError, ModelConfig, parse_config
+from appliance.config.runtime_table import (
+    artifact_format,
+    artifact_suffixes,
+    runtime_row,
+    runtimes_loading,
+)
 from appliance.runtimes import ArtifactError, DeviceUnavailable, runtime_class
 from appliance.tensors import DimLimit, Signature, TensorSpec
 
-# Candidate runtimes by suffix, first the one the table names.
-RUNTIMES = {".pt2": ("torch", "tpu", "jax"), ".pt": ("torch", "tpu"), ".onnx": ("onnx",)}
-RUNTIMES[".jax"] = ("jax",)
-DEVICES = {"torch": "cpu", "onnx": "cpu", "tpu": "tpu", "jax": "cpu"}
 BATCH_CAP = 64  # the proposed max_batch_size when the export allows more
 UNBOUNDED_CAP = 512  # the largest proposed bucket of a dimension the export does not bound
 # Shorter lengths pad up to it: on tpu and jax every bucket is a compilation at warmup.
 SMALLEST_SEQ_BUCKET = 16
-FORMATS = {
-    ".pt2": "torch.export",
-    ".pt": "TorchScript",
-    ".onnx": "ONNX",
-    ".jax": "jax.export",
-}
+
+
+def _device(runtime: str) -> str:
+    """The device a runtime is inspected on: the CPU where it runs there, else its own."""
+    devices = runtime_row(runtime).devices
+    return "cpu" if "cpu" in devices else devices[0]
 
 
 class InspectError(Exception):
@@ -51,18 +53,20 @@ class _Axis:
 
 def inspect(path: Path) -> str:
     """The report `aegis inspect` prints for the artifact at `path`."""
-    if path.suffix not in RUNTIMES:
-        raise InspectError(f"{path.name}: unknown artifact format (want .pt2, .pt, .onnx, .jax)")
+    if path.suffix not in artifact_suffixes():
+        known = ", ".join(artifact_suffixes())
+        raise InspectError(f"{path.name}: unknown artifact format (want {known})")
     if not path.is_file():
         raise InspectError(f"{path}: no such file")
     if path.suffix == ".pt":
         return _torchscript_report(path)
-    candidates = RUNTIMES[path.suffix]
+    # The candidates in table order: the first is the one the proposed table names.
+    candidates = runtimes_loading(path.suffix)
     found = _read(path, candidates[0])
     axes = _named_axes(found)
     table = _table(path, found, axes, candidates[0])
     servable = [(runtime, _serves(table, runtime, found, path)) for runtime in candidates]
-    lines = [f"{path.name}: {FORMATS[path.suffix]}", "", "inputs:"]
+    lines = [f"{path.name}: {artifact_format(path.suffix)}", "", "inputs:"]
     lines += [_describe(spec, found.limits, axes) for spec in found.inputs]
     lines += ["outputs:"]
     specs = {spec.name: spec for spec in found.inputs}
@@ -83,7 +87,7 @@ def inspect(path: Path) -> str:
 
 def _read(path: Path, runtime: str) -> Signature:
     config = ModelConfig.model_validate(
-        {"model_path": str(path), "runtime": runtime, "device": DEVICES[runtime]}
+        {"model_path": str(path), "runtime": runtime, "device": _device(runtime)}
     )
     try:
         return runtime_class(runtime)(config, path).read_signature(path)
@@ -146,7 +150,7 @@ def _table(
         "name": re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem) or "model",
         "model_path": str(path.resolve()),
         "runtime": runtime,
-        "device": DEVICES[runtime],
+        "device": _device(runtime),
         "max_batch_size": max_batch,
     }
     if batch_buckets:
@@ -185,7 +189,7 @@ def _toml(table: dict[str, Any]) -> str:
 
 def _serves(table: dict[str, Any], runtime: str, found: Signature, path: Path) -> str | None:
     """None when `table`, set to `runtime`, passes that runtime's load checks; else why not."""
-    data = {**table, "runtime": runtime, "device": "tpu" if runtime == "tpu" else "cpu"}
+    data = {**table, "runtime": runtime, "device": _device(runtime)}
     try:
         config = parse_config({"models": [data]}).models[0].config
         served = runtime_class(runtime)(config, path)

@@ -7,8 +7,8 @@ operator never has to read a traceback to fix a typo.
 
 from appliance.config.errors import ConfigError
 from appliance.config.file import DEFAULT_CONFIG_PATH, load_config, parse_config, with_grpc_bind
+from appliance.config.runtime_table import artifact_suffixes
 from appliance.config.schema import (
-    ARTIFACT_SUFFIXES,
     AppConfig,
     DeclaredModel,
     ModelConfig,
@@ -20,7 +20,6 @@ from appliance.config.schema import (
 )
 
 __all__ = [
-    "ARTIFACT_SUFFIXES",
     "DEFAULT_CONFIG_PATH",
     "AppConfig",
     "ConfigError",
@@ -30,6 +29,7 @@ __all__ = [
     "StorageConfig",
     "TensorDeclaration",
     "XlaConfig",
+    "artifact_suffixes",
     "default_buckets",
     "load_config",
     "parse_config",

@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,18 +26,17 @@ from pydantic import (
     model_validator,
 )
 
+from appliance.config import runtime_table
 from appliance.config.errors import ConfigError, broken_rule, config_error, invalid
 from appliance.tensors import TensorSpec, numpy_dtype
 from appliance.units import MiB
 
-Runtime = Literal["torch", "onnx", "tpu", "jax"]
 Device = Literal["cpu", "cuda", "tpu"]
 CpuFallback = Literal["off", "unavailable", "overflow", "latency"]
 Datatype = Literal[
     "BF16", "BOOL", "BYTES", "FP16", "FP32", "FP64", "INT16", "INT32", "INT64", "INT8",
     "UINT16", "UINT32", "UINT64", "UINT8",
 ]  # fmt: skip
-ARTIFACT_SUFFIXES = (".pt2", ".pt", ".onnx", ".jax")
 
 Integer = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
@@ -54,8 +55,36 @@ def _shape_element(value: object) -> object:
 ShapeElement = Annotated[int | str, BeforeValidator(_shape_element)]
 PadValue = Annotated[bool, Strict()] | Annotated[int, Strict()] | Annotated[float, Strict()]
 
-# Runtimes that compile one program per input shape: every dynamic dimension needs buckets.
-STATIC_SHAPE_RUNTIMES = frozenset({"tpu", "jax"})
+
+def _known_runtime(name: str) -> str:
+    known = runtime_table.runtime_names()
+    if name not in known:
+        raise invalid(f"must be one of {', '.join(known)}; got {name!r}")
+    return name
+
+
+# A name from the runtime table, read when a config is validated (not a Literal fixed at import).
+RuntimeName = Annotated[str, Strict(), AfterValidator(_known_runtime)]
+
+
+def _compiles_per_shape(runtime: object) -> bool:
+    names = runtime_table.runtime_names()
+    return runtime in names and runtime_table.runtime_row(str(runtime)).compiles_per_shape
+
+
+def _either(choices: Sequence[str]) -> str:
+    """'a', 'b' or 'c'."""
+    quoted = [repr(choice) for choice in choices]
+    return " or ".join(quoted) if len(quoted) < 3 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _both(choices: Sequence[str]) -> str:
+    """.a, .b and .c."""
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} and {choices[-1]}"
 
 
 class _Table(BaseModel):
@@ -167,7 +196,7 @@ class ModelConfig(_Table):
     """How to load, batch and serve a model version: a `[[models]]` table less name, version."""
 
     model_path: Text
-    runtime: Runtime = "torch"
+    runtime: RuntimeName = "torch"
     device: Device = "cpu"
     max_batch_size: PositiveInt = 32
     batch_buckets: tuple[PositiveInt, ...] = ()
@@ -186,7 +215,7 @@ class ModelConfig(_Table):
     @model_validator(mode="before")
     @classmethod
     def _compiled_runtimes_double_buffer(cls, data: object) -> object:
-        """`max_concurrency` left out: 2 for `tpu` and `jax`, 1 for the rest.
+        """`max_concurrency` left out: 2 for runtimes that compile per shape, 1 for the rest.
 
         A compiled runtime launches its program and waits on the device; a second batch in
         flight does its host work (decode, pad, copy in) meanwhile, so the chip is not left idle
@@ -195,7 +224,7 @@ class ModelConfig(_Table):
         if (
             isinstance(data, dict)
             and "max_concurrency" not in data
-            and data.get("runtime") in STATIC_SHAPE_RUNTIMES
+            and _compiles_per_shape(data.get("runtime"))
         ):
             return {**data, "max_concurrency": 2}
         return data
@@ -205,9 +234,10 @@ class ModelConfig(_Table):
     def _artifact_format(cls, path: str) -> str:
         if not path:
             raise invalid("must not be empty")
-        if not path.endswith("/") and not path.endswith(ARTIFACT_SUFFIXES):
+        suffixes = runtime_table.artifact_suffixes()
+        if not path.endswith("/") and not path.endswith(suffixes):
             raise invalid(
-                f"must end in one of {', '.join(ARTIFACT_SUFFIXES)} (the artifact format), "
+                f"must end in one of {', '.join(suffixes)} (the artifact format), "
                 f"or '/' for a folder; got {path!r}"
             )
         return path
@@ -215,24 +245,25 @@ class ModelConfig(_Table):
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         path = self.model_path
-        if self.device == "tpu" and self.runtime not in ("tpu", "jax"):
+        row = runtime_table.runtime_row(self.runtime)
+        if self.device not in row.devices:
+            runners = runtime_table.runtimes_on(self.device)
+            needs = f"; {self.device!r} needs runtime = {_either(runners)}" if runners else ""
             raise broken_rule(
-                "device", f"'tpu' needs runtime = 'tpu' or 'jax', not {self.runtime!r}"
+                "device",
+                f"runtime {self.runtime!r} runs on device {_either(row.devices)}, "
+                f"not {self.device!r}{needs}",
             )
-        if self.runtime == "tpu" and self.device != "tpu":
-            raise broken_rule("device", f"runtime 'tpu' runs on device 'tpu', not {self.device!r}")
-        if self.runtime == "jax" and self.device == "cuda":
-            raise broken_rule("device", "runtime 'jax' runs on device 'tpu' or 'cpu', not 'cuda'")
-        if self.runtime == "onnx" and not path.endswith((".onnx", "/")):
-            raise broken_rule("model_path", f"runtime 'onnx' loads .onnx files, not {path!r}")
-        if self.runtime in ("torch", "tpu") and path.endswith(".onnx"):
-            raise broken_rule("runtime", f"{path!r} is an ONNX file: use runtime = 'onnx'")
-        if self.runtime == "jax" and not path.endswith((".jax", ".pt2", "/")):
+        suffix = PurePosixPath(path).suffix
+        if not path.endswith("/") and suffix not in row.suffixes:
+            # Blame what the file says: a runtime it names, else the default runtime.
+            key = "model_path" if "runtime" in self.model_fields_set else "runtime"
             raise broken_rule(
-                "model_path", f"runtime 'jax' loads .jax and .pt2 files, not {path!r}"
+                key,
+                f"{path!r} is {_a(runtime_table.artifact_format(suffix))} file: use runtime = "
+                f"{_either(runtime_table.runtimes_loading(suffix))} (runtime {self.runtime!r} "
+                f"loads {_both(row.suffixes)} files)",
             )
-        if self.runtime != "jax" and path.endswith(".jax"):
-            raise broken_rule("runtime", f"{path!r} is a jax.export file: use runtime = 'jax'")
         buckets = self.batch_buckets or default_buckets(self.max_batch_size)
         if list(buckets) != sorted(set(buckets)):
             raise broken_rule("batch_buckets", f"must be strictly increasing, got {list(buckets)}")
@@ -286,7 +317,7 @@ class ModelConfig(_Table):
                         dim == -1
                         and axis > 0
                         and kind == "inputs"
-                        and self.runtime in STATIC_SHAPE_RUNTIMES
+                        and runtime_table.runtime_row(self.runtime).compiles_per_shape
                     ):
                         raise broken_rule(
                             key,

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from appliance.config.runtime_table import runtime_row
 from appliance.repository import ServedModel
 from appliance.tensors import TensorSpec
 
-_PLATFORMS = {
-    ".pt2": "pytorch_export",
-    ".pt": "pytorch_torchscript",
-    ".onnx": "onnxruntime_onnx",
-    ".jax": "jax_export",
-}
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 
 
@@ -24,12 +19,10 @@ def protocol_shape(spec: TensorSpec) -> list[int]:
 
 
 def platform(model: ServedModel) -> str:
+    """What serves the model, in Triton's words: its runtime and artifact format together."""
     runtime = model.primary.runtime
-    if runtime.name == "tpu":
-        return "pytorch_xla"
-    if runtime.name == "jax" and runtime.artifact.suffix == ".pt2":
-        return "pytorch_torchax"
-    return _PLATFORMS.get(runtime.artifact.suffix, runtime.name)
+    served = runtime_row(runtime.name).artifact(runtime.artifact.suffix)
+    return served.platform if served is not None else runtime.name
 
 
 def model_metadata(model: ServedModel, versions: list[str]) -> dict[str, Any]:

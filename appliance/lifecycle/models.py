@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from appliance.config import AppConfig, DeclaredModel, XlaConfig
+from appliance.config.runtime_table import runtime_row
 from appliance.errors import InferenceError, LoadFailed, ModelNotFound
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.process import freeze_heap
@@ -34,9 +35,6 @@ from appliance.runtimes import Runtime, RuntimeFailure, jax_process
 from appliance.storage import ArtifactStore, SyncError
 
 log = structlog.get_logger("aegis.lifecycle")
-
-# Runtimes that compile a program per shape and report it (aegis_xla_* metrics).
-_COMPILING_RUNTIMES = frozenset(("tpu", "jax"))
 
 
 class StartupFailed(Exception):
@@ -108,7 +106,8 @@ class ModelLifecycle:
         for model in list(self._repository):
             for replica in model.replicas():
                 runtime = replica.runtime
-                if runtime.name not in _COMPILING_RUNTIMES:
+                # Runtimes that compile per shape report it (aegis_xla_* metrics).
+                if not runtime_row(runtime.name).compiles_per_shape:
                     continue
                 yield RuntimeSample(model.name, model.version, runtime.device, runtime.stats())
 

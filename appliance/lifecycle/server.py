@@ -46,7 +46,7 @@ from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest import AppContext, HttpSettings, create_app, health
 from appliance.rest.access import AccessLogSampler
-from appliance.rest.app import RepositoryControl
+from appliance.rest.context import RepositoryControl
 from appliance.vertex import VertexSettings
 from appliance.vertex.predict import PredictEndpoint
 from appliance.vertex.settings import predict_model

@@ -44,8 +44,8 @@ from hypercorn.config import Config as HypercornConfig
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from appliance.chips import tpu_chips
 from appliance.config import AppConfig, DeclaredModel, XlaConfig, load_config, with_grpc_bind
-from appliance.lifecycle.chips import tpu_chips
 from appliance.lifecycle.link import Link, LinkClosed, Message
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.replica import ReplicaSpec

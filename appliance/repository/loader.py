@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 
 from appliance.config import DeclaredModel, XlaConfig
+from appliance.config.runtime_table import runtime_row
 from appliance.runtimes import DeviceUnavailable, Runtime, create_runtime, runtime_class
 from appliance.runtimes.artifacts import resolve_artifact
 
@@ -44,15 +45,10 @@ def read_labels(artifact: Path) -> tuple[str, ...]:
 
 
 def _cpu_runtime(model: DeclaredModel, artifact: Path) -> Runtime:
-    """The same artifact on the CPU, on the runtime that reads it natively: ONNX on onnxruntime,
-    `.jax` on JAX's CPU backend, PyTorch artifacts on torch."""
-    if model.config.runtime == "onnx":
-        name = "onnx"
-    elif artifact.suffix == ".jax":
-        name = "jax"
-    else:
-        name = "torch"
-    runtime = runtime_class(name)(model.config, artifact, device="cpu")
+    """The same artifact on the CPU, on the runtime its table row names for that format."""
+    served = runtime_row(model.config.runtime).artifact(artifact.suffix)
+    assert served is not None, "the config ties the runtime to the artifact's format"
+    runtime = runtime_class(served.cpu_runtime)(model.config, artifact, device="cpu")
     runtime.load()
     return runtime
 

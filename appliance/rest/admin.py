@@ -8,13 +8,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from appliance.errors import InferenceError
+from appliance.rest.context import request_context
 from appliance.rest.errors import error_response, failure_response
 from appliance.rest.responses import json_response
 
 
 def _refusal(request: Request) -> Response | None:
     """None when the caller may use the repository endpoints, else the response to send."""
-    context = request.app.state.aegis
+    context = request_context(request)
     token = context.settings.admin_token
     if not token or context.control is None:
         return error_response(
@@ -30,7 +31,7 @@ async def index(request: Request) -> Response:
     refusal = _refusal(request)
     if refusal is not None:
         return refusal
-    return json_response(request.app.state.aegis.plane.repository_index())
+    return json_response(request_context(request).plane.repository_index())
 
 
 async def _change(request: Request, action: str) -> Response:
@@ -38,7 +39,7 @@ async def _change(request: Request, action: str) -> Response:
     refusal = _refusal(request)
     if refusal is not None:
         return refusal
-    control = request.app.state.aegis.control
+    control = request_context(request).control
     try:
         await getattr(control, action)(request.path_params["model_name"])
     except InferenceError as error:

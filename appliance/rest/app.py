@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from starlette.applications import Starlette
@@ -19,48 +18,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.dataplane import DataPlane, Readiness
-from appliance.metrics import Metrics
-from appliance.repository import ModelRepository
+from appliance.dataplane import Readiness
 from appliance.rest import admin, health, inference
-from appliance.rest.access import AccessLogSampler
+from appliance.rest.context import AppContext
 from appliance.rest.errors import error_response
-from appliance.units import MiB
 
 log = structlog.get_logger("aegis.rest")
-
-
-class RepositoryControl(Protocol):
-    async def load(self, name: str) -> None: ...
-
-    async def unload(self, name: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    max_request_bytes: int = 64 * MiB
-    admin_token: str | None = None
-    server_name: str = "aegis"
-    server_version: str = "0"
-
-
-@dataclass(frozen=True)
-class AppContext:
-    """What every handler may use; stored on `app.state.aegis`."""
-
-    repository: ModelRepository
-    metrics: Metrics
-    settings: HttpSettings
-    readiness: Readiness
-    control: RepositoryControl | None
-    access_log: AccessLogSampler = field(default_factory=AccessLogSampler)
-    plane: DataPlane = field(init=False)
-
-    def __post_init__(self) -> None:
-        plane = DataPlane(
-            self.repository, self.readiness, self.settings.server_name, self.settings.server_version
-        )
-        object.__setattr__(self, "plane", plane)  # frozen: set once, here
 
 
 def create_app(
@@ -104,7 +67,7 @@ def create_app(
             Exception: _internal_error,
         },
     )
-    app.state.aegis = context
+    app.state.aegis = context  # read back through appliance.rest.context.app_context
     return InferFirst(app, infer_routes, context.readiness)
 
 

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from appliance.dataplane import DataPlane
+from appliance.rest.context import request_context
 from appliance.rest.errors import error_response
 from appliance.rest.openapi import openapi_document
 from appliance.rest.responses import json_response
@@ -16,8 +17,7 @@ _HTTP_EXTENSIONS = ["binary_tensor_data"]
 
 
 def _plane(request: Request) -> DataPlane:
-    plane: DataPlane = request.app.state.aegis.plane
-    return plane
+    return request_context(request).plane
 
 
 async def live(request: Request) -> Response:
@@ -38,10 +38,10 @@ async def server_metadata(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    body = request.app.state.aegis.metrics.render()
+    body = request_context(request).metrics.render()
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:
-    context = request.app.state.aegis
+    context = request_context(request)
     return json_response(openapi_document(context.settings.server_version, context.repository))

@@ -8,7 +8,6 @@ import re
 import sys
 import time
 import zlib
-from typing import TYPE_CHECKING
 
 import structlog
 from starlette.requests import Request
@@ -19,11 +18,9 @@ from appliance.dataplane import DataPlane
 from appliance.errors import InferenceError, InvalidInput, QueueFull
 from appliance.rest.access import Outcome, record, request_id_of
 from appliance.rest.codec import decode_request, encode_response
+from appliance.rest.context import AppContext, app_context, request_context
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.responses import json_response
-
-if TYPE_CHECKING:
-    from appliance.rest.app import AppContext
 
 log = structlog.get_logger("aegis.rest")
 
@@ -41,8 +38,7 @@ OVERLOAD_HOLD_S = 1.0
 
 
 def _plane(request: Request) -> DataPlane:
-    plane: DataPlane = request.app.state.aegis.plane
-    return plane
+    return request_context(request).plane
 
 
 async def model_metadata(request: Request) -> Response:
@@ -183,7 +179,7 @@ class InferEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        context = scope["app"].state.aegis
+        context = app_context(scope["app"])
         headers = _headers(scope)
         request_id = request_id_of(_header(headers, b"x-request-id"))
         outcome = Outcome()

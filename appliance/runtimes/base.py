@@ -139,16 +139,29 @@ def check_buckets_fit(signature: Signature, config: ModelConfig, artifact: str) 
 
 
 class Runtime(abc.ABC):
-    """One model on one device. Subclasses set `signature` and `device` in `load`."""
+    """One model on one device. Subclasses set `signature` and `device` in `load`.
 
-    name: str = ""
+    Every runtime is built with these arguments (`appliance.runtimes.create_runtime` knows no
+    runtime by name); one that has no use for an argument ignores it.
+    """
 
-    def __init__(self, config: ModelConfig, artifact: Path, device: str | None = None) -> None:
+    name: str = ""  # its row's name in appliance.config.runtime_table
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        artifact: Path,
+        *,
+        device: str | None = None,
+        compilation_cache_dir: str | None = None,
+    ) -> None:
         self.config = config
         self.artifact = artifact
         # The device to open in `load`: the caller's (the CPU fallback passes "cpu"), else the
         # config's. `device` below is the one actually opened.
         self.requested_device = device or config.device
+        # Where a compiling runtime keeps its compiled programs across restarts ([xla]).
+        self.compilation_cache_dir = compilation_cache_dir
         self.signature: Signature | None = None
         self.device: str = "cpu"
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from appliance.lifecycle.chips import tpu_chips
+from appliance.chips import tpu_chips
 from appliance.runtimes.base import DeviceUnavailable
 
 log = structlog.get_logger("aegis.runtimes")

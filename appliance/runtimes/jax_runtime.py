@@ -84,9 +84,11 @@ class JaxRuntime(Runtime):
         artifact: Path,
         *,
         device: str | None = None,
+        compilation_cache_dir: str | None = None,
     ) -> None:
-        super().__init__(config, artifact)
-        self._platform = device or config.device
+        super().__init__(
+            config, artifact, device=device, compilation_cache_dir=compilation_cache_dir
+        )
         self._jax: Any = None
         self._device: Any = None
         self._program: _Program | None = None
@@ -96,7 +98,7 @@ class JaxRuntime(Runtime):
         # The device first: without it the policy is CPU fallback, whatever the artifact holds.
         process = jax_process.configured()
         self._jax = process.jax
-        self._device = process.device(self._platform)
+        self._device = process.device(self.requested_device)
         self.device = f"jax:{self._device.platform}:{self._device.id}"
         path = resolve_artifact(self.artifact)
         with jax_process.collecting() as built:

@@ -64,8 +64,17 @@ def _found(session: onnxruntime.InferenceSession) -> Signature:
 class OnnxRuntime(Runtime):
     name = "onnx"
 
-    def __init__(self, config: ModelConfig, artifact: Path, device: str | None = None) -> None:
-        super().__init__(config, artifact, device)
+    def __init__(
+        self,
+        config: ModelConfig,
+        artifact: Path,
+        *,
+        device: str | None = None,
+        compilation_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            config, artifact, device=device, compilation_cache_dir=compilation_cache_dir
+        )
         self._session: onnxruntime.InferenceSession | None = None
         self._feed_names: dict[str, str] = {}
         self._fetch_names: list[str] = []

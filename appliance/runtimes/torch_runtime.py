@@ -148,8 +148,17 @@ def load_exported(path: Path) -> torch.export.ExportedProgram:
 class TorchRuntime(Runtime):
     name = "torch"
 
-    def __init__(self, config: ModelConfig, artifact: Path, device: str | None = None) -> None:
-        super().__init__(config, artifact, device)
+    def __init__(
+        self,
+        config: ModelConfig,
+        artifact: Path,
+        *,
+        device: str | None = None,
+        compilation_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            config, artifact, device=device, compilation_cache_dir=compilation_cache_dir
+        )
         self._forward: Callable[..., Any] | None = None
         self._torch_device = torch.device("cpu")
 

@@ -223,10 +223,12 @@ class XlaRuntime(TorchRuntime):
         config: ModelConfig,
         artifact: Path,
         *,
+        device: str | None = None,
         compilation_cache_dir: str | None = None,
     ) -> None:
-        super().__init__(config, artifact)
-        self._compilation_cache_dir = compilation_cache_dir
+        super().__init__(
+            config, artifact, device=device, compilation_cache_dir=compilation_cache_dir
+        )
         self._xla: _XlaDevice | None = None
         self._ledger = CompileLedger()
         self._fallback_reported: set[str] = set()
@@ -237,7 +239,7 @@ class XlaRuntime(TorchRuntime):
     def load(self) -> None:
         with _DEVICE_LOCK:
             self._xla = _open_device(_pjrt_device())
-            _configure_cache(self._xla, self._compilation_cache_dir)
+            _configure_cache(self._xla, self.compilation_cache_dir)
         # The artifact is read on the CPU by the torch runtime's rules; only the move to the device
         # holds the device lock, so a reload stalls the models being served as little as it can.
         super().load()

@@ -14,8 +14,9 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from appliance.config import ARTIFACT_SUFFIXES, AppConfig, DeclaredModel, ModelConfig, load_config
+from appliance.config import AppConfig, DeclaredModel, ModelConfig, load_config
 from appliance.config.file import parse_config
+from appliance.config.runtime_table import artifact_suffixes, runtimes_loading
 from appliance.storage.gcs import GcsClient
 from appliance.storage.remote import RemoteObject
 from appliance.storage.retry import RetryPolicy
@@ -23,7 +24,6 @@ from appliance.storage.sources import GcsSource, LocalSource, parse_source
 from appliance.vertex.settings import VertexConfigError, VertexSettings, predict_model
 
 CONFIG_NAME = "aegis.toml"
-_RUNTIMES = {".onnx": "onnx", ".jax": "jax"}
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,18 +80,19 @@ def _local_config(folder: Path, host: AppConfig) -> AppConfig:
 
 
 def _single_artifact(base: str, names: list[str], host: AppConfig) -> AppConfig:
-    artifacts = [name for name in names if PurePosixPath(name).suffix in ARTIFACT_SUFFIXES]
+    suffixes = artifact_suffixes()
+    artifacts = [name for name in names if PurePosixPath(name).suffix in suffixes]
     if len(artifacts) != 1:
         found = ", ".join(artifacts) or "none"
         raise VertexConfigError(
             f"AIP_STORAGE_URI {base} holds no {CONFIG_NAME} and {len(artifacts)} model "
             f"artifacts ({found}): it needs {CONFIG_NAME}, or exactly one artifact "
-            f"({', '.join(ARTIFACT_SUFFIXES)})"
+            f"({', '.join(suffixes)})"
         )
     artifact = PurePosixPath(artifacts[0])
-    model = ModelConfig(
-        model_path=base + artifacts[0], runtime=_RUNTIMES.get(artifact.suffix, "torch")
-    )
+    # The first runtime the table lists for the format: the one that serves it on the CPU.
+    runtime = runtimes_loading(artifact.suffix)[0]
+    model = ModelConfig(model_path=base + artifacts[0], runtime=runtime)
     return replace(host, models=(DeclaredModel(artifact.stem, "1", model),))
 
 

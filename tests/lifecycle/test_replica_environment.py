@@ -52,7 +52,7 @@ def test_each_replica_owns_one_chip(tmp_path: Path, artifacts, chips: int) -> No
         import sys
         from pathlib import Path
         from appliance.config import load_config
-        from appliance.lifecycle.chips import tpu_chips
+        from appliance.chips import tpu_chips
         from appliance.lifecycle.replicas import plan_replicas
         from appliance.lifecycle.supervisor import ConfigSource, run_supervisor
         from appliance.logs import configure_logging

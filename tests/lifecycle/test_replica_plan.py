@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from appliance.chips import tpu_chips
 from appliance.config import ConfigError, parse_config
-from appliance.lifecycle.chips import tpu_chips
 from appliance.lifecycle.replicas import plan_replicas, replica_count
 
 TPU_MODEL = '[[models]]\nname = "t"\nmodel_path = "/m/t.pt2"\nruntime = "tpu"\ndevice = "tpu"\n'

@@ -25,7 +25,7 @@ if [[ $DEVICE == TPU ]]; then
     # Counted the way the appliance counts them (Google's vendor id and a TPU device id: the
     # vendor id alone also matches the gVNIC of every GCE VM). Checked before the install, which
     # downloads gigabytes, and before libtpu, which retries for minutes without a chip.
-    chips=$("$PYTHON" appliance/lifecycle/chips.py)
+    chips=$("$PYTHON" appliance/chips.py)
     if [[ $chips -eq 0 ]]; then
         echo "xla tier: FAILED - no TPU chip on this host's PCI bus; make test-tpu runs on a" \
             "Cloud TPU VM (make test-xla runs the same tests on XLA:CPU)" >&2
