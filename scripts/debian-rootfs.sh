@@ -12,7 +12,8 @@ cache=$1 packages=$2
 suite=${SUITE:-bookworm}
 mirror=${MIRROR:-$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
 mirror=${mirror:-http://deb.debian.org/debian}
-key=$(printf '%s\n' "$suite" "$mirror" "$packages" | sha256sum | cut -c1-12)
+# "root 0755": tarballs made before the root's mode was set had a 0700 "/" (see below).
+key=$(printf '%s\n' "$suite" "$mirror" "$packages" "root 0755" | sha256sum | cut -c1-12)
 tarball=$cache/rootfs-$suite-$key-$(date +%G-W%V).tar.zst
 if [[ ! -f $tarball ]]; then
     command -v debootstrap >/dev/null || {
@@ -22,6 +23,10 @@ if [[ ! -f $tarball ]]; then
     mkdir -p "$cache"
     root=$(mktemp -d "/var/tmp/debian-rootfs.XXXXXX")
     trap 'rm -rf "$root"' EXIT
+    # mktemp makes the directory 0700, and the tarball's "." carries that mode to the root of
+    # every container made from it: no service user could reach /run, and dbus (as messagebus)
+    # never answers systemd, whose boot then never finishes.
+    chmod 0755 "$root"
     echo "debootstrap $suite ($packages)" >&2
     debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" \
         >"$cache/debootstrap.log" 2>&1 || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
