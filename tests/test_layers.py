@@ -1,6 +1,7 @@
 """The package's layers import downwards only: config, storage, runtimes, batching, repository,
-dataplane, the front doors (rest, grpc, vertex), lifecycle. A module may import its own layer
-and those below it, never one above, so each layer can be read, tested and replaced on its own."""
+dataplane and the channel between processes, the front doors (rest, grpc, vertex), lifecycle. A
+module may import its own layer and those below it, never one above, so each layer can be read,
+tested and replaced on its own."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ LAYERS = (
     ("runtimes",),
     ("batching",),
     ("repository",),
-    ("dataplane",),
+    ("dataplane", "channel"),
     ("rest", "grpc", "vertex"),
     ("lifecycle",),
 )

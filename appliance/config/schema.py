@@ -398,6 +398,16 @@ def _replicas(value: object) -> object:
 Replicas = Annotated[Literal["auto"] | int, BeforeValidator(_replicas)]
 
 
+def _frontends(value: object) -> object:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise invalid(f'must be "auto" or an integer >= 0 (0: one process), got {value!r}')
+
+
+# "auto": none on hosts with few cores, else some per engine (appliance.lifecycle.replicas).
+Frontends = Annotated[Literal["auto"] | int, BeforeValidator(_frontends)]
+
+
 def _bind_list(value: object) -> object:
     # A single bind string is a list of one.
     return [value] if isinstance(value, str) else value
@@ -414,6 +424,7 @@ class ServerConfig(_Table):
     unready_window_s: NonNegativeNumber = 1.0
     admin_token_file: Text = ""
     replicas: Replicas = "auto"
+    frontends: Frontends = "auto"
     access_log: Text = "all"
     grpc_bind: Annotated[tuple[Text, ...], BeforeValidator(_bind_list)] = ("0.0.0.0:8081",)
     # gRPC's own limit is a signed 32-bit length; None: max_request_bytes.

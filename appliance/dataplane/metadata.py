@@ -20,9 +20,8 @@ def protocol_shape(spec: TensorSpec) -> list[int]:
 
 def platform(model: ServedModel) -> str:
     """What serves the model, in Triton's words: its runtime and artifact format together."""
-    runtime = model.primary.runtime
-    served = runtime_row(runtime.name).artifact(runtime.artifact.suffix)
-    return served.platform if served is not None else runtime.name
+    served = runtime_row(model.runtime_name).artifact(model.artifact_suffix)
+    return served.platform if served is not None else model.runtime_name
 
 
 def model_metadata(model: ServedModel, versions: list[str]) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def model_metadata(model: ServedModel, versions: list[str]) -> dict[str, Any]:
 
 
 def _parameters(model: ServedModel) -> dict[str, Any]:
-    parameters: dict[str, Any] = {"device": model.device, "runtime": model.primary.runtime.name}
+    parameters: dict[str, Any] = {"device": model.device, "runtime": model.runtime_name}
     if model.config.dims:
         parameters["dims"] = {name: list(sizes) for name, sizes in model.config.dims.items()}
     if model.signature.limits:
@@ -65,7 +64,7 @@ def triton_config(model: ServedModel) -> dict[str, Any]:
     return {
         "name": model.name,
         "platform": platform(model),
-        "backend": model.primary.runtime.name,
+        "backend": model.runtime_name,
         "max_batch_size": config.max_batch_size,
         "input": _triton_tensors(model.signature.inputs),
         "output": _triton_tensors(model.signature.outputs),

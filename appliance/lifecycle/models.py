@@ -24,6 +24,7 @@ from appliance.lifecycle.steps import run_step
 from appliance.metrics import Metrics, ModelMetrics, RuntimeSample
 from appliance.repository import (
     LoadedRuntimes,
+    LocalModel,
     ModelRepository,
     ServedModel,
     load_runtimes,
@@ -104,6 +105,8 @@ class ModelLifecycle:
 
     def _runtime_samples(self) -> Iterable[RuntimeSample]:
         for model in list(self._repository):
+            if not isinstance(model, LocalModel):
+                continue
             for replica in model.replicas():
                 runtime = replica.runtime
                 # Runtimes that compile per shape report it (aegis_xla_* metrics).
@@ -140,7 +143,7 @@ class ModelLifecycle:
 
     async def _bring_up(
         self, model: DeclaredModel, unchanged: str | None = None
-    ) -> ServedModel | None:
+    ) -> LocalModel | None:
         """Sync, load and warm `model`; None when its artifact's fingerprint equals `unchanged`."""
         label = f"{model.name}:{model.version}"
         self._notifier.status(f"syncing {label}")
@@ -183,7 +186,7 @@ class ModelLifecycle:
             if loaded.overflow
             else None
         )
-        served = ServedModel(
+        served = LocalModel(
             model.name,
             model.version,
             config,

@@ -1,6 +1,7 @@
-"""One replica: a serving process the supervisor starts (`python -m appliance.lifecycle.replica`).
+"""A process the supervisor starts (`python -m appliance.lifecycle.replica`): a replica, an
+engine or a front end.
 
-It is the single-process appliance with four differences:
+A replica is the single-process appliance with four differences:
 - it serves the supervisor's listening sockets (inherited, `fd://N`), so every replica accepts
   from the same queue and a restarting replica loses no connection that is still queued;
 - its sd_notify messages go to the supervisor (NOTIFY_SOCKET points there), which alone speaks
@@ -9,6 +10,10 @@ It is the single-process appliance with four differences:
   replica), and admin load/unload are forwarded to the supervisor, which rolls them through
   every replica;
 - restarted beside serving replicas, it warms its models before it accepts anything.
+
+An engine is a replica that serves no port: it runs its models for the front ends, which connect
+to its channel socket (`appliance.channel`). A front end is a replica that runs no model: it
+serves the ports from the models its engines publish, and imports neither torch nor jax.
 
 What it is given comes pickled on stdin (`ReplicaSpec`): the config as the supervisor resolved
 it, which cannot always be re-created from a file (models declared from Python).
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -29,13 +35,18 @@ from pathlib import Path
 import structlog
 from prometheus_client import CollectorRegistry
 
+from appliance.channel import Arena, EngineLinks, EngineServer
 from appliance.config import AppConfig, DeclaredModel, load_config, with_grpc_bind
 from appliance.errors import ModelNotReady
 from appliance.lifecycle.link import Link, LinkClosed, Message, raise_for_reply
+from appliance.lifecycle.models import ModelLifecycle
+from appliance.lifecycle.process import shorten_switch_interval
+from appliance.lifecycle.replicas import Role
 from appliance.lifecycle.server import Appliance, run_appliance
 from appliance.logs import capture_native_output, configure_logging
 from appliance.metrics import Metrics
 from appliance.metrics.replicas import RUNTIME_FILE, ReplicasCollector, write_text
+from appliance.repository import ModelRepository
 
 log = structlog.get_logger("aegis.lifecycle")
 
@@ -56,6 +67,10 @@ class ReplicaSpec:
     metrics_root: str
     warm_before_serving: bool
     log_level: str
+    role: Role = "replica"
+    # An engine: its channel socket; a front end: every engine's, by engine index.
+    channel_paths: tuple[str, ...] = ()
+    arena_bytes: int = 0  # a front end's shared-memory arena
 
 
 def reread_function(spec: ReplicaSpec) -> Callable[[], AppConfig]:
@@ -99,11 +114,19 @@ class ReplicaAppliance(Appliance):
         root = Path(spec.metrics_root)
         exposition = CollectorRegistry(auto_describe=False)
         exposition.register(ReplicasCollector(root))
+        metrics = Metrics(exposition=exposition)
+        repository = ModelRepository()
+        engines = None
+        if spec.role == "frontend":
+            arena = Arena(spec.arena_bytes, f"aegis-frontend-{spec.index}")
+            engines = EngineLinks(spec.channel_paths, repository, metrics, arena, spec.index)
         super().__init__(
             spec.config,
             reread_function(spec),
-            metrics=Metrics(exposition=exposition),
+            metrics=metrics,
             control=(forwarded := ForwardedControl()),
+            repository=repository,
+            models=engines,
         )
         self.spec = spec
         self._forwarded = forwarded
@@ -125,10 +148,9 @@ class ReplicaAppliance(Appliance):
         op = message.get("op")
         if op == "host_ready":
             self.host_ready = True
-        elif op == "load":
-            await self.models.load(str(message["name"]))
-        elif op == "unload":
-            await self.models.unload(str(message["name"]))
+        elif op in ("load", "unload") and isinstance(self.models, ModelLifecycle):
+            change = self.models.load if op == "load" else self.models.unload
+            await change(str(message["name"]))
         else:
             log.warning("control_link_unknown_op", op=op)
         return None
@@ -143,7 +165,7 @@ class ReplicaAppliance(Appliance):
 
     async def _write_runtime_metrics(self) -> None:
         path = self._metrics_folder / RUNTIME_FILE
-        while True:
+        while self.spec.role != "frontend":
             await asyncio.sleep(RUNTIME_METRICS_PERIOD_S)
             if any(True for model in self.repository if model.device.startswith("xla")):
                 with contextlib.suppress(OSError):
@@ -156,12 +178,48 @@ class ReplicaAppliance(Appliance):
         follow = loop.create_task(self._follow_link(link))
         runtime = loop.create_task(self._write_runtime_metrics())
         try:
-            return await super().serve(bind)
+            return await self._serve(bind)
         finally:
             runtime.cancel()
             follow.cancel()
             await asyncio.gather(follow, runtime, return_exceptions=True)
             link.close()
+
+    async def _serve(self, bind: list[str] | None) -> int:
+        return await super().serve(bind)
+
+
+class EngineAppliance(ReplicaAppliance):
+    """An engine: the models of a replica, served to the front ends over the channel."""
+
+    async def _serve(self, bind: list[str] | None) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        server = EngineServer(self.repository, self.spec.channel_paths[0])
+        try:
+            shorten_switch_interval()
+            await server.start()
+            self._spawn(self._start_models(), "start")
+            if self.notifier.watchdog_interval() is not None:
+                self._spawn(self.notifier.run_watchdog(), "watchdog")
+            await self._stop.wait()
+            self.notifier.stopping()
+            # The front ends stop first: what they sent is answered before they close.
+            left = self.config.server.shutdown_grace_s
+            if self._stop_deadline is not None:
+                left = self._stop_deadline - loop.time()
+            await server.drain(max(left / 2, 0.0))
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await server.close()
+            await self._close_models()
+        return self.exit_code
 
 
 def _set_threads(threads: int) -> None:
@@ -176,12 +234,15 @@ def _set_threads(threads: int) -> None:
 def main() -> int:
     spec: ReplicaSpec = pickle.load(sys.stdin.buffer)
     configure_logging(spec.log_level, capture_native_output())
-    structlog.contextvars.bind_contextvars(replica=spec.index)
-    _set_threads(spec.threads)
+    label = "frontend" if spec.role == "frontend" else "replica"
+    structlog.contextvars.bind_contextvars(**{label: spec.index})
+    if spec.role != "frontend":
+        _set_threads(spec.threads)
+    kind = EngineAppliance if spec.role == "engine" else ReplicaAppliance
     try:
-        return run_appliance(lambda: ReplicaAppliance(spec), list(spec.binds))
+        return run_appliance(lambda: kind(spec), list(spec.binds))
     except (OSError, ValueError) as error:  # as `aegis serve` says it: a key file, a token
-        print(f"aegis: replica {spec.index}: {error}", file=sys.stderr)
+        print(f"aegis: {label} {spec.index}: {error}", file=sys.stderr)
         return 1
 
 

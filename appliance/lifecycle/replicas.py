@@ -11,11 +11,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from appliance.config import AppConfig
 
 # libtpu's own default port for its process server; replica i takes the i-th one after it.
 TPU_PROCESS_BASE_PORT = 8476
+
+
+# What a process of the host does: "replica" serves the ports and runs the models (no front
+# ends); "engine" runs the models for the front ends; "frontend" serves the ports from engines.
+Role = Literal["replica", "engine", "frontend"]
+# `frontends = "auto"` runs none below this many cores: one process does the work best there.
+AUTO_FRONTENDS_MIN_CPUS = 4
+AUTO_FRONTENDS_PER_ENGINE = 4
+AUTO_FRONTENDS_MAX = 16
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,16 @@ class ReplicaPlan:
     threads: int  # torch intra-op threads
     chip: str | None  # the PCI address of the TPU chip it owns
     environment: dict[str, str]  # set on top of the supervisor's own environment
+    role: Role = "replica"
+
+    @property
+    def name(self) -> str:
+        return f"{self.role if self.role == 'frontend' else 'replica'}-{self.index}"
+
+    @property
+    def label(self) -> str:
+        """The label its metrics and log lines carry its index under."""
+        return "frontend" if self.role == "frontend" else "replica"
 
     def xla_cache_dir(self, base: str) -> str:
         """Its own XLA cache folder: compiled programs are per chip, and two writers would race."""
@@ -54,6 +74,26 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def frontend_count(config: AppConfig, cpus: int, engines: int) -> int:
+    """The front ends `[server] frontends` asks for on a host with `cpus` cores.
+
+    "auto": none below AUTO_FRONTENDS_MIN_CPUS cores; else up to AUTO_FRONTENDS_PER_ENGINE per
+    engine (an engine batches for about that many front ends' HTTP work), leaving a core to
+    each engine, and at most AUTO_FRONTENDS_MAX.
+    """
+    setting = config.server.frontends
+    if setting != "auto":
+        return setting
+    if cpus < AUTO_FRONTENDS_MIN_CPUS:
+        return 0
+    return max(1, min(cpus - engines, AUTO_FRONTENDS_PER_ENGINE * engines, AUTO_FRONTENDS_MAX))
+
+
+def plan_frontends(count: int) -> list[ReplicaPlan]:
+    """Front ends run no model: one thread each for numpy."""
+    return [ReplicaPlan(i, 1, None, {"OMP_NUM_THREADS": "1"}, "frontend") for i in range(count)]
 
 
 def plan_replicas(config: AppConfig, chips: list[str], cpus: int) -> list[ReplicaPlan]:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from hypercorn.asyncio import serve
@@ -90,6 +90,17 @@ def server_version() -> str:
         return "0+unknown"
 
 
+class ModelSet(Protocol):
+    """What a serving process brings up, reloads and closes: its own models
+    (`ModelLifecycle`), or a front end's links to the engines that serve them."""
+
+    async def start(self) -> None: ...
+
+    async def reload(self) -> object: ...
+
+    async def close(self) -> None: ...
+
+
 class Appliance:
     """One serving process: the app, its models, and what systemd is told."""
 
@@ -100,14 +111,26 @@ class Appliance:
         notifier: SystemdNotifier | None = None,
         metrics: Metrics | None = None,
         control: RepositoryControl | None = None,
+        repository: ModelRepository | None = None,
+        models: ModelSet | None = None,
     ) -> None:
+        """`repository` and `models`: a front end's, filled from the engines; by default the
+        models are this process's own."""
         self.config = config
         self.notifier = notifier or SystemdNotifier.from_environment()
         self.metrics = metrics or Metrics()
-        self.repository = ModelRepository()
-        self.models = ModelLifecycle(
-            config, self.repository, self.metrics, self.notifier, reread_config
-        )
+        self.repository = repository or ModelRepository()
+        self.models: ModelSet
+        if models is None:
+            lifecycle = ModelLifecycle(
+                config, self.repository, self.metrics, self.notifier, reread_config
+            )
+            self.models = lifecycle
+            control = control or lifecycle
+        else:
+            self.models = models
+        if control is None:
+            raise ValueError("models brought from elsewhere need the control of admin calls")
         self.exit_code = 0
         # A replica restarted beside serving ones warms before it accepts from the shared socket.
         self.warm_before_serving = False
@@ -127,9 +150,7 @@ class Appliance:
             server_version=server_version(),
         )
         sampler = AccessLogSampler(access_log_rate(config.server.access_log))
-        context = AppContext(
-            self.repository, self.metrics, settings, self, control or self.models, sampler
-        )
+        context = AppContext(self.repository, self.metrics, settings, self, control, sampler)
         self.plane = context.plane
         self.app: ASGIApp = create_app(
             context, lifespan=self._lifespan, extra_routes=self._vertex_routes(sampler)
@@ -137,7 +158,7 @@ class Appliance:
         self.grpc_context = GrpcContext(
             self.plane,
             self.metrics,
-            control or self.models,
+            control,
             admin_token,
             access_log=sampler,
         )

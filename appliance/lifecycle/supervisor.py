@@ -45,11 +45,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from appliance.chips import tpu_chips
-from appliance.config import AppConfig, DeclaredModel, XlaConfig, load_config, with_grpc_bind
+from appliance.config import (
+    AppConfig,
+    DeclaredModel,
+    ServerConfig,
+    XlaConfig,
+    load_config,
+    with_grpc_bind,
+)
 from appliance.lifecycle.link import Link, LinkClosed, Message
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.replica import ReplicaSpec
-from appliance.lifecycle.replicas import ReplicaPlan, plan_replicas, usable_cpus
+from appliance.lifecycle.replicas import (
+    ReplicaPlan,
+    frontend_count,
+    plan_frontends,
+    plan_replicas,
+    usable_cpus,
+)
 from appliance.metrics.replicas import SUPERVISOR_FILE, forget_process, replica_folder, write_text
 
 log = structlog.get_logger("aegis.lifecycle")
@@ -62,6 +75,8 @@ FAILING_AFTER = 5
 # Beyond shutdown_grace_s, for a replica to exit once it has drained.
 EXIT_MARGIN_S = 5.0
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+# A front end's arena holds at least this much, and twice the largest request.
+ARENA_MIN_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,15 @@ class Replica:
         self.failing = False
 
     @property
+    def fields(self) -> dict[str, int]:
+        """How its log lines name it: replica=N (engines too), or frontend=N."""
+        return {self.plan.label: self.index}
+
+    @property
+    def runs_models(self) -> bool:
+        return self.plan.role != "frontend"
+
+    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
@@ -148,12 +172,24 @@ class _SupervisorMetrics(Collector):
         restarts = CounterMetricFamily(
             "aegis_replica_restarts", "Times the replica was started again.", labels=["replica"]
         )
+        frontend_up = GaugeMetricFamily(
+            "aegis_frontend_up", "1 while the front end serves.", labels=["frontend"]
+        )
+        frontend_restarts = CounterMetricFamily(
+            "aegis_frontend_restarts", "Times the front end was started again.", labels=["frontend"]
+        )
         for replica in self._replicas:
             label = [str(replica.index)]
+            if not replica.runs_models:
+                frontend_up.add_metric(label, 1 if replica.alive and replica.warm else 0)
+                frontend_restarts.add_metric(label, replica.restarts)
+                continue
             up.add_metric(label, 1 if replica.alive and replica.warm else 0)
             failing.add_metric(label, 1 if replica.failing else 0)
             restarts.add_metric(label, replica.restarts)
         yield from (up, failing, restarts)
+        if any(not replica.runs_models for replica in self._replicas):
+            yield from (frontend_up, frontend_restarts)
 
 
 class Supervisor:
@@ -226,9 +262,10 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     def _prepare(self, plan: ReplicaPlan) -> Replica:
-        folder = replica_folder(self._rundir / "metrics", plan.index)
+        label = "frontend" if plan.role == "frontend" else "replica"
+        folder = replica_folder(self._rundir / "metrics", plan.index, label)
         folder.mkdir(parents=True)
-        notify_path = self._rundir / f"replica-{plan.index}.notify"
+        notify_path = self._rundir / f"{plan.name}.notify"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         sock.bind(str(notify_path))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -242,19 +279,42 @@ class Supervisor:
         config = self.source.config
         models = tuple(m for m in self._models if m.name not in self._unloaded)
         cache = replica.plan.xla_cache_dir(config.xla.compilation_cache_dir)
+        config = replace(config, models=models, xla=XlaConfig(compilation_cache_dir=cache))
+        role = replica.plan.role
+        binds = tuple(f"fd://{sock.fileno()}" for sock in self._sockets)
+        grpc_bind = self.source.grpc_bind
+        channels: tuple[str, ...] = ()
+        if role == "engine":
+            # No port of its own; it stops when told, the front ends having drained already.
+            fields = {**config.server.model_dump(), "grpc_bind": (), "unready_window_s": 0.0}
+            config = replace(config, server=ServerConfig(**fields))
+            binds, grpc_bind = (), ()
+            channels = (self._channel_path(replica.index),)
+        elif role == "frontend":
+            engines = [r for r in self.replicas if r.runs_models]
+            channels = tuple(self._channel_path(engine.index) for engine in engines)
         return ReplicaSpec(
             index=replica.index,
             threads=replica.plan.threads,
-            config=replace(config, models=models, xla=XlaConfig(compilation_cache_dir=cache)),
+            config=config,
             config_path=self.source.path,
             extra_models=self.source.extra_models,
-            grpc_bind=self.source.grpc_bind,
-            binds=tuple(f"fd://{sock.fileno()}" for sock in self._sockets),
+            grpc_bind=grpc_bind,
+            binds=binds,
             control_fd=control_fd,
             metrics_root=str(self._rundir / "metrics"),
             warm_before_serving=warm_first,
             log_level=self._log_level,
+            role=role,
+            channel_paths=channels,
+            arena_bytes=max(2 * config.server.max_request_bytes, ARENA_MIN_BYTES),
         )
+
+    def _channel_path(self, engine: int) -> str:
+        return str(self._rundir / f"engine-{engine}.sock")
+
+    def _listening(self, replica: Replica) -> list[socket.socket]:
+        return [] if replica.plan.role == "engine" else self._sockets
 
     def _replica_environment(self, replica: Replica) -> dict[str, str]:
         environment = {**os.environ, **replica.plan.environment}
@@ -277,7 +337,7 @@ class Supervisor:
                 "-m",
                 "appliance.lifecycle.replica",
                 stdin=asyncio.subprocess.PIPE,
-                pass_fds=[*(sock.fileno() for sock in self._sockets), theirs.fileno()],
+                pass_fds=[*(sock.fileno() for sock in self._listening(replica)), theirs.fileno()],
                 env=self._replica_environment(replica),
             )
         except BaseException:
@@ -296,7 +356,7 @@ class Supervisor:
             await process.stdin.drain()
         process.stdin.close()
         replica.link = await Link.open(ours)
-        log.info("replica_started", replica=replica.index, pid=process.pid, chip=replica.plan.chip)
+        log.info("replica_started", **replica.fields, pid=process.pid, chip=replica.plan.chip)
         self._spawn_task(replica.link.run(self._on_request))
         self._spawn_task(self._follow(replica, process))
         self._write_metrics()
@@ -314,12 +374,12 @@ class Supervisor:
         forget_process(replica.metrics_folder, process.pid)
         self._write_metrics()
         if self._stopping:
-            log.info("replica_exited", replica=replica.index, pid=process.pid, code=code)
+            log.info("replica_exited", **replica.fields, pid=process.pid, code=code)
             return
         if not self.host_ready:
             log.error(
                 "replica_exited_while_starting",
-                replica=replica.index,
+                **replica.fields,
                 code=code,
                 status=replica.status,
             )
@@ -331,7 +391,7 @@ class Supervisor:
         delay = backoff_s(replica.failures)
         log.error(
             "replica_restarting",
-            replica=replica.index,
+            **replica.fields,
             pid=process.pid,
             code=code,
             served_s=round(served_s, 1),
@@ -339,9 +399,7 @@ class Supervisor:
         )
         if replica.failures >= FAILING_AFTER and not replica.failing:
             replica.failing = True
-            log.error(
-                "replica_failing", replica=replica.index, failures=replica.failures, code=code
-            )
+            log.error("replica_failing", **replica.fields, failures=replica.failures, code=code)
             self._write_metrics()
         self._report()
         await self._restart(replica, delay)
@@ -358,7 +416,7 @@ class Supervisor:
             except OSError as error:  # could not even start the process: try again later
                 replica.failures += 1
                 delay_s = backoff_s(replica.failures)
-                log.error("replica_spawn_failed", replica=replica.index, reason=str(error))
+                log.error("replica_spawn_failed", **replica.fields, reason=str(error))
 
     # -- what the replicas say ---------------------------------------------------------------
 
@@ -396,10 +454,10 @@ class Supervisor:
                 self._on_warm(replica)
 
     def _on_warm(self, replica: Replica) -> None:
-        log.info("replica_warm", replica=replica.index, pid=replica.pid)
+        log.info("replica_warm", **replica.fields, pid=replica.pid)
         if replica.failing:
             replica.failing = False
-            log.info("replica_recovered", replica=replica.index)
+            log.info("replica_recovered", **replica.fields)
         if self.host_ready:
             self._tell(replica, {"op": "host_ready"})
         elif all(r.alive and r.warm for r in self.replicas):
@@ -428,6 +486,8 @@ class Supervisor:
             return {"error": "InferenceError", "message": f"unknown op {op!r}"}
         async with self._roll:
             for replica in self.replicas:
+                if not replica.runs_models:
+                    continue
                 if not (replica.alive and replica.warm and replica.link is not None):
                     continue
                 try:
@@ -435,7 +495,7 @@ class Supervisor:
                 except LinkClosed:
                     continue  # it died: it starts again with the models as they are now
                 if reply.get("error"):
-                    log.error("admin_change_failed", op=op, model=name, replica=replica.index)
+                    log.error("admin_change_failed", op=op, model=name, **replica.fields)
                     return {"error": reply["error"], "message": reply.get("message", "")}
             if op == "unload":
                 self._unloaded.add(name)
@@ -446,8 +506,13 @@ class Supervisor:
 
     def _report(self) -> None:
         """STATUS= for systemd: how many replicas serve, and which ones are not."""
-        serving = [r for r in self.replicas if r.alive and r.warm]
-        text = f"serving on {len(serving)} of {len(self.replicas)} replicas"
+        engines = [r for r in self.replicas if r.runs_models]
+        serving = [r for r in engines if r.alive and r.warm]
+        text = f"serving on {len(serving)} of {len(engines)} replicas"
+        frontends = [r for r in self.replicas if not r.runs_models]
+        if frontends:
+            up = sum(1 for r in frontends if r.alive and r.warm)
+            text += f", {up} of {len(frontends)} front ends"
         failing = [str(r.index) for r in self.replicas if r.failing]
         if failing:
             text += f"; failing: replica {', '.join(failing)}"
@@ -471,7 +536,7 @@ class Supervisor:
                 if replica.alive and replica.warm and silent_s > interval * 2:
                     log.error(
                         "replica_watchdog_timeout",
-                        replica=replica.index,
+                        **replica.fields,
                         silent_s=round(silent_s, 1),
                     )
                     with contextlib.suppress(ProcessLookupError):
@@ -494,6 +559,8 @@ class Supervisor:
             self.notifier.reloading()
             failed = []
             for replica in self.replicas:
+                if not replica.runs_models:
+                    continue  # it serves what the engines publish
                 if not (replica.alive and replica.warm and replica.process is not None):
                     continue  # starting: it reads the config as it is now
                 replica.reload_done = asyncio.Event()
@@ -501,7 +568,7 @@ class Supervisor:
                 await replica.reload_done.wait()
                 if replica.exited.is_set() or "failed" in replica.status:
                     failed.append(str(replica.index))
-                log.info("replica_reloaded", replica=replica.index, status=replica.status)
+                log.info("replica_reloaded", **replica.fields, status=replica.status)
             try:
                 self._models = self.source.reread().models
                 self._unloaded.clear()
@@ -522,7 +589,13 @@ class Supervisor:
     async def _stop_replicas(self) -> None:
         log.info("replicas_stopping", grace_s=self.grace_s)
         self.notifier.stopping()
-        live = [r for r in self.replicas if r.alive and r.process is not None]
+        # Front ends first: they stop accepting and drain, their last requests answered by the
+        # engines, which then stop.
+        await self._stop_group([r for r in self.replicas if not r.runs_models])
+        await self._stop_group([r for r in self.replicas if r.runs_models])
+
+    async def _stop_group(self, group: list[Replica]) -> None:
+        live = [r for r in group if r.alive and r.process is not None]
         for replica in live:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -535,7 +608,7 @@ class Supervisor:
     async def _kill_leftovers(self) -> None:
         leftovers = [r for r in self.replicas if r.alive and r.process is not None]
         for replica in leftovers:
-            log.error("replica_stop_timeout", replica=replica.index)
+            log.error("replica_stop_timeout", **replica.fields)
             with contextlib.suppress(ProcessLookupError):
                 replica.process.kill()  # type: ignore[union-attr]
         for replica in leftovers:
@@ -559,8 +632,13 @@ def run_supervisor(source: ConfigSource, plans: list[ReplicaPlan], binds: list[s
 
 
 def serve_host(source: ConfigSource, bind: list[str] | None = None) -> int:
-    """Serve with the replicas `[server] replicas` asks for; one is today's single process."""
-    plans = plan_replicas(source.config, tpu_chips(), usable_cpus())
+    """Serve with the replicas (engines) and front ends `[server]` asks for; one replica and no
+    front end is the single process."""
+    cpus = usable_cpus()
+    plans = plan_replicas(source.config, tpu_chips(), cpus)
+    frontends = frontend_count(source.config, cpus, len(plans))
+    if frontends:
+        plans = [replace(plan, role="engine") for plan in plans] + plan_frontends(frontends)
     if len(plans) == 1:
         from appliance.lifecycle.server import run
 

@@ -236,7 +236,9 @@ class _RuntimeStatsCollector(Collector):
 class ModelMetrics:
     """One model version's metric children, bound once so the hot path skips label lookups."""
 
-    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
+    def __init__(self, metrics: Metrics, name: str, version: str, batches: bool = True) -> None:
+        """`batches=False`: a front end's, which answers requests and batches none (the
+        engines count those), so it shows no batch series of its own."""
         self._metrics = metrics
         self.name = name
         self.version = version
@@ -244,6 +246,9 @@ class ModelMetrics:
         self._request_duration = {
             protocol: metrics.request_duration.labels(*labels, protocol) for protocol in PROTOCOLS
         }
+        self._requests: dict[tuple[int, str], Counter] = {}
+        if not batches:
+            return
         self.queue_duration = metrics.queue_duration.labels(*labels)
         self.compute_duration = metrics.compute_duration.labels(*labels)
         self.batch_size = metrics.batch_size.labels(*labels)
@@ -258,7 +263,6 @@ class ModelMetrics:
             outcome: metrics.failed_batch_requests.labels(*labels, outcome)
             for outcome in ("culprit", "rescued")
         }
-        self._requests: dict[tuple[int, str], Counter] = {}
 
     def observe_request(self, code: int, elapsed_s: float, protocol: str) -> None:
         """One answered request: its final status and its time, on `protocol` (PROTOCOLS)."""

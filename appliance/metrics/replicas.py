@@ -24,11 +24,12 @@ from prometheus_client.samples import Sample
 
 RUNTIME_FILE = "runtime.prom"
 SUPERVISOR_FILE = "supervisor.prom"
-_FOLDER = re.compile(r"^replica-(\d+)$")
+_FOLDER = re.compile(r"^(replica|frontend)-(\d+)$")
 
 
-def replica_folder(root: Path, index: int) -> Path:
-    return root / f"replica-{index}"
+def replica_folder(root: Path, index: int, role: str = "replica") -> Path:
+    """The metric folder of replica (or engine) `index`, or of front end `index`."""
+    return root / f"{role}-{index}"
 
 
 def forget_process(folder: Path, pid: int) -> None:
@@ -49,22 +50,23 @@ def write_text(path: Path, collectors: Iterable[Collector]) -> None:
 
 
 class ReplicasCollector(Collector):
-    """Every replica's series under ROOT, with a `replica` label, plus the supervisor's."""
+    """Every process's series under ROOT, labelled `replica` (engines too) or `frontend`, plus
+    the supervisor's."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
 
-    def _replicas(self) -> list[tuple[str, Path]]:
+    def _replicas(self) -> list[tuple[str, str, Path]]:
         found = []
         for folder in self._root.iterdir():
             match = _FOLDER.match(folder.name)
             if match and folder.is_dir():
-                found.append((match.group(1), folder))
-        return sorted(found, key=lambda item: int(item[0]))
+                found.append((match.group(1), match.group(2), folder))
+        return sorted(found, key=lambda item: (item[0], int(item[1])))
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
-        for replica, folder in self._replicas():
+        for label, index, folder in self._replicas():
             files = [str(path) for path in folder.glob("*.db")]
             merged = list(
                 MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
@@ -76,7 +78,7 @@ class ReplicasCollector(Collector):
                     family = Metric(metric.name, metric.documentation, metric.type, metric.unit)
                     families[metric.name] = family
                 family.samples.extend(
-                    Sample(s.name, {**s.labels, "replica": replica}, s.value, s.timestamp)
+                    Sample(s.name, {**s.labels, label: index}, s.value, s.timestamp)
                     for s in metric.samples
                 )
         yield from families.values()

@@ -1,7 +1,13 @@
-"""A served model version: its runtimes, batchers, readiness and the checks its requests pass."""
+"""A served model version: the checks its requests pass, its readiness, and where it runs.
+
+`ServedModel` is what the data plane and the front doors see; `LocalModel` runs in this process
+(its runtimes and batchers), and a front-end process holds models that run in an engine process
+(`appliance.channel`).
+"""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import enum
 from concurrent.futures import ThreadPoolExecutor
@@ -68,35 +74,42 @@ def make_replica(
     return Replica(runtime, batcher, executor)
 
 
-class ServedModel:
-    """One version of one model, as the HTTP layer sees it."""
+@dataclass(frozen=True)
+class ModelView:
+    """What a model's requests are checked against and its metadata says, without the model:
+    an engine process publishes it to the front ends (pickled), which serve from it."""
+
+    name: str
+    version: str
+    config: ModelConfig
+    signature: Signature
+    device: str
+    runtime_name: str
+    artifact_suffix: str
+    fingerprint: str
+    labels: tuple[str, ...]
+
+
+class ServedModel(abc.ABC):
+    """One version of one model, as the data plane sees it."""
 
     def __init__(
         self,
         name: str,
         version: str,
         config: ModelConfig,
-        primary: Replica,
+        signature: Signature,
         metrics: ModelMetrics,
-        overflow: Replica | None = None,
         fingerprint: str = "",
         labels: tuple[str, ...] = (),
-        stand_in: bool = False,
     ) -> None:
-        """`overflow`: the CPU replica of `cpu_fallback` "overflow" or "latency"; `stand_in`:
-        `primary` is a CPU replica serving because the device could not be opened."""
-        assert primary.runtime.signature is not None, "replicas hold loaded runtimes"
         self.name = name
         self.version = version
         self.config = config
-        self.primary = primary
-        self.overflow = overflow
         self.metrics = metrics
         self.fingerprint = fingerprint
         self.labels = labels  # class labels, by index, for classification results
-        self.stand_in = stand_in
-        self._route_by_latency = overflow is not None and config.cpu_fallback == "latency"
-        self.signature: Signature = primary.runtime.signature
+        self.signature = signature
         self.state = ModelState.READY
         self.successor: ServedModel | None = None
         self._inputs = {spec.name: spec for spec in self.signature.inputs}
@@ -113,12 +126,34 @@ class ServedModel:
         self._outputs = {spec.name: spec for spec in self.signature.outputs}
 
     @property
-    def device(self) -> str:
-        return self.primary.runtime.device
+    @abc.abstractmethod
+    def device(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def runtime_name(self) -> str:
+        """Its runtime's row in appliance.config.runtime_table."""
+
+    @property
+    @abc.abstractmethod
+    def artifact_suffix(self) -> str: ...
 
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
+
+    def view(self) -> ModelView:
+        return ModelView(
+            self.name,
+            self.version,
+            self.config,
+            self.signature,
+            self.device,
+            self.runtime_name,
+            self.artifact_suffix,
+            self.fingerprint,
+            self.labels,
+        )
 
     def output_spec(self, name: str) -> TensorSpec:
         try:
@@ -212,6 +247,58 @@ class ServedModel:
                 )
             tied.setdefault(limit.symbol, (limit.input, limit.axis, size))
 
+    @abc.abstractmethod
+    def check_room(self) -> None:
+        """Refuse (QueueFull) before the request is decoded when it could not be queued: under
+        overload the refusal is the common answer, so it must cost little."""
+
+    @abc.abstractmethod
+    async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float) -> BatchResult:
+        """Run the checked request (`rows` rows) and return its outputs by `deadline`."""
+
+    @abc.abstractmethod
+    async def retire(self, grace_s: float) -> None:
+        """Stop taking requests and let queued ones finish (bounded by `grace_s`)."""
+
+
+class LocalModel(ServedModel):
+    """A model version whose runtimes and batchers are in this process."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        config: ModelConfig,
+        primary: Replica,
+        metrics: ModelMetrics,
+        overflow: Replica | None = None,
+        fingerprint: str = "",
+        labels: tuple[str, ...] = (),
+        stand_in: bool = False,
+    ) -> None:
+        """`overflow`: the CPU replica of `cpu_fallback` "overflow" or "latency"; `stand_in`:
+        `primary` is a CPU replica serving because the device could not be opened."""
+        assert primary.runtime.signature is not None, "replicas hold loaded runtimes"
+        super().__init__(
+            name, version, config, primary.runtime.signature, metrics, fingerprint, labels
+        )
+        self.primary = primary
+        self.overflow = overflow
+        self.stand_in = stand_in
+        self._route_by_latency = overflow is not None and config.cpu_fallback == "latency"
+
+    @property
+    def device(self) -> str:
+        return self.primary.runtime.device
+
+    @property
+    def runtime_name(self) -> str:
+        return self.primary.runtime.name
+
+    @property
+    def artifact_suffix(self) -> str:
+        return self.primary.runtime.artifact.suffix
+
     def check_room(self) -> None:
         """Refuse before the request is decoded when no replica could queue it.
 
@@ -232,21 +319,23 @@ class ServedModel:
         while model.state is ModelState.UNLOADING and model.successor is not None:
             # Swapped out after the caller looked it up: the new version takes the request.
             model = model.successor
-        if model.state is not ModelState.READY:
+        if model is not self:
+            return await model.infer(inputs, rows, deadline)
+        if self.state is not ModelState.READY:
             raise ModelNotReady(f"model {self.name!r} version {self.version!r} is not ready")
-        if model._route_by_latency and model._cpu_answers_first(rows):
+        if self._route_by_latency and self._cpu_answers_first(rows):
             try:
-                return await model._on_cpu(inputs, rows, deadline, "latency")
+                return await self._on_cpu(inputs, rows, deadline, "latency")
             except QueueFull:
                 pass  # the CPU's own bounded queue is full: the device queues it after all
         try:
-            result = await model.primary.batcher.submit(inputs, rows, deadline)
+            result = await self.primary.batcher.submit(inputs, rows, deadline)
         except QueueFull:
-            if model.overflow is None:
+            if self.overflow is None:
                 raise
-            return await model._on_cpu(inputs, rows, deadline, "overflow")
-        if model.stand_in:
-            model.metrics.count_fallback("unavailable")
+            return await self._on_cpu(inputs, rows, deadline, "overflow")
+        if self.stand_in:
+            self.metrics.count_fallback("unavailable")
             return replace(result, fallback="unavailable")
         return result
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from appliance.errors import ModelNotFound, ModelNotReady
 from appliance.repository.model import ServedModel
@@ -17,13 +17,25 @@ class ModelRepository:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
         self._expected: set[tuple[str, str]] = set()
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        """Call `changed` after every change of what is served or expected (engines publish
+        their models to the front ends from it)."""
+        self._watchers.append(changed)
+
+    def _changed(self) -> None:
+        for changed in self._watchers:
+            changed()
 
     def expect(self, name: str, version: str) -> None:
         """Declare a version that readiness must wait for."""
         self._expected.add((name, version))
+        self._changed()
 
     def forget(self, name: str, version: str) -> None:
         self._expected.discard((name, version))
+        self._changed()
 
     @property
     def ready(self) -> bool:
@@ -32,6 +44,10 @@ class ModelRepository:
             (model := self._models.get(name, {}).get(version)) is not None and model.ready
             for name, version in self._expected
         )
+
+    def expected(self) -> list[tuple[str, str]]:
+        """Every version readiness waits for, as (name, version)."""
+        return sorted(self._expected)
 
     def pending(self) -> list[tuple[str, str]]:
         """Expected versions not served yet, as (name, version)."""
@@ -48,6 +64,7 @@ class ModelRepository:
         versions[model.version] = model
         if previous is not None:
             previous.successor = model
+        self._changed()
         return previous
 
     def remove(self, name: str, version: str) -> ServedModel | None:
@@ -55,7 +72,8 @@ class ModelRepository:
         model = versions.pop(version, None)
         if not versions:
             self._models.pop(name, None)
-        self.forget(name, version)
+        self._expected.discard((name, version))
+        self._changed()
         return model
 
     def get(self, name: str, version: str | None = None) -> ServedModel:

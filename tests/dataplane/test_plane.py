@@ -17,7 +17,7 @@ from appliance.errors import DeadlineExceeded, InvalidInput, ModelNotFound
 from appliance.lifecycle.models import ModelLifecycle
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.metrics import Metrics
-from appliance.repository import ModelRepository
+from appliance.repository import LocalModel, ModelRepository
 from tests.support.config import model_table, tensor_table
 from tests.support.models import Mlp
 
@@ -173,7 +173,9 @@ def test_the_clients_timeout_shortens_the_models_deadline(
 
 def test_a_cancelled_call_leaves_the_queue(artifacts: dict[str, Path], tmp_path: Path) -> None:
     async def body(plane: DataPlane) -> None:
-        batcher = plane.model("slow").primary.batcher
+        model = plane.model("slow")
+        assert isinstance(model, LocalModel)
+        batcher = model.primary.batcher
         running = asyncio.create_task(plane.infer(slow_request(3000)))
         while batcher.queue_depth == 0 and not running.done():  # bounded: the model runs it
             await asyncio.sleep(0)
