@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import itertools
 import math
 import time
 from collections import deque
@@ -66,6 +67,8 @@ class BatchResult:
     compute_s: float
     # Why a CPU replica served it ("unavailable", "overflow", "latency"); None on the model's own.
     fallback: str | None = None
+    # The batch's number on its batcher: requests that rode together share it (access lines).
+    batch: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -152,6 +155,7 @@ class DynamicBatcher:
         self._loop_task: asyncio.Task[None] | None = None
         # Made by `drain`, set once nothing is queued or running.
         self._idle: asyncio.Event | None = None
+        self._batch_numbers = itertools.count(1)
 
     @property
     def queue_depth(self) -> int:
@@ -374,6 +378,7 @@ class DynamicBatcher:
         if not live:
             return None
         rows = sum(pending.rows for pending in live)
+        batch = next(self._batch_numbers)
         bucket = self._policy.bucket_for(rows)
         parts = [pending.inputs for pending in live]
         padded = live[0].padded  # the same for all: they share a shape key
@@ -398,7 +403,7 @@ class DynamicBatcher:
             if not pending.future.done():
                 mine = self._policy.dims.slice_outputs(outputs, offset, end, pending.lengths)
                 queue_s = started - pending.enqueued
-                pending.future.set_result(BatchResult(mine, rows, queue_s, compute_s))
+                pending.future.set_result(BatchResult(mine, rows, queue_s, compute_s, batch=batch))
             pending.state = _State.DONE
             offset = end
         return None

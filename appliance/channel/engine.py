@@ -179,6 +179,7 @@ class EngineServer:
             result.queue_s,
             result.compute_s,
             result.fallback,
+            result.batch,
         )
 
     async def drain(self, timeout_s: float) -> None:

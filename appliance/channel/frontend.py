@@ -108,10 +108,10 @@ class EngineLink:
         for message in messages:
             kind = message[0]
             if kind == DONE:
-                _, request_id, outputs, batch_size, queue_s, compute_s, fallback = message
+                _, request_id, outputs, batch_size, queue_s, compute_s, fallback, batch = message
                 waiting = self._settle(request_id)
                 if waiting is not None and not waiting.future.done():
-                    result = BatchResult(outputs, batch_size, queue_s, compute_s, fallback)
+                    result = BatchResult(outputs, batch_size, queue_s, compute_s, fallback, batch)
                     waiting.future.set_result(result)
             elif kind == MODELS:
                 self.views = {(view.name, view.version): view for view in message[1]}

@@ -23,9 +23,9 @@ HEADER = struct.Struct("!I")
 HELLO = "hello"  # front end -> engine: (HELLO, frontend index); the arena fd rides beside it
 MODELS = "models"  # engine -> front end: (MODELS, [ModelView], [(name, version) expected])
 INFER = "infer"  # front end -> engine: see `Infer`
-DONE = (
-    "done"  # engine -> front end: (DONE, id, {output: array}, batch, queue_s, compute_s, fallback)
-)
+# engine -> front end: (DONE, id, {output: array}, batch size, queue_s, compute_s, fallback,
+# batch number)
+DONE = "done"
 FAILED = "failed"  # engine -> front end: (FAILED, id, error class name, message)
 
 Message = tuple[Any, ...]

@@ -137,6 +137,7 @@ class DataPlane:
             result.queue_s,
             result.compute_s,
             result.fallback,
+            result.batch,
         )
 
 

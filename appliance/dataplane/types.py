@@ -55,3 +55,4 @@ class InferResponse:
     queue_s: float
     compute_s: float
     fallback: str | None = None  # why a CPU replica answered instead of the model's device
+    batch: int = 0  # the batch's number on its batcher, shared by the requests in it

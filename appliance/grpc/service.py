@@ -227,6 +227,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             response = await self.plane.infer(request, model)
             outcome.fields = {
                 "batch_size": response.batch_size,
+                "batch": response.batch,
                 "queue_ms": round(response.queue_s * 1000, 3),
                 "compute_ms": round(response.compute_s * 1000, 3),
             }

@@ -8,6 +8,7 @@ replica are the cores over the replicas, so they do not fight over the same core
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +69,21 @@ def replica_count(config: AppConfig, chips: int) -> int:
     return setting
 
 
-def usable_cpus() -> int:
-    """The cores this process may run on (its affinity mask, e.g. systemd's CPUAffinity)."""
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may run on: its affinity mask (systemd's CPUAffinity), or fewer
+    when its cgroup's CPU quota says so (a container's CPU limit, systemd's CPUQuota), since a
+    pod sees every core of its node."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
 def frontend_count(config: AppConfig, cpus: int, engines: int) -> int:

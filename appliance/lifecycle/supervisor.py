@@ -75,8 +75,10 @@ FAILING_AFTER = 5
 # Beyond shutdown_grace_s, for a replica to exit once it has drained.
 EXIT_MARGIN_S = 5.0
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-# A front end's arena holds at least this much, and twice the largest request.
-ARENA_MIN_BYTES = 16 * 1024 * 1024
+# A front end's arena: the largest request, within these bounds (a larger request travels inside
+# its control message; the arena's pages are the front end's memory once used).
+ARENA_MIN_BYTES = 1024 * 1024
+ARENA_MAX_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,7 @@ class Supervisor:
             log_level=self._log_level,
             role=role,
             channel_paths=channels,
-            arena_bytes=max(2 * config.server.max_request_bytes, ARENA_MIN_BYTES),
+            arena_bytes=min(max(config.server.max_request_bytes, ARENA_MIN_BYTES), ARENA_MAX_BYTES),
         )
 
     def _channel_path(self, engine: int) -> str:

@@ -257,6 +257,7 @@ async def _serve(
             watcher.cancel()
         outcome.fields = {
             "batch_size": result.batch_size,
+            "batch": result.batch,
             "queue_ms": round(result.queue_s * 1000, 3),
             "compute_ms": round(result.compute_s * 1000, 3),
         }

@@ -9,7 +9,13 @@ import tomllib
 
 from appliance.chips import tpu_chips
 from appliance.config import ConfigError, parse_config
-from appliance.lifecycle.replicas import plan_replicas, replica_count
+from appliance.lifecycle.replicas import (
+    frontend_count,
+    plan_frontends,
+    plan_replicas,
+    replica_count,
+    usable_cpus,
+)
 
 TPU_MODEL = '[[models]]\nname = "t"\nmodel_path = "/m/t.pt2"\nruntime = "tpu"\ndevice = "tpu"\n'
 CPU_MODEL = '[[models]]\nname = "c"\nmodel_path = "/m/c.pt2"\n'
@@ -86,3 +92,43 @@ def test_more_tpu_replicas_than_chips_is_refused(tmp_path: Path) -> None:
 def test_replicas_must_be_auto_or_a_positive_integer(value: str) -> None:
     with pytest.raises(ConfigError, match=r'server\.replicas: must be "auto" or an integer >= 1'):
         config(f"replicas = {value}")
+
+
+@pytest.mark.parametrize(
+    ("cpus", "engines", "frontends"),
+    [(2, 1, 0), (3, 1, 0), (4, 1, 3), (16, 1, 4), (24, 1, 4), (240, 4, 16), (224, 8, 16)],
+)
+def test_auto_frontends_follow_the_cores_and_the_engines(
+    cpus: int, engines: int, frontends: int
+) -> None:
+    assert frontend_count(config(models=CPU_MODEL), cpus, engines) == frontends
+
+
+def test_frontends_set_to_a_number_are_that_many_and_zero_is_one_process() -> None:
+    assert frontend_count(config("frontends = 3", CPU_MODEL), 2, 1) == 3
+    assert frontend_count(config("frontends = 0", CPU_MODEL), 64, 1) == 0
+    plans = plan_frontends(2)
+    assert [(plan.name, plan.label, plan.role) for plan in plans] == [
+        ("frontend-0", "frontend", "frontend"),
+        ("frontend-1", "frontend", "frontend"),
+    ]
+
+
+@pytest.mark.parametrize("value", ["-1", '"many"', "true", "1.5"])
+def test_frontends_must_be_auto_or_a_count(value: str) -> None:
+    with pytest.raises(ConfigError, match="frontends"):
+        config(f"frontends = {value}", CPU_MODEL)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "limited"),
+    [("max 100000\n", False), ("200000 100000\n", True), ("50000 100000\n", True), ("", False)],
+)
+def test_usable_cores_are_capped_by_the_cgroup_cpu_quota(
+    tmp_path: Path, cpu_max: str, limited: bool
+) -> None:
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    cores = usable_cpus(tmp_path / "absent")
+    expected = {"200000 100000\n": 2, "50000 100000\n": 1}.get(cpu_max, cores)
+    assert usable_cpus(path) == (min(cores, expected) if limited else cores)

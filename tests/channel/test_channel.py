@@ -1,0 +1,181 @@
+"""The channel between a front end and an engine, both ends in one event loop: a real Unix
+socket, a real memfd arena and a real model behind the engine's batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from appliance.channel import Arena, EngineLinks, EngineServer
+from appliance.channel.frontend import EngineModel
+from appliance.config import parse_config
+from appliance.errors import InvalidInput, ModelNotReady
+from appliance.lifecycle.models import ModelLifecycle
+from appliance.lifecycle.notify import SystemdNotifier
+from appliance.metrics import Metrics
+from appliance.repository import ModelRepository
+from tests.support.config import model_table
+from tests.support.models import Mlp, mlp_pt2
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+WIDE = 262_144  # one row of FP32 is 1 MiB
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return mlp_pt2(tmp_path_factory.mktemp("wide") / "wide.pt2", inputs=WIDE, seed=3)
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        result: np.ndarray = Mlp(WIDE, 3, seed=3)(torch.from_numpy(x)).numpy()
+    return result
+
+
+Body = Callable[[EngineModel, EngineLinks, ModelLifecycle], Awaitable[None]]
+
+
+def through_the_channel(model: Path, tmp_path: Path, arena_bytes: int, body: Body) -> None:
+    """An engine serving `model` and a front end linked to it; `body` gets the front end's
+    model, its links and the engine's lifecycle."""
+    text = f'[storage]\ncache_dir = "{tmp_path / "cache"}"\n\n' + model_table(
+        "wide", model, "max_batch_size = 4\nmax_queue_delay_ms = 20"
+    )
+    config = parse_config(tomllib.loads(text))
+
+    async def run() -> None:
+        engine_repository = ModelRepository()
+        lifecycle = ModelLifecycle(config, engine_repository, Metrics(), SystemdNotifier(None))
+        server = EngineServer(engine_repository, str(tmp_path / "engine.sock"))
+        await server.start()
+        links = EngineLinks(
+            (server.path,), ModelRepository(), Metrics(), Arena(arena_bytes, "test-arena"), 0
+        )
+        try:
+            await lifecycle.start()
+            await asyncio.wait_for(links.start(), 30)
+            served = links.repository.get("wide")
+            assert isinstance(served, EngineModel)
+            await body(served, links, lifecycle)
+        finally:
+            await links.close()
+            await server.close()
+            await lifecycle.close()
+            links.arena.close()
+
+    asyncio.run(run())
+
+
+async def infer(model: EngineModel, x: np.ndarray) -> np.ndarray:
+    deadline = asyncio.get_running_loop().time() + 30
+    result = await model.infer({"x": x}, x.shape[0], deadline)
+    return result.outputs["output__0"]
+
+
+def test_a_1_mib_input_crosses_in_shared_memory_not_in_the_control_message(
+    wide_model: Path, tmp_path: Path
+) -> None:
+    async def body(model: EngineModel, links: EngineLinks, _: ModelLifecycle) -> None:
+        link = links.links[0]
+        assert link.protocol is not None
+        x = np.random.default_rng(1).standard_normal((1, WIDE), dtype=np.float32)
+        sent_before = link.protocol.sent_bytes
+        outputs = await infer(model, x)
+        np.testing.assert_allclose(outputs, expected(x), rtol=1e-4, atol=1e-4)
+        control = link.protocol.sent_bytes - sent_before
+        assert control < 1024, f"{control} bytes of control message for a 1 MiB tensor"
+        assert links.arena.in_use == 0  # freed with the answer
+
+    through_the_channel(wide_model, tmp_path, 16 << 20, body)
+
+
+def test_an_input_the_arena_cannot_hold_travels_in_the_message_and_is_answered_alike(
+    wide_model: Path, tmp_path: Path
+) -> None:
+    async def body(model: EngineModel, links: EngineLinks, _: ModelLifecycle) -> None:
+        link = links.links[0]
+        assert link.protocol is not None
+        x = np.random.default_rng(2).standard_normal((2, WIDE), dtype=np.float32)
+        sent_before = link.protocol.sent_bytes
+        outputs = await infer(model, x)
+        np.testing.assert_allclose(outputs, expected(x), rtol=1e-4, atol=1e-4)
+        assert link.protocol.sent_bytes - sent_before > x.nbytes
+
+    through_the_channel(wide_model, tmp_path, 1 << 20, body)  # smaller than the 2 MiB input
+
+
+def test_concurrent_requests_are_batched_by_the_engine_and_each_gets_its_own_rows(
+    wide_model: Path, tmp_path: Path
+) -> None:
+    async def body(model: EngineModel, links: EngineLinks, _: ModelLifecycle) -> None:
+        rng = np.random.default_rng(3)
+        xs = [rng.standard_normal((1, WIDE), dtype=np.float32) for _ in range(8)]
+        deadline = asyncio.get_running_loop().time() + 30
+        results = await asyncio.gather(*(model.infer({"x": x}, 1, deadline) for x in xs))
+        for x, result in zip(xs, results, strict=True):
+            np.testing.assert_allclose(
+                result.outputs["output__0"], expected(x), rtol=1e-4, atol=1e-4
+            )
+        assert max(result.batch_size for result in results) > 1
+        assert links.arena.in_use == 0
+
+    through_the_channel(wide_model, tmp_path, 16 << 20, body)
+
+
+def test_the_engines_errors_arrive_as_the_same_core_errors(
+    wide_model: Path, tmp_path: Path
+) -> None:
+    async def body(model: EngineModel, links: EngineLinks, lifecycle: ModelLifecycle) -> None:
+        x = np.zeros((1, WIDE), dtype=np.float32)
+        # The front end's view says 1 row; an engine that re-checks (another artifact) refuses.
+        link = links.links[0]
+        model.fingerprint = "another artifact"
+        with pytest.raises(InvalidInput, match="input 'x'"):
+            await infer(model, np.zeros((1, 5), dtype=np.float32))
+        await lifecycle.unload("wide")
+        with pytest.raises((ModelNotReady, InvalidInput)) as raised:
+            await infer(model, x)
+        assert "wide" in str(raised.value)
+        assert not link.outstanding.get(("wide", "1"))
+
+    through_the_channel(wide_model, tmp_path, 16 << 20, body)
+
+
+def test_the_arena_never_hands_out_overlapping_regions() -> None:
+    arena = Arena(4096, "test-arena")
+    live: dict[int, tuple[int, int]] = {}
+    rng = random.Random(1)
+    allocated = 0
+    try:
+        for step in range(20_000):
+            if live and (rng.random() < 0.5 or len(live) > 20):
+                offset, _ = live.pop(rng.choice(list(live)))
+                arena.free(offset)
+                continue
+            size = rng.randint(1, 700)
+            offset = arena.allocate(size)
+            if offset is None:
+                continue
+            allocated += 1
+            end = offset + -(-size // 64) * 64
+            assert end <= arena.size
+            for other, other_end in live.values():
+                assert end <= other or other_end <= offset, (offset, end, other, other_end)
+            live[step] = (offset, end)
+        assert allocated > 5_000
+        for offset, _ in live.values():
+            arena.free(offset)
+        assert arena.in_use == 0
+        assert arena.allocate(4096) == 0  # all of it is free again
+    finally:
+        arena.close()
