@@ -10,6 +10,7 @@ A request that does not fit travels inside its control message instead.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 from collections import deque
@@ -89,9 +90,7 @@ class MappedArena:
 
     def array(self, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
         """The tensor at `offset`, read in place (valid until its request is answered)."""
-        kind = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        return np.frombuffer(self._buffer, kind, count, offset).reshape(shape)
+        return np.frombuffer(self._buffer, dtype, math.prod(shape), offset).reshape(shape)
 
     def close(self) -> None:
         self._buffer = np.empty(0, dtype=np.uint8)

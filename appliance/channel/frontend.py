@@ -252,10 +252,9 @@ class EngineModel(ServedModel):
         link = self._route()
         if link is None:
             raise ModelNotReady(f"model {self.name!r} version {self.version!r} is not ready")
-        future = link.infer(self, inputs, rows, deadline)
-        # A client that leaves stops waiting; the engine answers all the same, and the arena
-        # space is freed with that answer.
-        return await asyncio.shield(future)
+        # A client that leaves cancels the future; the engine answers all the same, and the
+        # arena space is freed with that answer.
+        return await link.infer(self, inputs, rows, deadline)
 
     async def retire(self, grace_s: float) -> None:
         self.state = ModelState.UNLOADING

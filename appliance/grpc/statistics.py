@@ -1,8 +1,9 @@
-"""Triton's model statistics, from the request and batch metrics this process keeps.
+"""Triton's model statistics, from the request and batch metrics of the whole host.
 
 What the metrics hold: answered requests by status (success = 200, fail = the rest) with their
-total time, queue wait, compute time and rows of each batch. Per process: with several
-replicas, each answers with its own.
+total time, queue wait, compute time and rows of each batch. They are read from what `/metrics`
+shows, so with replicas or front ends the answer sums every process (a front end keeps no batch
+series: its engines do).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _NS = 1_000_000_000
 def _samples(metrics: Metrics, name: str, version: str) -> dict[str, float]:
     """Sample name (with the `code` of request counters) -> value, summed over protocols."""
     totals: dict[str, float] = defaultdict(float)
-    for family in metrics.registry.collect():
+    for family in metrics.exposition.collect():
         for sample in family.samples:
             labels = sample.labels
             if labels.get("model") != name or labels.get("version") != version:

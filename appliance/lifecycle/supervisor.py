@@ -1,4 +1,5 @@
-"""`aegis serve` with several replicas: one supervisor process, one serving process per replica.
+"""`aegis serve` with several processes: one supervisor, one serving process per replica, and,
+with `[server] frontends`, front-end processes beside the replicas (which are then engines).
 
 The supervisor binds the configured sockets once and every replica serves them (inherited fds):
 the kernel keeps one accept queue per socket, so a connection waits there while a replica
@@ -20,6 +21,11 @@ supervisor's own (NOTIFY_SOCKET points there), checked against the replica's pid
   left after shutdown_grace_s plus EXIT_MARGIN_S is killed.
 An admin load/unload arrives at one replica, which forwards it here: it is rolled through every
 replica, and a replica started later leaves out the models unloaded since.
+
+With front ends, the front ends serve the sockets and the engines serve no port: READY=1 waits
+for both kinds; SIGHUP and admin changes roll through the engines only (the front ends serve
+what the engines publish); SIGTERM goes to the front ends first and to the engines once those
+have drained. A front end is restarted like a replica.
 """
 
 from __future__ import annotations
@@ -515,9 +521,9 @@ class Supervisor:
         if frontends:
             up = sum(1 for r in frontends if r.alive and r.warm)
             text += f", {up} of {len(frontends)} front ends"
-        failing = [str(r.index) for r in self.replicas if r.failing]
+        failing = [f"{r.plan.label} {r.index}" for r in self.replicas if r.failing]
         if failing:
-            text += f"; failing: replica {', '.join(failing)}"
+            text += f"; failing: {', '.join(failing)}"
         self.notifier.status(text)
 
     def _write_metrics(self) -> None:
@@ -593,17 +599,20 @@ class Supervisor:
         self.notifier.stopping()
         # Front ends first: they stop accepting and drain, their last requests answered by the
         # engines, which then stop.
-        await self._stop_group([r for r in self.replicas if not r.runs_models])
-        await self._stop_group([r for r in self.replicas if r.runs_models])
+        # The whole stop keeps to one budget, so systemd's stop timeout holds for both kinds.
+        end = asyncio.get_running_loop().time() + self.grace_s + EXIT_MARGIN_S
+        await self._stop_group([r for r in self.replicas if not r.runs_models], end)
+        await self._stop_group([r for r in self.replicas if r.runs_models], end)
 
-    async def _stop_group(self, group: list[Replica]) -> None:
+    async def _stop_group(self, group: list[Replica], end: float) -> None:
         live = [r for r in group if r.alive and r.process is not None]
         for replica in live:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         waits = [asyncio.ensure_future(replica.exited.wait()) for replica in live]
         if waits:
-            _, pending = await asyncio.wait(waits, timeout=self.grace_s + EXIT_MARGIN_S)
+            left = max(end - asyncio.get_running_loop().time(), 1.0)
+            _, pending = await asyncio.wait(waits, timeout=left)
             for waiter in pending:
                 waiter.cancel()
 

@@ -14,14 +14,22 @@ AEGIS = Path(sys.executable).parent / "aegis"
 
 
 def start(
-    launch: Launch, model: str, payload: Payload, queue_size: int = 1024, replicas: int = 1
+    launch: Launch,
+    model: str,
+    payload: Payload,
+    queue_size: int = 1024,
+    replicas: int = 1,
+    frontends: int = 0,
 ) -> Server:
-    home = launch.home(f"aegis-{model}-{queue_size}-{replicas}")
+    """`frontends` is set whatever its value: "auto" would run front ends on hosts with more
+    cores, and the benchmarks compare like with like."""
+    home = launch.home(f"aegis-{model}-{queue_size}-{replicas}-{frontends}")
     spec = models.MODELS[model]
     port = free_port()
     config = home / "aegis.toml"
     config.write_text(
-        f'[server]\nbind = ["{HOST}:{port}"]\nshutdown_grace_s = 2\nreplicas = {replicas}\n\n'
+        f'[server]\nbind = ["{HOST}:{port}"]\nshutdown_grace_s = 2\nreplicas = {replicas}\n'
+        f"frontends = {frontends}\n\n"
         f'[storage]\ncache_dir = "{home / "cache"}"\n\n'
         f'[[models]]\nname = "{model}"\nversion = "1"\n'
         f'model_path = "{launch.artifacts / (model + ".pt2")}"\n'

@@ -129,8 +129,10 @@ def deployment(tier: Tier) -> Iterator[Deployment]:
                 "aegis_appliance_shutdown_grace_s": 10,
                 "aegis_appliance_start_timeout_s": 300,
                 "aegis_appliance_unready_window_s": 2,
-                # Two serving processes behind the one port: restart, reload and rollback with them.
+                # Two engines behind two front ends on the one port: restart, reload and rollback
+                # with them.
                 "aegis_appliance_replicas": 2,
+                "aegis_appliance_frontends": 2,
                 "aegis_appliance_aws_region": "eu-west-3",
                 "aegis_appliance_aws_endpoint_url": "http://127.0.0.1:9000",
                 "aegis_appliance_aws_shared_credentials_file": AWS_CREDENTIALS_ON_HOST,

@@ -15,6 +15,7 @@ import pytest
 
 from appliance.repository import warmup_shapes
 from tests.jax_tier.test_jax_serving import CPU, config_toml, scrape
+from tests.support.frontends import serve_through_front_ends
 from tests.support.hf_zoo import HF_ZOO, SEQ_BUCKETS, export_with_main_venv
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
@@ -89,3 +90,33 @@ def test_hugging_face_models_serve_on_jax_match_eager_and_compile_nothing_after_
         )
         assert warmup >= shapes, name
         assert serving == 0, name
+
+
+@pytest.fixture(scope="module")
+def front_ends_server(
+    tmp_path_factory: pytest.TempPathFactory, hf_zoo: dict[str, Path]
+) -> Iterator:
+    """BERT behind two front ends and one engine."""
+    workdir = tmp_path_factory.mktemp("hf-zoo-front-ends")
+    model = model_toml(
+        "bert",
+        hf_zoo["bert"],
+        HF_ZOO["bert"],
+        runtime="jax",
+        device="cpu",
+        max_batch_size=BUCKETS[-1],
+        max_queue_delay_ms=20.0,
+        warmup_iters=1,
+    )
+    config = config_toml(workdir, model).replace("[server]\n", "[server]\nfrontends = 2\n", 1)
+    with running_server(config, workdir, ready_timeout_s=600) as server:
+        yield server
+
+
+def test_a_zoo_model_serves_on_jax_through_two_front_ends_and_one_engine(
+    front_ends_server: ServerProcess, hf_zoo: dict[str, Path]
+) -> None:
+    reference = HF_ZOO["bert"].eager_reference(hf_zoo["bert"])
+    serve_through_front_ends(
+        front_ends_server, "bert", HF_ZOO["bert"], reference, TOLERANCE, "jaxlib", BUCKETS[-1]
+    )

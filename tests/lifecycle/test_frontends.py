@@ -14,6 +14,7 @@ import pytest
 from tests.lifecycle.test_reload import admin, expected, infer, replace_model, token_file
 from tests.lifecycle.test_replicas import Load, events, run_load, scrape, wait_for
 from tests.support.config import model_table
+from tests.support.frontends import maps, pids
 from tests.support.models import mlp_pt2
 from tests.support.server import ServerProcess
 
@@ -26,17 +27,6 @@ def model_file(tmp_path: Path) -> Path:
     path.parent.mkdir()
     mlp_pt2(path, seed=1)
     return path
-
-
-def pids(server: ServerProcess, label: str) -> dict[int, int]:
-    """The latest process of each engine (label "replica") or front end ("frontend")."""
-    return {
-        event[label]: event["pid"] for event in events(server, "replica_started") if label in event
-    }
-
-
-def maps_torch(pid: int) -> bool:
-    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def answered_by(server: ServerProcess) -> list[dict]:
@@ -183,8 +173,8 @@ def test_sigterm_stops_front_ends_then_engines_leaving_no_process_or_shared_memo
     engines = list(pids(server, "replica").values())
     assert infer(server, X)[0] == 200
     # Front ends run no model: torch is not even mapped into them.
-    assert not any(maps_torch(pid) for pid in frontends)
-    assert all(maps_torch(pid) for pid in engines)
+    assert not any(maps(pid, "libtorch") for pid in frontends)
+    assert all(maps(pid, "libtorch") for pid in engines)
     assert server.stop(timeout_s=30) == 0, server.log()
     assert not [pid for pid in frontends + engines if Path(f"/proc/{pid}").exists()]
     assert set(os.listdir("/dev/shm")) <= shm_before

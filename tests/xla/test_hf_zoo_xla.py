@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from appliance.repository import warmup_shapes
+from tests.support.frontends import serve_through_front_ends
 from tests.support.hf_zoo import HF_ZOO, SEQ_BUCKETS, export_with_main_venv
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
@@ -93,3 +94,34 @@ def test_hugging_face_models_serve_on_tpu_match_eager_and_compile_nothing_after_
         # Each shape once; loading may compile once more (scalar constants of the graph).
         assert warmup in (shapes, shapes + 1), name
         assert serving == 0, name
+
+
+@pytest.fixture(scope="module")
+def front_ends_server(
+    tmp_path_factory: pytest.TempPathFactory, hf_zoo: dict[str, Path]
+) -> Iterator:
+    """BERT behind two front ends and one engine."""
+    workdir = tmp_path_factory.mktemp("hf-zoo-front-ends")
+    model = model_toml(
+        "bert",
+        hf_zoo["bert"],
+        HF_ZOO["bert"],
+        runtime="tpu",
+        device="tpu",
+        max_batch_size=BUCKETS[-1],
+        max_queue_delay_ms=20.0,
+        warmup_iters=1,
+    )
+    config = config_toml(workdir, model).replace("[server]\n", "[server]\nfrontends = 2\n", 1)
+    env = {"PJRT_DEVICE": PJRT_DEVICE}
+    with running_server(config, workdir, env, ready_timeout_s=600) as server:
+        yield server
+
+
+def test_a_zoo_model_serves_on_tpu_through_two_front_ends_and_one_engine(
+    front_ends_server: ServerProcess, hf_zoo: dict[str, Path]
+) -> None:
+    reference = HF_ZOO["bert"].eager_reference(hf_zoo["bert"])
+    serve_through_front_ends(
+        front_ends_server, "bert", HF_ZOO["bert"], reference, TOLERANCE, "torch_xla", BUCKETS[-1]
+    )
