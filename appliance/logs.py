@@ -135,13 +135,22 @@ def capture_native_output() -> TextIO:
         relay.join(_RELAY_JOIN_S)
         output.flush()
 
-    global _restore
+    global _restore, _output
     _restore = restore
+    _output = output
     atexit.register(finish_output)
     return output
 
 
 _restore: Callable[[], None] | None = None
+_output: TextIO | None = None
+
+
+def output_descriptor() -> int | None:
+    """Where this process's log lines go once `capture_native_output` took descriptors 1 and 2
+    (None before): child processes that log for themselves are given it, so their lines are not
+    relayed through this process's pipe, one read and one write each."""
+    return _output.fileno() if _output is not None else None
 
 
 def finish_output() -> None:

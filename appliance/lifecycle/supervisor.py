@@ -69,6 +69,7 @@ from appliance.lifecycle.replicas import (
     plan_replicas,
     usable_cpus,
 )
+from appliance.logs import output_descriptor
 from appliance.metrics.replicas import SUPERVISOR_FILE, forget_process, replica_folder, write_text
 
 log = structlog.get_logger("aegis.lifecycle")
@@ -340,11 +341,14 @@ class Supervisor:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             spec = self._replica_spec(replica, theirs.fileno(), warm_first)
+            output = output_descriptor()
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "appliance.lifecycle.replica",
                 stdin=asyncio.subprocess.PIPE,
+                stdout=output,
+                stderr=output,
                 pass_fds=[*(sock.fileno() for sock in self._listening(replica)), theirs.fileno()],
                 env=self._replica_environment(replica),
             )
