@@ -24,7 +24,7 @@ from appliance.channel.wire import (
     FrameProtocol,
     Infer,
     Message,
-    Placed,
+    pack,
 )
 from appliance.errors import InferenceError, InvalidInput, ModelFailed
 from appliance.repository import ModelRepository
@@ -50,7 +50,7 @@ class _FrontendPeer:
         for message in messages:
             if message[0] == INFER:
                 self.in_flight += 1
-                self.server.spawn(self._infer(Infer(*message)))
+                self.server.spawn(self._infer(Infer._make(message)))
 
     def _on_lost(self, _error: Exception | None) -> None:
         self.server.peers.discard(self)
@@ -151,7 +151,7 @@ class EngineServer:
         try:
             model = self.repository.get(request.model, request.version)
             inputs: dict[str, np.ndarray] = {
-                name: arena.array(*given) if isinstance(given, Placed) else given
+                name: arena.array(*given) if isinstance(given, tuple) else given
                 for name, given in request.inputs.items()
             }
             rows = request.rows
@@ -162,7 +162,7 @@ class EngineServer:
                     model.output_spec(name)
             deadline = asyncio.get_running_loop().time() + request.timeout_s
             result = await model.infer(inputs, rows, deadline)
-            outputs = {name: result.outputs[name] for name in request.wanted}
+            outputs = {name: pack(result.outputs[name]) for name in request.wanted}
         except InferenceError as error:
             return (FAILED, request.id, type(error).__name__, str(error))
         except KeyError as error:

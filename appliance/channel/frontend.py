@@ -28,9 +28,9 @@ from appliance.channel.wire import (
     INFER,
     MODELS,
     FrameProtocol,
-    Infer,
     Message,
     Placed,
+    unpack,
 )
 from appliance.errors import InferenceError, ModelNotReady, QueueFull
 from appliance.metrics import Metrics, ModelMetrics
@@ -111,7 +111,8 @@ class EngineLink:
                 _, request_id, outputs, batch_size, queue_s, compute_s, fallback, batch = message
                 waiting = self._settle(request_id)
                 if waiting is not None and not waiting.future.done():
-                    result = BatchResult(outputs, batch_size, queue_s, compute_s, fallback, batch)
+                    arrays = {name: unpack(packed) for name, packed in outputs.items()}
+                    result = BatchResult(arrays, batch_size, queue_s, compute_s, fallback, batch)
                     waiting.future.set_result(result)
             elif kind == MODELS:
                 self.views = {(view.name, view.version): view for view in message[1]}
@@ -167,7 +168,7 @@ class EngineLink:
                 placed[name] = array  # BYTES, or no room in the arena: inside the message
             else:
                 offsets.append(offset)
-                placed[name] = Placed(offset, array.dtype.str, array.shape)
+                placed[name] = (offset, array.dtype.str, array.shape)
         loop = asyncio.get_running_loop()
         request_id = next(self.links.ids)
         key = (model.name, model.version)
@@ -175,7 +176,7 @@ class EngineLink:
         self._waiting[request_id] = _Waiting(future, offsets, key)
         self.outstanding[key] = self.outstanding.get(key, 0) + 1
         protocol.queue(
-            Infer(
+            (  # the fields of wire.Infer
                 INFER,
                 request_id,
                 model.name,

@@ -31,15 +31,16 @@ FAILED = "failed"  # engine -> front end: (FAILED, id, error class name, message
 Message = tuple[Any, ...]
 
 
-class Placed(NamedTuple):
-    """An input tensor in the sender's arena."""
-
-    offset: int
-    dtype: str
-    shape: tuple[int, ...]
+# An input tensor in the sender's arena: (offset, numpy dtype string, shape). Messages are plain
+# tuples on the wire: a named tuple pickles its class with every message, several times slower.
+Placed = tuple[int, str, tuple[int, ...]]
+# A tensor in a reply: (numpy dtype string, shape, bytes), or an object array (BYTES) as is.
+Packed = tuple[str, tuple[int, ...], bytes] | np.ndarray
 
 
 class Infer(NamedTuple):
+    """The fields of an INFER message, in order (sent as a plain tuple, read with `_make`)."""
+
     kind: str  # INFER
     id: int
     model: str
@@ -50,6 +51,19 @@ class Infer(NamedTuple):
     inputs: dict[str, Placed | np.ndarray]
     datatypes: dict[str, str]
     wanted: tuple[str, ...]  # outputs to send back
+
+
+def pack(array: np.ndarray) -> Packed:
+    if array.dtype.hasobject:
+        return array
+    return (array.dtype.str, array.shape, array.tobytes())
+
+
+def unpack(packed: Packed) -> np.ndarray:
+    if isinstance(packed, np.ndarray):
+        return packed
+    dtype, shape, data = packed
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 def encode(messages: list[Message]) -> bytes:
@@ -69,6 +83,7 @@ class FrameProtocol(asyncio.Protocol):
         self._on_messages = on_messages
         self._on_lost = on_lost
         self._received = bytearray()
+        self._needed = 0  # the bytes `_received` must hold before a frame can be read
         self._outgoing: list[Message] = []
         self._flush_scheduled = False
         self.transport: asyncio.Transport | None = None
@@ -84,6 +99,8 @@ class FrameProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._received:
             self._received += data
+            if len(self._received) < self._needed:
+                return  # a large frame still arriving: no parse, no copy, until it is whole
             data = bytes(self._received)
             self._received.clear()
         start = 0
@@ -96,6 +113,9 @@ class FrameProtocol(asyncio.Protocol):
             start = end
         if start < len(data):
             self._received += memoryview(data)[start:]
+            self._needed = HEADER.size
+            if len(self._received) >= HEADER.size:
+                self._needed += HEADER.unpack_from(self._received)[0]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._on_lost(exc)
