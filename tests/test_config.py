@@ -221,7 +221,9 @@ def test_buckets_default_to_powers_of_two_up_to_max_batch_size(tmp_path: Path) -
         ),
     ],
 )
-def test_bad_values_name_the_file_key_and_reason(tmp_path: Path, text: str, key: str, reason: str):
+def test_bad_values_name_the_file_key_and_reason(
+    tmp_path: Path, text: str, key: str, reason: str
+) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
@@ -285,7 +287,7 @@ def test_relative_model_paths_are_relative_to_the_config_file(tmp_path: Path) ->
 @pytest.mark.parametrize("value", ["some", "sampled", "sampled:0", "sampled:1.5", "sampled:x", 1])
 def test_access_log_must_be_all_errors_or_a_sampled_rate(value: object) -> None:
     with pytest.raises(ConfigError, match="access_log"):
-        ServerConfig(access_log=value)  # type: ignore[arg-type]
+        ServerConfig(access_log=value)
 
 
 def test_access_log_rates() -> None:

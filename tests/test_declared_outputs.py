@@ -42,7 +42,7 @@ def test_a_torchscript_output_declared_with_another_shape_refuses_the_start(
 
 
 def test_an_exported_output_declared_with_another_datatype_refuses_the_start(
-    tmp_path: Path, artifacts
+    tmp_path: Path, artifacts: dict[str, Path]
 ) -> None:
     models = model_table("mlp", artifacts["mlp.pt2"]) + tensor_table(
         "outputs", "y", "INT32", [-1, 3]

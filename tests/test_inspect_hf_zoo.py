@@ -14,10 +14,10 @@ from tests.support.config import server_config
 from tests.support.hf_zoo import HF_ZOO
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
-from tests.support.zoo import export_zoo
+from tests.support.zoo import Tolerance, export_zoo
 from tests.test_inspect import TABLE_HEADER, aegis
 
-TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+TOLERANCE: Tolerance = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @pytest.fixture(scope="module")

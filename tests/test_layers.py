@@ -69,7 +69,7 @@ def test_no_two_modules_import_each_other_even_through_others() -> None:
     for start in graph:
         # Depth-first from `start` through greater modules only: each cycle is found once, from
         # its least module.
-        stack = [(start, (start,))]
+        stack: list[tuple[str, tuple[str, ...]]] = [(start, (start,))]
         seen = set()
         while stack:
             module, trail = stack.pop()

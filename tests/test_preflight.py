@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def token_file(directory: Path, text: str, bits: int = 0o600) -> Path:
 
 
 # (case, models TOML given the artifact, [server] TOML given the work folder, what both must say)
-CASES = {
+CASES: dict[str, tuple[Callable[[Path, Path], str], Callable[[Path], str], str]] = {
     "missing local file": (
         lambda a, d: model_table("m", d / "absent.pt2"),
         lambda d: "",
@@ -96,7 +97,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_check_config_refuses_what_serve_refuses(case: str, tmp_path: Path, artifacts) -> None:
+def test_check_config_refuses_what_serve_refuses(
+    case: str, tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
     models, server, says = CASES[case]
     config = tmp_path / "aegis.toml"
     config.write_text(
@@ -111,7 +114,7 @@ def test_check_config_refuses_what_serve_refuses(case: str, tmp_path: Path, arti
     assert says in log, log[-2000:]
 
 
-def test_check_config_passes_what_serve_serves(tmp_path: Path, artifacts) -> None:
+def test_check_config_passes_what_serve_serves(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     cert, key = self_signed(tmp_path)
     server = (
         f'certfile = "{cert}"\nkeyfile = "{key}"\n'

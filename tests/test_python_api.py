@@ -15,7 +15,7 @@ from tests.support.http import free_port
 from tests.support.server import ServerProcess
 
 
-def test_registered_model_is_served(tmp_path: Path, artifacts) -> None:
+def test_registered_model_is_served(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     port = free_port()
     script = textwrap.dedent(
         f"""

@@ -31,7 +31,7 @@ def test_a_pickle_is_never_loaded(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
     class Payload:
-        def __reduce__(self):
+        def __reduce__(self) -> tuple[object, ...]:
             return (Path.touch, (marker,))
 
     artifact = tmp_path / "evil.pt"

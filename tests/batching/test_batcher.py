@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from appliance.batching import BatchingPolicy, BatchObserver, DynamicBatcher
 from appliance.errors import DeadlineExceeded, ModelFailed, QueueFull
 
 
-def policy(**overrides: float) -> BatchingPolicy:
+def policy(**overrides: object) -> BatchingPolicy:
     values = dict(
         max_batch_size=8,
         buckets=(1, 2, 4, 8),
@@ -45,8 +46,11 @@ class Recorder:
         return {"y": batch["x"] * 10}
 
 
-def run(coroutine: object) -> object:
-    return asyncio.run(coroutine)  # type: ignore[arg-type]
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -229,7 +233,7 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None
         await asyncio.sleep(0.002)
 
 
-async def poisoned_batch(model: Picky, values: list[float]) -> list[object]:
+async def poisoned_batch(model: Picky, values: list[float]) -> list[Any]:
     """One batch of one-row requests holding `values`, queued behind a request that holds the
     model, so they are batched together; each request's result or exception."""
     with ThreadPoolExecutor(1) as executor:
@@ -260,7 +264,7 @@ async def poisoned_batch(model: Picky, values: list[float]) -> list[object]:
 def test_a_poisoned_batch_fails_only_its_culprits() -> None:
     model = Picky()
     values = [1.0, 2.0, -3.0, 4.0, 5.0, 6.0, -7.0, 8.0]
-    *results, failures = run(poisoned_batch(model, values))  # type: ignore[misc]
+    *results, failures = run(poisoned_batch(model, values))
     for value, result in zip(values, results, strict=True):
         if value < 0:
             assert isinstance(result, ModelFailed), result
@@ -288,7 +292,7 @@ def test_good_requests_are_answered_beside_any_number_of_culprits(
 ) -> None:
     model = Picky()
     values = [-1.0 - i if i in culprits else 1.0 + i for i in range(8)]
-    *results, failures = run(poisoned_batch(model, values))  # type: ignore[misc]
+    *results, failures = run(poisoned_batch(model, values))
     for value, result in zip(values, results, strict=True):
         if value < 0:
             assert isinstance(result, ModelFailed), result
@@ -299,7 +303,7 @@ def test_good_requests_are_answered_beside_any_number_of_culprits(
 
 def test_a_model_failing_on_every_input_costs_at_most_the_bisection_tree() -> None:
     model = Picky(fail_always=True)
-    *results, failures = run(poisoned_batch(model, [1.0] * 8))  # type: ignore[misc]
+    *results, failures = run(poisoned_batch(model, [1.0] * 8))
     assert all(isinstance(result, ModelFailed) for result in results), results
     assert "this request's input 'x'" in str(results[-1])
     # The holder's batch, then the batch of 8 and every node of its bisection tree below it:

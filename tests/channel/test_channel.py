@@ -26,7 +26,7 @@ from tests.support.models import Mlp, mlp_pt2
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib
 
 WIDE = 262_144  # one row of FP32 is 1 MiB
 
@@ -156,6 +156,7 @@ def test_the_arena_never_hands_out_overlapping_regions() -> None:
     live: dict[int, tuple[int, int]] = {}
     rng = random.Random(1)
     allocated = 0
+    offset: int | None
     try:
         for step in range(20_000):
             if live and (rng.random() < 0.5 or len(live) > 20):

@@ -24,7 +24,7 @@ from tests.support.models import Mlp
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib
 
 
 class RepositoryReadiness:
@@ -105,7 +105,7 @@ def test_wanted_outputs_come_in_the_asked_order_with_their_binary_hints(
     a = np.ones((1, 4), dtype=np.float32)
     b = np.arange(3, dtype=np.int64).reshape(1, 3)
     c = np.array([[True, False]])
-    inputs = {"a": a, "b": b, "c": c}
+    inputs: dict[str, np.ndarray] = {"a": a, "b": b, "c": c}
     datatypes = {"a": "FP32", "b": "INT64", "c": "BOOL"}
 
     async def body(plane: DataPlane) -> None:
@@ -219,7 +219,11 @@ def test_classification_and_refused_parameters_are_the_planes_whatever_the_trans
     artifacts: dict[str, Path], tmp_path: Path
 ) -> None:
     rows = np.array([[1, -2, 3, -4], [0, 0, 0, 0]], dtype=np.float32)
-    inputs = {"a": rows, "b": np.zeros((2, 3), np.int64), "c": np.zeros((2, 2), np.bool_)}
+    inputs: dict[str, np.ndarray] = {
+        "a": rows,
+        "b": np.zeros((2, 3), np.int64),
+        "c": np.zeros((2, 2), np.bool_),
+    }
     datatypes = {"a": "FP32", "b": "INT64", "c": "BOOL"}
 
     async def body(plane: DataPlane) -> None:

@@ -5,19 +5,24 @@ or that never turns ready, naming the model and the reason."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
-from tests.conftest import model_table
+from tests.conftest import ServerFactory, model_table
 from tests.deploy.roletools import GATE, load_tool, run_tool
+from tests.support.server import ServerProcess
 
 TPU = 'runtime = "tpu"\ndevice = "tpu"\nwarmup_iters = 0'
 
 
-def gate(server, *args: str, timeout: str = "60"):
+def gate(server: ServerProcess, *args: str, timeout: str = "60") -> tuple[int, dict[str, Any], str]:
     result = run_tool(GATE, "--url", server.url, "--unit", "", "--timeout", timeout, *args)
     return result.returncode, json.loads(result.stdout.splitlines()[-1]), result.stderr
 
 
-def test_a_host_serving_each_model_on_its_device_passes(serve, artifacts) -> None:
+def test_a_host_serving_each_model_on_its_device_passes(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     server = serve(
         model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0")
         + model_table("onnx", artifacts["mlp.onnx"], 'runtime = "onnx"\nwarmup_iters = 0', "3")
@@ -30,7 +35,9 @@ def test_a_host_serving_each_model_on_its_device_passes(serve, artifacts) -> Non
     ]
 
 
-def test_a_tpu_model_serving_on_the_cpu_fails_the_host_unless_allowed(serve, artifacts) -> None:
+def test_a_tpu_model_serving_on_the_cpu_fails_the_host_unless_allowed(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     # No TPU here: with the default cpu_fallback = "unavailable" the model serves, on the CPU.
     server = serve(model_table("heavy", artifacts["mlp.pt2"], TPU))
     code, report, _ = gate(server, "--model", "heavy:1:tpu")
@@ -41,7 +48,9 @@ def test_a_tpu_model_serving_on_the_cpu_fails_the_host_unless_allowed(serve, art
     assert report["models"][0]["device"] == "cpu"
 
 
-def test_a_failing_smoke_inference_fails_the_host_naming_the_model(serve, artifacts) -> None:
+def test_a_failing_smoke_inference_fails_the_host_naming_the_model(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     server = serve(model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0"))
     wrong = json.dumps(
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [0] * 3}]}
@@ -51,14 +60,16 @@ def test_a_failing_smoke_inference_fails_the_host_naming_the_model(serve, artifa
     assert "model mlp:1: smoke inference answered 400" in report["error"], report
 
 
-def test_a_model_that_is_not_served_fails_the_host(serve, artifacts) -> None:
+def test_a_model_that_is_not_served_fails_the_host(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     server = serve(model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0"))
     code, report, _ = gate(server, "--model", "other:1:cpu")
     assert code == 1
     assert "/v2/models/other/versions/1: 404" in report["error"], report
 
 
-def test_a_host_that_never_answers_fails_when_the_gate_time_is_up(tmp_path) -> None:
+def test_a_host_that_never_answers_fails_when_the_gate_time_is_up(tmp_path: Path) -> None:
     result = run_tool(
         GATE, "--url", "http://127.0.0.1:9", "--unit", "", "--timeout", "2", "--model", "m:1:cpu"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, cast
 
 from tests.deploy.roletools import ROLLOUT, run_tool
 
@@ -28,14 +29,14 @@ class Host:
         self.config.chmod(0o640)
         self.artifact.write_bytes(b"old weights")
 
-    def tool(self, command: str, release: str = "") -> dict:
+    def tool(self, command: str, release: str = "") -> dict[str, Any]:
         args = [command, "--state", str(self.state), "--current", str(self.current)]
         if command != "restore":
             args += ["--release", release, "--file", str(self.config), "--file", str(self.dropin)]
             args += ["--artifact", str(self.artifact)]
         result = run_tool(ROLLOUT, *args)
         assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        return cast("dict[str, Any]", json.loads(result.stdout))
 
     def roll_out_new(self) -> None:
         """What a rollout changes, the way the role changes it (a new file renamed over)."""
@@ -49,7 +50,7 @@ class Host:
         link.replace(self.current)
 
 
-def test_a_failed_rollout_puts_back_release_config_unit_files_and_artifacts(tmp_path) -> None:
+def test_a_failed_rollout_puts_back_release_config_unit_files_and_artifacts(tmp_path: Path) -> None:
     host = Host(tmp_path)
     begun = host.tool("begin", release=str(tmp_path / "releases/new"))
     assert not begun["resumed"] and (host.state / "pending.json").exists()
@@ -64,7 +65,7 @@ def test_a_failed_rollout_puts_back_release_config_unit_files_and_artifacts(tmp_
     assert not (host.state / "pending.json").exists()
 
 
-def test_a_cut_off_rollout_is_found_pending_and_keeps_the_good_state(tmp_path) -> None:
+def test_a_cut_off_rollout_is_found_pending_and_keeps_the_good_state(tmp_path: Path) -> None:
     host = Host(tmp_path)
     host.tool("begin", release=str(tmp_path / "releases/new"))
     host.roll_out_new()  # ... and the controller is gone before the gate
@@ -77,7 +78,9 @@ def test_a_cut_off_rollout_is_found_pending_and_keeps_the_good_state(tmp_path) -
     assert host.artifact.read_bytes() == b"old weights"
 
 
-def test_a_passed_rollout_becomes_the_good_state_and_a_rerun_changes_nothing(tmp_path) -> None:
+def test_a_passed_rollout_becomes_the_good_state_and_a_rerun_changes_nothing(
+    tmp_path: Path,
+) -> None:
     host = Host(tmp_path)
     host.tool("begin", release=str(tmp_path / "releases/new"))
     host.roll_out_new()
@@ -93,7 +96,7 @@ def test_a_passed_rollout_becomes_the_good_state_and_a_rerun_changes_nothing(tmp
     assert host.artifact.read_bytes() == b"new weights"
 
 
-def test_there_is_nothing_to_restore_before_a_first_good_state(tmp_path) -> None:
+def test_there_is_nothing_to_restore_before_a_first_good_state(tmp_path: Path) -> None:
     host = Host(tmp_path)
     host.current.unlink()
     result = run_tool(

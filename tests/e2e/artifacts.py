@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -26,11 +27,13 @@ def export_linear(path: Path, seed: int) -> Path:
     return path
 
 
-def expected(path: Path, rows: list) -> list[float]:
+def expected(path: Path, rows: list[Any]) -> list[float]:
     """The artifact's output for `rows` (a batch, nested lists), flattened as V2 JSON carries it."""
     module = torch.export.load(str(path)).module()
     with torch.no_grad():
-        return module(torch.tensor(rows, dtype=torch.float32)).flatten().tolist()
+        return cast(
+            "list[float]", module(torch.tensor(rows, dtype=torch.float32)).flatten().tolist()
+        )
 
 
 CNN_INPUT = (3, 8, 8)
@@ -47,7 +50,7 @@ class SmallCnn(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = torch.relu(self.conv(images)).mean(dim=(2, 3))
-        return self.head(features)
+        return cast(torch.Tensor, self.head(features))
 
 
 def export_cnn(path: Path, seed: int) -> Path:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parents[2]
 # The unified (v2) one first: its cgroup.kill ends every process of a subtree at once.
@@ -307,7 +308,8 @@ def _remove_cgroup(path: Path) -> None:
                     os.kill(int(pid), signal.SIGKILL)
     subtree = [p for p in path.rglob("*") if p.is_dir()] + [path]
     for cgroup in sorted(subtree, key=lambda p: -len(p.parts)):
-        wait_until(f"{cgroup} to empty", lambda c=cgroup: _rmdir(c), 10)
+        # The default binds this loop's cgroup, which mypy cannot type in a lambda.
+        wait_until(f"{cgroup} to empty", cast("Callable[[], bool]", lambda c=cgroup: _rmdir(c)), 10)
 
 
 def _rmdir(path: Path) -> bool:

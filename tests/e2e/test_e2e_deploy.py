@@ -448,7 +448,7 @@ def test_a_rollout_cut_off_by_a_lost_controller_is_finished_by_a_rerun(
     container = deployment.container
     live = deployment.live_release()
     pending = deployment.host_file(f"/{STATE}/pending.json")
-    next_wheel = {"aegis_appliance_wheel": str(deployment.tier.next_wheel)}
+    next_wheel: dict[str, object] = {"aegis_appliance_wheel": str(deployment.tier.next_wheel)}
     with started_playbook(
         deployment.tier,
         container,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import grpc
 import numpy as np
@@ -22,6 +23,8 @@ from tests.support.server import ServerProcess, running_server
 
 TOKEN = "grpc-admin-token-0123456789"
 BEARER = {"authorization": f"Bearer {TOKEN}"}
+# What collect() queues: each answer's (result, error).
+Answers = queue.Queue[tuple[grpcclient.InferResult, InferenceServerException | None]]
 
 
 def echo_tables(path: Path) -> str:
@@ -34,7 +37,9 @@ def echo_tables(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("grpc")
     token_file = workdir / "token"
     token_file.write_text(TOKEN)
@@ -56,7 +61,7 @@ def server(tmp_path_factory, artifacts):
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess):
+def client(server: ServerProcess) -> Iterator[grpcclient.InferenceServerClient]:
     client = grpcclient.InferenceServerClient(server.grpc_address)
     yield client
     client.close()
@@ -64,10 +69,10 @@ def client(server: ServerProcess):
 
 def mlp_reference(x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return Mlp()(torch.from_numpy(x)).numpy()
+        return cast(np.ndarray, Mlp()(torch.from_numpy(x)).numpy())
 
 
-def collect(answers: queue.Queue) -> Callable[..., None]:
+def collect(answers: Answers) -> Callable[..., None]:
     """A tritonclient callback that queues (result, error)."""
 
     def callback(result: object, error: InferenceServerException | None) -> None:
@@ -82,7 +87,9 @@ def mlp_input(x: np.ndarray) -> grpcclient.InferInput:
     return tensor
 
 
-def test_health_and_server_metadata(client, server) -> None:
+def test_health_and_server_metadata(
+    client: grpcclient.InferenceServerClient, server: ServerProcess
+) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
     assert client.is_model_ready("mlp")
@@ -92,7 +99,7 @@ def test_health_and_server_metadata(client, server) -> None:
     assert "model_repository" in metadata.extensions
 
 
-def test_grpc_health_v1_reports_serving_when_ready(server) -> None:
+def test_grpc_health_v1_reports_serving_when_ready(server: ServerProcess) -> None:
     with grpc.insecure_channel(server.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService"):
@@ -103,7 +110,9 @@ def test_grpc_health_v1_reports_serving_when_ready(server) -> None:
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_model_metadata_and_config_match_http(client, server) -> None:
+def test_model_metadata_and_config_match_http(
+    client: grpcclient.InferenceServerClient, server: ServerProcess
+) -> None:
     http = httpclient.InferenceServerClient(server.address)
     try:
         for name in ("mlp", "mixed", "doubler"):
@@ -129,7 +138,7 @@ def test_model_metadata_and_config_match_http(client, server) -> None:
     assert [int(d) for d in client.get_model_metadata("doubler").inputs[0].shape] == [-1, -1]
 
 
-def test_sync_infer_matches_the_model(client) -> None:
+def test_sync_infer_matches_the_model(client: grpcclient.InferenceServerClient) -> None:
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     result = client.infer("mlp", [mlp_input(x)], request_id="r-1")
     np.testing.assert_allclose(result.as_numpy("output__0"), mlp_reference(x), rtol=1e-5)
@@ -137,19 +146,19 @@ def test_sync_infer_matches_the_model(client) -> None:
     assert result.get_response().model_version == "1"
 
 
-def test_async_infer_answers_through_the_callback(client) -> None:
+def test_async_infer_answers_through_the_callback(client: grpcclient.InferenceServerClient) -> None:
     x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
-    answers: queue.Queue = queue.Queue()
+    answers: Answers = queue.Queue()
     client.async_infer("mlp", [mlp_input(x)], collect(answers))
     result, error = answers.get(timeout=30)
     assert error is None
     np.testing.assert_allclose(result.as_numpy("output__0"), mlp_reference(x), rtol=1e-5)
 
 
-def test_stream_answers_every_request_by_id(client) -> None:
+def test_stream_answers_every_request_by_id(client: grpcclient.InferenceServerClient) -> None:
     rng = np.random.default_rng(2)
     inputs = {f"s{i}": rng.standard_normal((1, 8)).astype(np.float32) for i in range(20)}
-    answers: queue.Queue = queue.Queue()
+    answers: Answers = queue.Queue()
     client.start_stream(collect(answers))
     try:
         for request_id, x in inputs.items():
@@ -166,14 +175,17 @@ def test_stream_answers_every_request_by_id(client) -> None:
         np.testing.assert_allclose(got[request_id], mlp_reference(x), rtol=1e-5)
 
 
-def test_a_bad_request_in_a_stream_gets_its_error_and_the_stream_goes_on(client) -> None:
-    answers: queue.Queue = queue.Queue()
+def test_a_bad_request_in_a_stream_gets_its_error_and_the_stream_goes_on(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    answers: Answers = queue.Queue()
     client.start_stream(collect(answers))
     try:
         bad = grpcclient.InferInput("nope", [1, 8], "FP32")
         bad.set_data_from_numpy(np.zeros((1, 8), np.float32))
         client.async_stream_infer("mlp", [bad], request_id="bad")
         _, error = answers.get(timeout=30)
+        assert error is not None
         assert "has no input 'nope'" in error.message()
         x = np.ones((1, 8), np.float32)
         client.async_stream_infer("mlp", [mlp_input(x)], request_id="good")
@@ -183,7 +195,7 @@ def test_a_bad_request_in_a_stream_gets_its_error_and_the_stream_goes_on(client)
         client.stop_stream()
 
 
-def test_multi_input_multi_output_model(client) -> None:
+def test_multi_input_multi_output_model(client: grpcclient.InferenceServerClient) -> None:
     a = np.arange(8, dtype=np.float32).reshape(2, 4)
     b = np.arange(6, dtype=np.int64).reshape(2, 3)
     c = np.array([[True, False], [False, True]])
@@ -221,7 +233,7 @@ def echo_values(datatype: str) -> np.ndarray:
     return np.array(values, dtype=dtype).reshape(2, 3)
 
 
-def test_every_datatype_round_trips_raw(client) -> None:
+def test_every_datatype_round_trips_raw(client: grpcclient.InferenceServerClient) -> None:
     inputs = []
     for datatype in ECHO_DATATYPES:
         tensor = grpcclient.InferInput(f"in_{datatype}", [2, 3], datatype)
@@ -246,7 +258,7 @@ def test_every_datatype_round_trips_raw(client) -> None:
         np.testing.assert_array_equal(got, expected, err_msg=datatype)
 
 
-def test_bytes_tensors_round_trip_raw(client) -> None:
+def test_bytes_tensors_round_trip_raw(client: grpcclient.InferenceServerClient) -> None:
     values = np.array([[b"hello"], [b""], ["\u00e9t\u00e9".encode()]], dtype=np.object_)
     tensor = grpcclient.InferInput("s", [3, 1], "BYTES")
     tensor.set_data_from_numpy(values)
@@ -258,7 +270,7 @@ def typed_request(model: str) -> service_pb2.ModelInferRequest:
     return service_pb2.ModelInferRequest(model_name=model)
 
 
-def test_typed_contents_are_read_and_answered_typed(server) -> None:
+def test_typed_contents_are_read_and_answered_typed(server: ServerProcess) -> None:
     """KServe's clients send typed `contents`; the reply then is typed too."""
     request = typed_request("mixed")
     a = request.inputs.add(name="a", datatype="FP32", shape=[1, 4])
@@ -306,7 +318,9 @@ def test_typed_contents_are_read_and_answered_typed(server) -> None:
         )
 
 
-def test_named_dimension_is_padded_and_sliced_back(client) -> None:
+def test_named_dimension_is_padded_and_sliced_back(
+    client: grpcclient.InferenceServerClient,
+) -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)  # seq = 3, padded to the bucket of 4
     tensor = grpcclient.InferInput("x", [2, 3], "FP32")
     tensor.set_data_from_numpy(x)
@@ -319,7 +333,9 @@ def test_named_dimension_is_padded_and_sliced_back(client) -> None:
     assert "past the largest bucket of 'seq' (8)" in raised.value.message()
 
 
-def test_inference_statistics_count_what_was_served(client) -> None:
+def test_inference_statistics_count_what_was_served(
+    client: grpcclient.InferenceServerClient,
+) -> None:
     before = client.get_inference_statistics("mlp").model_stats[0]
     x = np.ones((4, 8), np.float32)
     client.infer("mlp", [mlp_input(x)])
@@ -337,7 +353,8 @@ def test_inference_statistics_count_what_was_served(client) -> None:
     assert raised.value.status() == "StatusCode.NOT_FOUND"
 
 
-def test_repository_rpcs_need_the_bearer_token(client) -> None:
+def test_repository_rpcs_need_the_bearer_token(client: grpcclient.InferenceServerClient) -> None:
+    call: Callable[[dict[str, str] | None], object]
     for call in (
         lambda headers: client.get_model_repository_index(headers=headers),
         lambda headers: client.unload_model("strings", headers=headers),
@@ -358,7 +375,9 @@ def test_repository_rpcs_need_the_bearer_token(client) -> None:
     assert client.is_model_ready("strings")
 
 
-def test_classification_answers_as_over_http(client, server) -> None:
+def test_classification_answers_as_over_http(
+    client: grpcclient.InferenceServerClient, server: ServerProcess
+) -> None:
     x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
     over_grpc = client.infer(
         "mlp", [mlp_input(x)], outputs=[grpcclient.InferRequestedOutput("output__0", class_count=2)]

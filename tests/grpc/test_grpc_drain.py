@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import queue
 import signal
+from pathlib import Path
 
 import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.conftest import ServerFactory
 from tests.rest.test_overload import rounds_for, slow_model
 
 
-def test_sigterm_drains_calls_in_flight(serve, artifacts) -> None:
+def test_sigterm_drains_calls_in_flight(serve: ServerFactory, artifacts: dict[str, Path]) -> None:
     server = serve(
         slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]),
         "unready_window_s = 1.0",  # of shutdown_grace_s = 5: about 3 s to drain
     )
     rounds = rounds_for(1.5, server)
     client = grpcclient.InferenceServerClient(server.grpc_address)
-    answers: queue.Queue = queue.Queue()
+    answers: queue.Queue[tuple[grpcclient.InferResult, object]] = queue.Queue()
     x = grpcclient.InferInput("x", [1, 1], "FP32")
     x.set_data_from_numpy(np.array([[rounds]], np.float32))
     client.async_infer("slow", [x], lambda result, error: answers.put((result, error)))

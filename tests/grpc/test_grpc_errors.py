@@ -6,7 +6,10 @@ from __future__ import annotations
 import queue
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import TypeAlias
 
 import numpy as np
 import pytest
@@ -29,9 +32,16 @@ CODES = {
     "504": "StatusCode.DEADLINE_EXCEEDED",
 }
 
+Client: TypeAlias = grpcclient.InferenceServerClient | httpclient.InferenceServerClient
+Clients = tuple[grpcclient.InferenceServerClient, httpclient.InferenceServerClient]
+# What collect_by_id() queues: (request id, (result, error)).
+Answers = queue.Queue[tuple[str, tuple[grpcclient.InferResult, InferenceServerException | None]]]
+
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("grpc-errors")
     models = (
         model_table("mlp", artifacts["mlp.pt2"], "max_batch_size = 4")
@@ -46,7 +56,7 @@ def server(tmp_path_factory, artifacts):
 
 
 @pytest.fixture(scope="module")
-def clients(server: ServerProcess):
+def clients(server: ServerProcess) -> Iterator[Clients]:
     grpc_client = grpcclient.InferenceServerClient(server.grpc_address)
     http_client = httpclient.InferenceServerClient(server.address, network_timeout=60)
     yield grpc_client, http_client
@@ -54,7 +64,9 @@ def clients(server: ServerProcess):
     http_client.close()
 
 
-def tensor(module, name: str, array: np.ndarray, datatype: str):
+def tensor(
+    module: ModuleType, name: str, array: np.ndarray, datatype: str
+) -> grpcclient.InferInput | httpclient.InferInput:
     built = module.InferInput(name, list(array.shape), datatype)
     built.set_data_from_numpy(array, **({} if module is grpcclient else {"binary_data": True}))
     return built
@@ -66,7 +78,8 @@ def x8(rows: int = 1, dtype: type = np.float32) -> np.ndarray:
 
 # Each case: model, version, inputs as (name, array, datatype), requested outputs, and the
 # infer call's other arguments.
-BAD: dict[str, tuple] = {
+Case = tuple[str, str, list[tuple[str, np.ndarray, str]], list[str] | None, dict[str, object]]
+BAD: dict[str, Case] = {
     "unknown model": ("nope", "", [("x", x8(), "FP32")], None, {}),
     "unknown version": ("mlp", "9", [("x", x8(), "FP32")], None, {}),
     "wrong datatype": ("mlp", "", [("x", x8(1, np.int32), "INT32")], None, {}),
@@ -80,7 +93,7 @@ BAD: dict[str, tuple] = {
 }
 
 
-def send(module, client, case: tuple) -> InferenceServerException:
+def send(module: ModuleType, client: Client, case: Case) -> InferenceServerException:
     model, version, inputs, outputs, extra = case
     built = [tensor(module, name, array, datatype) for name, array, datatype in inputs]
     wanted = None if outputs is None else [module.InferRequestedOutput(o) for o in outputs]
@@ -90,7 +103,7 @@ def send(module, client, case: tuple) -> InferenceServerException:
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_requests_get_the_status_and_message_http_gives(clients, case: str) -> None:
+def test_bad_requests_get_the_status_and_message_http_gives(clients: Clients, case: str) -> None:
     grpc_client, http_client = clients
     over_grpc = send(grpcclient, grpc_client, BAD[case])
     over_http = send(httpclient, http_client, BAD[case])
@@ -99,7 +112,7 @@ def test_bad_requests_get_the_status_and_message_http_gives(clients, case: str) 
     assert over_grpc.message()  # says what and why
 
 
-def test_a_message_over_the_limit_is_resource_exhausted(clients) -> None:
+def test_a_message_over_the_limit_is_resource_exhausted(clients: Clients) -> None:
     grpc_client, _ = clients
     big = tensor(grpcclient, "x", np.ones((4096, 8), np.float32), "FP32")  # 128 KiB > 64 KiB
     with pytest.raises(InferenceServerException) as raised:
@@ -107,7 +120,7 @@ def test_a_message_over_the_limit_is_resource_exhausted(clients) -> None:
     assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
 
 
-def test_repository_rpcs_are_off_without_a_token_file(clients) -> None:
+def test_repository_rpcs_are_off_without_a_token_file(clients: Clients) -> None:
     grpc_client, _ = clients
     with pytest.raises(InferenceServerException) as raised:
         grpc_client.get_model_repository_index()
@@ -115,11 +128,12 @@ def test_repository_rpcs_are_off_without_a_token_file(clients) -> None:
     assert "set server.admin_token_file" in raised.value.message()
 
 
-def test_concurrent_mix_of_good_and_bad_requests_answers_every_one(clients) -> None:
+def test_concurrent_mix_of_good_and_bad_requests_answers_every_one(clients: Clients) -> None:
     grpc_client, _ = clients
     rng = np.random.default_rng(5)
-    answers: queue.Queue = queue.Queue()
+    answers: Answers = queue.Queue()
     sent: dict[str, np.ndarray | None] = {}
+    x: np.ndarray | None
     for index in range(100):
         request_id = f"m{index}"
         if index % 3 == 0:
@@ -145,7 +159,7 @@ def test_concurrent_mix_of_good_and_bad_requests_answers_every_one(clients) -> N
             np.testing.assert_allclose(result.as_numpy("output__0"), want, rtol=1e-5)
 
 
-def collect_by_id(answers: queue.Queue, request_id: str) -> Callable[..., None]:
+def collect_by_id(answers: Answers, request_id: str) -> Callable[..., None]:
     def callback(result: object, error: InferenceServerException | None) -> None:
         answers.put((request_id, (result, error)))
 
@@ -177,7 +191,7 @@ CANCELLED = (
 )
 
 
-def test_a_1ms_deadline_is_deadline_exceeded(clients, server) -> None:
+def test_a_1ms_deadline_is_deadline_exceeded(clients: Clients, server: ServerProcess) -> None:
     grpc_client, _ = clients
     rounds = rounds_for(1.0, server)
     with pytest.raises(InferenceServerException) as raised:
@@ -185,12 +199,14 @@ def test_a_1ms_deadline_is_deadline_exceeded(clients, server) -> None:
     assert raised.value.status() == "StatusCode.DEADLINE_EXCEEDED"
 
 
-def test_the_timeout_parameter_is_the_servers_deadline(clients, server) -> None:
+def test_the_timeout_parameter_is_the_servers_deadline(
+    clients: Clients, server: ServerProcess
+) -> None:
     """A request still queued when its `timeout` passes gets HTTP's 504 message, as
     DEADLINE_EXCEEDED."""
     grpc_client, _ = clients
     rounds = rounds_for(1.0, server)
-    answers: queue.Queue = queue.Queue()
+    answers: Answers = queue.Queue()
     for request_id in ("busy", "next"):
         grpc_client.async_infer("slow", [slow_input(rounds)], collect_by_id(answers, request_id))
     wait_for(lambda: metric(server, DEPTH) == 1, 30, "one running, one queued")
@@ -204,7 +220,7 @@ def test_the_timeout_parameter_is_the_servers_deadline(clients, server) -> None:
         assert error is None
 
 
-def test_a_cancelled_stream_leaves_nothing_queued(clients, server) -> None:
+def test_a_cancelled_stream_leaves_nothing_queued(clients: Clients, server: ServerProcess) -> None:
     grpc_client, _ = clients
     rounds = rounds_for(3.0, server)
     batches = metric(server, BATCHES)

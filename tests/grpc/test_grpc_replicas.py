@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from tests.conftest import ServerFactory
 from tests.support.config import model_table, server_config
 from tests.support.http import get_text
 from tests.support.models import mlp_pt2
@@ -20,7 +21,7 @@ SERVED = re.compile(
 )
 
 
-def test_each_replica_serves_grpc_on_the_shared_port(serve, tmp_path: Path) -> None:
+def test_each_replica_serves_grpc_on_the_shared_port(serve: ServerFactory, tmp_path: Path) -> None:
     model = mlp_pt2(tmp_path / "m.pt2")
     server = serve(model_table("m", model, "max_batch_size = 8"), "replicas = 2")
     x = grpcclient.InferInput("x", [1, 8], "FP32")
@@ -40,7 +41,9 @@ def test_each_replica_serves_grpc_on_the_shared_port(serve, tmp_path: Path) -> N
     assert sum(served.values()) == 32
 
 
-def test_a_grpc_port_held_by_another_server_fails_the_start(serve, tmp_path: Path) -> None:
+def test_a_grpc_port_held_by_another_server_fails_the_start(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
     model = mlp_pt2(tmp_path / "m.pt2")
     first = serve(model_table("m", model))
     config = tmp_path / "second.toml"

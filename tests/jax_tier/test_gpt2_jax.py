@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -20,13 +21,16 @@ from tests.jax_tier.test_jax_serving import CPU, config_toml, scrape
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
 
+if TYPE_CHECKING:
+    from tests.support.zoo import Tolerance
+
 pytestmark = pytest.mark.jax
 
 BATCHES = (1, 2, 4)
 LENGTHS = (4, 8, 16)
 WIDTH = 32
 VOCAB = 100
-TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+TOLERANCE: Tolerance = {"rtol": 1e-4, "atol": 1e-5}
 
 
 class LastHidden(torch.nn.Module):

@@ -8,6 +8,7 @@ import json
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -45,9 +46,9 @@ def config_toml(workdir: Path, models: str) -> str:
     )
 
 
-def get_json(server: ServerProcess, path: str) -> dict:
+def get_json(server: ServerProcess, path: str) -> dict[str, Any]:
     with urllib.request.urlopen(server.url + path, timeout=30) as response:
-        return json.load(response)
+        return cast("dict[str, Any]", json.load(response))
 
 
 def scrape(server: ServerProcess) -> Callable[..., float]:
@@ -70,7 +71,7 @@ def scrape(server: ServerProcess) -> Callable[..., float]:
     return value
 
 
-def log_events(server: ServerProcess, event: str) -> list[dict]:
+def log_events(server: ServerProcess, event: str) -> list[dict[str, Any]]:
     entries = []
     for line in server.log().splitlines():
         if line.startswith("{"):

@@ -18,13 +18,13 @@ from appliance.repository import warmup_shapes
 from tests.jax_tier.test_jax_serving import CPU, config_toml, scrape
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
-from tests.support.zoo import ZOO, model_toml
+from tests.support.zoo import ZOO, Tolerance, model_toml
 
 pytestmark = pytest.mark.jax
 
 BUCKETS = (1, 2, 4)
 # torchax lowers the aten graph to other XLA ops than eager torch runs: float sums in another order.
-TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+TOLERANCE: Tolerance = {"rtol": 1e-4, "atol": 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def zoo_server(tmp_path_factory: pytest.TempPathFactory, zoo: dict[str, Path]) -> Iterator:
+def zoo_server(
+    tmp_path_factory: pytest.TempPathFactory, zoo: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("zoo-jax")
     models = "".join(
         model_toml(
@@ -70,6 +72,7 @@ def test_the_zoo_serves_through_jax_matches_torch_and_compiles_nothing_after_war
     references = {name: ZOO[name].exported_reference(zoo[name]) for name in ZOO}
     for (name, inputs), (status, outputs) in zip(requests, replies, strict=True):
         assert status == 200, (name, outputs)
+        assert isinstance(outputs, dict)
         for output, want in references[name](inputs).items():
             np.testing.assert_allclose(
                 outputs[output], want, **TOLERANCE, err_msg=f"{name} {output}"

@@ -8,7 +8,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -72,7 +72,7 @@ def validate(manifests: dict[str, str], kube_version: str) -> list[dict[str, str
         timeout=TIMEOUT_S,
         check=True,
     )
-    return json.loads(done.stdout)
+    return cast("list[dict[str, str]]", json.loads(done.stdout))
 
 
 def lint() -> dict[str, Any]:
@@ -83,7 +83,7 @@ def lint() -> dict[str, Any]:
         timeout=TIMEOUT_S,
         check=True,
     )
-    return json.loads(done.stdout)
+    return cast("dict[str, Any]", json.loads(done.stdout))
 
 
 def ci_values(name: str) -> dict[str, Any]:

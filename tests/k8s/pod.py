@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -64,7 +64,7 @@ def playable(found: list[dict[str, Any]], with_claim: bool) -> str:
                 get = container[probe]["httpGet"]
                 get["port"] = numbers[get["port"]]
         documents.append(item)
-    return yaml.safe_dump_all(documents)
+    return cast(str, yaml.safe_dump_all(documents))
 
 
 @dataclass

@@ -7,7 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import tomllib
@@ -47,7 +47,7 @@ CUSTOM_KINDS = {"PodMonitoring", "ServiceMonitor"}
 def container(found: list[dict[str, Any]]) -> dict[str, Any]:
     pod = find(found, "Deployment")["spec"]["template"]["spec"]
     (only,) = pod["containers"]
-    return only
+    return cast("dict[str, Any]", only)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -7,10 +7,12 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
+from tests.conftest import ServerFactory
 from tests.lifecycle.test_reload import admin, expected, infer, replace_model, token_file
 from tests.lifecycle.test_replicas import Load, events, run_load, scrape, wait_for
 from tests.support.config import model_table
@@ -29,7 +31,7 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
-def answered_by(server: ServerProcess) -> list[dict]:
+def answered_by(server: ServerProcess) -> list[dict[str, Any]]:
     return [event for event in events(server, "infer") if event.get("status") == 200]
 
 
@@ -40,7 +42,7 @@ def sample(text: str, name: str, label: str, index: int) -> float:
 
 
 def test_both_front_ends_answer_and_one_engine_batch_holds_requests_from_both(
-    serve, model_file: Path
+    serve: ServerFactory, model_file: Path
 ) -> None:
     server = serve(
         model_table("m", model_file, "max_batch_size = 32\nmax_queue_delay_ms = 20"),
@@ -48,7 +50,7 @@ def test_both_front_ends_answer_and_one_engine_batch_holds_requests_from_both(
     )
     assert len(pids(server, "frontend")) == 2 and len(pids(server, "replica")) == 1
     clients = [Load(server, limit_count=100) for _ in range(6)]
-    run_load(clients, lambda: [client.join(120) for client in clients], settle_s=0)
+    run_load(clients, lambda: [cast(object, client.join(120)) for client in clients], settle_s=0)
     assert {status for client in clients for _, status, _ in client.results} == {200}
     wait_for(lambda: len(answered_by(server)) >= 600, 10, "access lines")
     # Each access line names the engine batch its request rode in.
@@ -69,7 +71,7 @@ def test_both_front_ends_answer_and_one_engine_batch_holds_requests_from_both(
 
 
 def test_a_killed_engine_answers_what_it_held_with_503_and_serves_again(
-    serve, model_file: Path
+    serve: ServerFactory, model_file: Path
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "frontends = 2")
     engine = pids(server, "replica")[0]
@@ -102,7 +104,7 @@ def test_a_killed_engine_answers_what_it_held_with_503_and_serves_again(
 
 
 def test_a_killed_front_end_loses_at_most_its_connections_and_is_restarted(
-    serve, model_file: Path
+    serve: ServerFactory, model_file: Path
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "frontends = 2")
     victim = pids(server, "frontend")[1]
@@ -138,7 +140,7 @@ def test_a_killed_front_end_loses_at_most_its_connections_and_is_restarted(
 
 
 def test_reload_and_admin_changes_reach_the_engine_and_lose_nothing_under_load(
-    serve, model_file: Path, tmp_path: Path
+    serve: ServerFactory, model_file: Path, tmp_path: Path
 ) -> None:
     server = serve(
         model_table("m", model_file, "max_batch_size = 8"),
@@ -165,7 +167,7 @@ def test_reload_and_admin_changes_reach_the_engine_and_lose_nothing_under_load(
 
 
 def test_sigterm_stops_front_ends_then_engines_leaving_no_process_or_shared_memory(
-    serve, model_file: Path
+    serve: ServerFactory, model_file: Path
 ) -> None:
     shm_before = set(os.listdir("/dev/shm"))
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "frontends = 2")

@@ -9,18 +9,21 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import ServerFactory
 from tests.support.config import model_table
 from tests.support.models import Mlp, mlp_pt2
+from tests.support.server import ServerProcess
 
 TOKEN = "s3cret-token-for-tests-only"
 
 
-def infer(server, x: np.ndarray, model: str = "m") -> tuple[int, dict]:
+def infer(server: ServerProcess, x: np.ndarray, model: str = "m") -> tuple[int, dict[str, Any]]:
     body = json.dumps(
         {
             "inputs": [
@@ -42,7 +45,7 @@ def infer(server, x: np.ndarray, model: str = "m") -> tuple[int, dict]:
         connection.close()
 
 
-def admin(server, path: str, token: str | None = TOKEN) -> tuple[int, object]:
+def admin(server: ServerProcess, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
     connection = http.client.HTTPConnection(server.host, server.port, timeout=120)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -55,7 +58,7 @@ def admin(server, path: str, token: str | None = TOKEN) -> tuple[int, object]:
 
 def expected(x: np.ndarray, seed: int) -> np.ndarray:
     with torch.no_grad():
-        return Mlp(seed=seed)(torch.from_numpy(x)).numpy()
+        return cast(np.ndarray, Mlp(seed=seed)(torch.from_numpy(x)).numpy())
 
 
 def replace_model(path: Path, seed: int) -> None:
@@ -67,11 +70,13 @@ def replace_model(path: Path, seed: int) -> None:
 class Client(threading.Thread):
     """Sends requests back to back, bounded in count and time, and records every answer."""
 
-    def __init__(self, server, x: np.ndarray, limit_s: float = 90, limit_count: int = 20000):
+    def __init__(
+        self, server: ServerProcess, x: np.ndarray, limit_s: float = 90, limit_count: int = 20000
+    ) -> None:
         super().__init__(daemon=True)
         self.server, self.x = server, x
         self.limit_s, self.limit_count = limit_s, limit_count
-        self.results: list[tuple[int, list[float]]] = []
+        self.results: list[tuple[int, list[Any]]] = []  # (status, outputs' data or [error])
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -103,7 +108,9 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_sighup_swaps_a_changed_model_without_failed_requests(serve, model_file: Path) -> None:
+def test_sighup_swaps_a_changed_model_without_failed_requests(
+    serve: ServerFactory, model_file: Path
+) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"))
     x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
     client = Client(server, x)
@@ -128,7 +135,7 @@ def test_sighup_swaps_a_changed_model_without_failed_requests(serve, model_file:
     assert kinds[0] == "old" and kinds[-1] == "new"
 
 
-def test_failed_reload_keeps_the_serving_version(serve, model_file: Path) -> None:
+def test_failed_reload_keeps_the_serving_version(serve: ServerFactory, model_file: Path) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"))
     x = np.ones((1, 8), dtype=np.float32)
     model_file.write_bytes(b"not a model")
@@ -148,7 +155,9 @@ def token_file(tmp_path: Path, mode: int = 0o600) -> Path:
     return path
 
 
-def test_repository_endpoints_need_the_token(serve, model_file: Path, tmp_path: Path) -> None:
+def test_repository_endpoints_need_the_token(
+    serve: ServerFactory, model_file: Path, tmp_path: Path
+) -> None:
     server = serve(
         model_table("m", model_file, "max_batch_size = 8"),
         f'admin_token_file = "{token_file(tmp_path)}"',
@@ -160,7 +169,9 @@ def test_repository_endpoints_need_the_token(serve, model_file: Path, tmp_path: 
     assert index == [{"name": "m", "version": "1", "state": "READY"}]
 
 
-def test_unload_then_load_through_the_admin_api(serve, model_file: Path, tmp_path: Path) -> None:
+def test_unload_then_load_through_the_admin_api(
+    serve: ServerFactory, model_file: Path, tmp_path: Path
+) -> None:
     server = serve(
         model_table("m", model_file, "max_batch_size = 8"),
         f'admin_token_file = "{token_file(tmp_path)}"',
@@ -177,7 +188,7 @@ def test_unload_then_load_through_the_admin_api(serve, model_file: Path, tmp_pat
 
 
 def test_a_failed_admin_load_says_whether_a_version_still_serves(
-    serve, model_file: Path, tmp_path: Path
+    serve: ServerFactory, model_file: Path, tmp_path: Path
 ) -> None:
     server = serve(
         model_table("m", model_file, "max_batch_size = 8"),
@@ -185,16 +196,18 @@ def test_a_failed_admin_load_says_whether_a_version_still_serves(
     )
     model_file.write_bytes(b"not a model")
     status, body = admin(server, "/v2/repository/models/m/load")
-    assert status == 500 and "the serving version stays" in body["error"], body  # type: ignore[index]
+    assert status == 500 and "the serving version stays" in body["error"], body
     assert infer(server, np.ones((1, 8), dtype=np.float32))[0] == 200
     assert admin(server, "/v2/repository/models/m/unload") == (200, {})
     status, body = admin(server, "/v2/repository/models/m/load")
-    message = body["error"]  # type: ignore[index]
+    message = body["error"]
     assert status == 500 and "version '1' is not serving" in message, body
     assert "stays" not in message
 
 
-def test_admin_endpoints_are_off_without_a_token_file(serve, model_file: Path) -> None:
+def test_admin_endpoints_are_off_without_a_token_file(
+    serve: ServerFactory, model_file: Path
+) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"))
     status, body = admin(server, "/v2/repository/index")
     assert status == 403 and "admin_token_file" in body["error"]

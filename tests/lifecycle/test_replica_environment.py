@@ -26,7 +26,7 @@ def environment(pid: int) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("chips", [4, 8])
-def test_each_replica_owns_one_chip(tmp_path: Path, artifacts, chips: int) -> None:
+def test_each_replica_owns_one_chip(tmp_path: Path, artifacts: dict[str, Path], chips: int) -> None:
     config = tmp_path / "aegis.toml"
     config.write_text(
         textwrap.dedent(

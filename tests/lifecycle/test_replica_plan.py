@@ -8,7 +8,7 @@ import pytest
 import tomllib
 
 from appliance.chips import tpu_chips
-from appliance.config import ConfigError, parse_config
+from appliance.config import AppConfig, ConfigError, parse_config
 from appliance.lifecycle.replicas import (
     frontend_count,
     plan_frontends,
@@ -38,7 +38,7 @@ def tpu_host(root: Path, chips: int, device: str = "0x0063") -> Path:
     return pci_tree(root, devices)
 
 
-def config(server: str = "", models: str = TPU_MODEL):
+def config(server: str = "", models: str = TPU_MODEL) -> AppConfig:
     return parse_config(tomllib.loads(f"[server]\n{server}\n{models}"))
 
 

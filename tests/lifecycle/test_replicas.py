@@ -10,11 +10,14 @@ import signal
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
+from tests.conftest import ServerFactory
 from tests.lifecycle.test_reload import admin, expected, infer, replace_model, token_file
 from tests.lifecycle.test_startup_notify import NotifySocket
 from tests.support.config import model_table, server_config
@@ -25,7 +28,7 @@ X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
 
 
 @pytest.fixture
-def systemd(tmp_path: Path):
+def systemd(tmp_path: Path) -> Iterator[NotifySocket]:
     listener = NotifySocket(tmp_path / "notify.sock")
     listener.start()
     yield listener
@@ -40,7 +43,7 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
-def events(server: ServerProcess, name: str) -> list[dict]:
+def events(server: ServerProcess, name: str) -> list[dict[str, Any]]:
     found = []
     for line in server.log().splitlines():
         if f'"{name}"' in line:
@@ -58,7 +61,7 @@ def replica_pids(server: ServerProcess) -> dict[int, int]:
     return {event["replica"]: event["pid"] for event in events(server, "replica_started")}
 
 
-def wait_for(condition, timeout_s: float, what: str) -> None:
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if condition():
@@ -69,7 +72,7 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
 
 def scrape(server: ServerProcess) -> str:
     with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
-        return response.read().decode()
+        return cast(str, response.read().decode())
 
 
 def served_counts(server: ServerProcess, total: int) -> dict[str, float]:
@@ -124,7 +127,7 @@ class Load(threading.Thread):
             self.results.append((time.monotonic(), status, data))
 
 
-def run_load(clients: list[Load], action, settle_s: float = 0.5) -> None:
+def run_load(clients: list[Load], action: Callable[[], object], settle_s: float = 0.5) -> None:
     for client in clients:
         client.start()
     try:
@@ -139,12 +142,13 @@ def run_load(clients: list[Load], action, settle_s: float = 0.5) -> None:
 
 @pytest.mark.parametrize("replicas", [2, 3])
 def test_fresh_connections_reach_every_replica_and_one_scrape_counts_them_all(
-    serve, model_file: Path, replicas: int
+    serve: ServerFactory, model_file: Path, replicas: int
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), f"replicas = {replicas}")
     assert len(replica_pids(server)) == replicas
     clients = [Load(server, limit_count=40) for _ in range(4)]
-    run_load(clients, lambda: [client.join(120) for client in clients], settle_s=0)
+    # cast: mypy refuses to use join()'s None, which this list only collects to join them all.
+    run_load(clients, lambda: [cast(object, client.join(120)) for client in clients], settle_s=0)
     statuses = [status for client in clients for _, status, _ in client.results]
     assert statuses == [200] * 160
     counts = served_counts(server, 160)
@@ -153,7 +157,9 @@ def test_fresh_connections_reach_every_replica_and_one_scrape_counts_them_all(
     assert all(count > 0 for count in counts.values()), counts
 
 
-def test_keep_alive_connections_opened_at_once_are_spread(serve, model_file: Path) -> None:
+def test_keep_alive_connections_opened_at_once_are_spread(
+    serve: ServerFactory, model_file: Path
+) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
     connections = 32
     barrier = threading.Barrier(connections, timeout=30)
@@ -189,7 +195,7 @@ def test_keep_alive_connections_opened_at_once_are_spread(serve, model_file: Pat
 
 
 def test_a_killed_replica_loses_at_most_its_requests_and_serves_again(
-    serve, model_file: Path
+    serve: ServerFactory, model_file: Path
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
     victim = replica_pids(server)[1]
@@ -228,7 +234,9 @@ def test_a_killed_replica_loses_at_most_its_requests_and_serves_again(
     assert server.status("/v2/health/ready") == 200
 
 
-def test_sighup_rolls_a_reload_through_the_replicas_under_load(serve, model_file: Path) -> None:
+def test_sighup_rolls_a_reload_through_the_replicas_under_load(
+    serve: ServerFactory, model_file: Path
+) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
     clients = [Load(server) for _ in range(3)]
 
@@ -250,7 +258,9 @@ def test_sighup_rolls_a_reload_through_the_replicas_under_load(serve, model_file
         np.testing.assert_allclose(body["outputs"][0]["data"], new, atol=1e-5)
 
 
-def test_admin_unload_and_load_reach_every_replica(serve, model_file: Path, tmp_path: Path) -> None:
+def test_admin_unload_and_load_reach_every_replica(
+    serve: ServerFactory, model_file: Path, tmp_path: Path
+) -> None:
     server = serve(
         model_table("m", model_file, "max_batch_size = 8"),
         f'replicas = 3\nadmin_token_file = "{token_file(tmp_path)}"',
@@ -267,7 +277,9 @@ def test_admin_unload_and_load_reach_every_replica(serve, model_file: Path, tmp_
     assert status == 404 and "other" in body["error"]
 
 
-def test_sigterm_stops_every_replica_and_leaves_no_process(serve, model_file: Path) -> None:
+def test_sigterm_stops_every_replica_and_leaves_no_process(
+    serve: ServerFactory, model_file: Path
+) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 3")
     pids = list(replica_pids(server).values())
     assert len(pids) == 3 and all(Path(f"/proc/{pid}").exists() for pid in pids)
@@ -277,7 +289,7 @@ def test_sigterm_stops_every_replica_and_leaves_no_process(serve, model_file: Pa
 
 
 def test_systemd_hears_ready_once_when_every_replica_is_warm(
-    tmp_path: Path, artifacts, systemd: NotifySocket
+    tmp_path: Path, artifacts: dict[str, Path], systemd: NotifySocket
 ) -> None:
     config = tmp_path / "aegis.toml"
     config.write_text(
@@ -308,7 +320,7 @@ def test_systemd_hears_ready_once_when_every_replica_is_warm(
 
 
 def test_a_replica_that_keeps_failing_is_reported_while_the_others_serve(
-    serve, model_file: Path
+    serve: ServerFactory, model_file: Path
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
     pids = replica_pids(server)

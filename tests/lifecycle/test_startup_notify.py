@@ -6,12 +6,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.config import model_table, server_config
-from tests.support.server import start_server
+from tests.support.server import ServerProcess, start_server
 
 
 class NotifySocket(threading.Thread):
@@ -22,7 +23,7 @@ class NotifySocket(threading.Thread):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
-        self.server = None
+        self.server: ServerProcess | None = None
         self.messages: list[tuple[str, int | None]] = []
         self.done = threading.Event()
 
@@ -44,7 +45,7 @@ class NotifySocket(threading.Thread):
 
 
 @pytest.fixture
-def notify_socket(tmp_path: Path):
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     listener = NotifySocket(tmp_path / "notify.sock")
     listener.start()
     yield listener
@@ -52,7 +53,7 @@ def notify_socket(tmp_path: Path):
 
 
 def test_ready_is_sent_only_when_warm_and_stopping_on_sigterm(
-    tmp_path: Path, artifacts, notify_socket: NotifySocket
+    tmp_path: Path, artifacts: dict[str, Path], notify_socket: NotifySocket
 ) -> None:
     config = tmp_path / "aegis.toml"
     config.write_text(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support.http import Reply, call
+from tests.support.http import Reply
+from tests.support.http import call as call  # the reliability tests take it from here
 from tests.support.server import ServerProcess
 
 # One torch thread per server: with two, a matmul on two shared cores stalls whenever the other
@@ -17,14 +19,14 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 LEAK_MARKERS = ("/tmp", "/work", "/home", "/opt", "/var", "/etc", "Traceback", 'File "')
 
 
-def json_infer(name: str, datatype: str, shape: list[int], data: list) -> bytes:
+def json_infer(name: str, datatype: str, shape: list[int], data: Sequence[object]) -> bytes:
     """A JSON infer body with one input."""
     return json.dumps(
         {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}
     ).encode()
 
 
-def binary_body(document: dict, *tensors: bytes) -> tuple[bytes, dict[str, str]]:
+def binary_body(document: Mapping[str, object], *tensors: bytes) -> tuple[bytes, dict[str, str]]:
     """A binary-extension body and its Inference-Header-Content-Length header."""
     header = json.dumps(document).encode()
     return header + b"".join(tensors), {"Inference-Header-Content-Length": str(len(header))}

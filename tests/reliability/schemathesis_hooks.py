@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 from urllib.parse import unquote
 
 import schemathesis
@@ -25,7 +26,7 @@ def _record(response: Response, note: str) -> None:
             log.write(f"{response.status_code} {note}\n")
 
 
-def _requested_timeout_s(case: Case) -> float | None:
+def _requested_timeout_s(case: Case[Any]) -> float | None:
     body = case.body if isinstance(case.body, dict) else {}
     parameters = body.get("parameters")
     timeout = parameters.get("timeout") if isinstance(parameters, dict) else None
@@ -36,7 +37,7 @@ def _requested_timeout_s(case: Case) -> float | None:
 
 
 @schemathesis.check
-def no_server_fault(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+def no_server_fault(ctx: CheckContext, response: Response, case: Case[Any]) -> bool | None:
     """No 5xx, except a 504 that came after the deadline the request itself asked for."""
     status = response.status_code
     if status < 500:
@@ -51,7 +52,9 @@ def no_server_fault(ctx: CheckContext, response: Response, case: Case) -> bool |
 
 
 @schemathesis.check
-def error_body_is_error_object(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+def error_body_is_error_object(
+    ctx: CheckContext, response: Response, case: Case[Any]
+) -> bool | None:
     """Every non-2xx answer (HEAD aside: it has no body) is JSON `{"error": "<string>"}`."""
     if response.status_code < 400 or case.method.upper() == "HEAD":
         return None
@@ -67,7 +70,7 @@ def error_body_is_error_object(ctx: CheckContext, response: Response, case: Case
 
 
 @schemathesis.check
-def no_internal_details(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+def no_internal_details(ctx: CheckContext, response: Response, case: Case[Any]) -> bool | None:
     """No body reveals a file system path or a stack trace the client did not send itself."""
     body = response.content.decode("utf-8", "replace")
     request = response.request

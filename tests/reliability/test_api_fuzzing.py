@@ -13,6 +13,7 @@ import collections
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,9 @@ checks.positive_data_acceptance.enabled = false
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("api-fuzzing")
     token = workdir / "admin.token"
     token.write_text(TOKEN)
@@ -107,7 +110,9 @@ def schemathesis(server: ServerProcess, workdir: Path, *args: str) -> collection
     return counts
 
 
-def test_schemathesis_finds_no_fault_and_the_document_is_precise(server, tmp_path) -> None:
+def test_schemathesis_finds_no_fault_and_the_document_is_precise(
+    server: ServerProcess, tmp_path: Path
+) -> None:
     # The repository endpoints unload models: they get a run of their own, after the others,
     # with the token (and schemathesis's ignored_auth check tries them without it).
     served = schemathesis(server, tmp_path / "models", "--exclude-path-regex", "^/v2/repository")

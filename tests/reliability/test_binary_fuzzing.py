@@ -14,6 +14,9 @@ import json
 import socket
 import struct
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -35,7 +38,9 @@ INFER = "/v2/models/mlp/infer"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("binary-fuzzing")
     models = model_table("mlp", artifacts["mlp.pt2"], "max_batch_size = 4\nwarmup_iters = 0")
     config = server_config(workdir, models, "max_request_bytes = 1048576\n")
@@ -49,7 +54,7 @@ def bytes_elements(elements: list[tuple[int, bytes]]) -> bytes:
 
 
 @st.composite
-def tensors(draw: st.DrawFn) -> tuple[dict, bytes]:
+def tensors(draw: st.DrawFn) -> tuple[dict[str, object], bytes]:
     """One input's JSON entry and its binary bytes; mostly well formed, never all of it."""
     datatype = draw(st.sampled_from([*DATATYPES, "FP33", ""]))
     dim = st.one_of(st.integers(0, 9), st.integers(-3, 2**66), st.sampled_from([2**31, 2**62]))
@@ -60,6 +65,7 @@ def tensors(draw: st.DrawFn) -> tuple[dict, bytes]:
         payload = bytes_elements(draw(st.lists(element, max_size=6)))
     else:
         count = 1
+        size: int | float | str | list[int] | None  # a dimension, then binary_data_size
         for size in shape:
             count *= max(size, 0)
         exact = count * ITEM_SIZE.get(datatype, 4) if count <= 64 else 0
@@ -72,7 +78,7 @@ def tensors(draw: st.DrawFn) -> tuple[dict, bytes]:
             st.sampled_from([None, "12", 1.5, True, [4]]),
         )
     )
-    entry: dict = {"name": draw(st.sampled_from(["x", "y", ""])), "datatype": datatype}
+    entry: dict[str, object] = {"name": draw(st.sampled_from(["x", "y", ""])), "datatype": datatype}
     entry["shape"] = shape
     if size is not None:
         entry["parameters"] = {"binary_data_size": size}
@@ -82,7 +88,7 @@ def tensors(draw: st.DrawFn) -> tuple[dict, bytes]:
 @st.composite
 def binary_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     parts = draw(st.lists(tensors(), min_size=1, max_size=3))
-    document: dict = {"inputs": [entry for entry, _ in parts]}
+    document: dict[str, object] = {"inputs": [entry for entry, _ in parts]}
     if draw(st.booleans()):
         document["parameters"] = {"binary_data_output": draw(st.booleans())}
     body, headers = binary_body(document, *(payload for _, payload in parts))
@@ -120,7 +126,7 @@ def send(server: ServerProcess, body: bytes, headers: dict[str, str]) -> Reply:
     return reply
 
 
-def test_hypothesis_binary_bodies_get_no_5xx_and_no_hang(server) -> None:
+def test_hypothesis_binary_bodies_get_no_5xx_and_no_hang(server: ServerProcess) -> None:
     seen: collections.Counter[int] = collections.Counter()
 
     @settings(
@@ -141,7 +147,7 @@ def test_hypothesis_binary_bodies_get_no_5xx_and_no_hang(server) -> None:
     assert "unhandled_error" not in server.log()
 
 
-def good_header(**parameters: object) -> dict:
+def good_header(**parameters: object) -> dict[str, Any]:
     entry = {"name": "x", "datatype": "FP32", "shape": [1, 8]}
     return {"inputs": [{**entry, "parameters": {"binary_data_size": 32, **parameters}}]}
 
@@ -206,7 +212,11 @@ def good_header(**parameters: object) -> dict:
     ],
 )
 def test_known_hostile_bodies_get_a_clear_400(
-    server, document: dict, payload: bytes, header_length: str | None, message: str
+    server: ServerProcess,
+    document: dict[str, object],
+    payload: bytes,
+    header_length: str | None,
+    message: str,
 ) -> None:
     body, headers = binary_body(document, payload)
     if header_length is not None:
@@ -216,7 +226,7 @@ def test_known_hostile_bodies_get_a_clear_400(
     assert message in reply.error()
 
 
-def test_a_client_vanishing_mid_body_is_not_a_server_error(server) -> None:
+def test_a_client_vanishing_mid_body_is_not_a_server_error(server: ServerProcess) -> None:
     """Content-Length promises more than arrives, then the socket closes: logged as 499."""
     body, headers = binary_body(good_header(), bytes(32))
     head = (
@@ -232,7 +242,7 @@ def test_a_client_vanishing_mid_body_is_not_a_server_error(server) -> None:
     assert call(server, "GET", "/v2/health/ready").status == 200
 
 
-def test_gzip_bomb_is_413_not_memory(server) -> None:
+def test_gzip_bomb_is_413_not_memory(server: ServerProcess) -> None:
     bomb = gzip.compress(json.dumps(good_header()).encode() + bytes(50 * 1024 * 1024))
     reply = send(server, bomb, {"Content-Encoding": "gzip"})
     assert reply.status == 413, reply

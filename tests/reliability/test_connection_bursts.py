@@ -10,6 +10,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from appliance.lifecycle.server import KEEP_ALIVE_S
 from tests.conftest import model_table, server_config
@@ -60,7 +61,9 @@ def raise_own_limit(test_limit: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(test_limit, hard), hard))
 
 
-def test_a_burst_of_short_connections_past_the_soft_limit_is_served(tmp_path, artifacts) -> None:
+def test_a_burst_of_short_connections_past_the_soft_limit_is_served(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
     """1,500 connections, one request each, closed by the client, one after another: Hypercorn
     keeps each for the keep-alive timeout, so they outnumber a soft limit of 1024."""
     raise_own_limit(BURST * 2 + 100)
@@ -87,7 +90,7 @@ def test_a_burst_of_short_connections_past_the_soft_limit_is_served(tmp_path, ar
 
 
 def test_a_burst_of_idle_connections_past_the_soft_limit_leaves_the_server_reachable(
-    tmp_path, artifacts
+    tmp_path: Path, artifacts: dict[str, Path]
 ) -> None:
     raise_own_limit(BURST * 2 + 100)
     config = server_config(tmp_path, model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0"))
@@ -107,7 +110,9 @@ def test_a_burst_of_idle_connections_past_the_soft_limit_leaves_the_server_reach
     assert took < REACHABLE_S, took
 
 
-def test_at_a_hard_limit_idle_connections_are_closed_within_seconds(tmp_path, artifacts) -> None:
+def test_at_a_hard_limit_idle_connections_are_closed_within_seconds(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
     """The limit cannot be raised: the burst fills it, and the keep-alive timeout frees it."""
     raise_own_limit(BURST * 2 + 100)
     config = server_config(tmp_path, model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0"))

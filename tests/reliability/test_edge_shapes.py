@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +14,9 @@ from tests.conftest import model_table, server_config, tensor_table
 from tests.reliability.fault_models import Doubles
 from tests.reliability.helpers import binary_body, call
 from tests.support.models import script_pt
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
 
-SHAPES = ([0], [], [0, 8], [1, 0], [0, 0], [2, 0], [1, 0, 3], [0, 3], [1, 8])
+SHAPES: tuple[list[int], ...] = ([0], [], [0, 8], [1, 0], [0, 0], [2, 0], [1, 0, 3], [0, 3], [1, 8])
 # Each model's inputs, by name and datatype, as its signature has them.
 MODELS = {
     "mlp": [("x", "FP32")],
@@ -25,7 +27,9 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("edge-shapes")
     doubles = script_pt(Doubles(), workdir / "doubles.pt")
     models = (
@@ -42,7 +46,7 @@ def server(tmp_path_factory, artifacts):
         yield served
 
 
-def bodies(inputs: list[tuple[str, str]], shape: list[int]) -> list[tuple[bytes, dict]]:
+def bodies(inputs: list[tuple[str, str]], shape: list[int]) -> list[tuple[bytes, dict[str, str]]]:
     """The same edge shape for every input: empty JSON data, and empty binary data."""
     as_json = json.dumps(
         {
@@ -62,7 +66,7 @@ def bodies(inputs: list[tuple[str, str]], shape: list[int]) -> list[tuple[bytes,
     return [(as_json, {}), binary_body(document)]
 
 
-def test_edge_shapes_are_served_or_refused_with_4xx(server) -> None:
+def test_edge_shapes_are_served_or_refused_with_4xx(server: ServerProcess) -> None:
     statuses: dict[int, int] = {}
     for (model, inputs), shape in itertools.product(MODELS.items(), SHAPES):
         for body, headers in bodies(inputs, shape):
@@ -75,7 +79,7 @@ def test_edge_shapes_are_served_or_refused_with_4xx(server) -> None:
     assert call(server, "GET", "/v2/health/ready").status == 200
 
 
-def test_a_zero_size_dimension_is_refused_naming_the_input(server) -> None:
+def test_a_zero_size_dimension_is_refused_naming_the_input(server: ServerProcess) -> None:
     body = json.dumps(
         {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 0], "data": []}]}
     ).encode()

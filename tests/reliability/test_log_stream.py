@@ -5,18 +5,21 @@ be cut to errors only or a sample of the successes without losing a single error
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import model_table, tensor_table
+from tests.conftest import ServerFactory, model_table, tensor_table
 from tests.reliability.fault_models import Doubles
 from tests.reliability.helpers import call, json_infer
 from tests.support.models import script_pt
+from tests.support.server import ServerProcess
 
 
-def onnx_with_unused_initializer(path):
+def onnx_with_unused_initializer(path: Path) -> Path:
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "unused",
@@ -30,7 +33,7 @@ def onnx_with_unused_initializer(path):
     return path
 
 
-def json_lines(log: str) -> list[dict]:
+def json_lines(log: str) -> list[dict[str, Any]]:
     lines = [line for line in log.splitlines() if line.strip()]
     parsed = []
     for line in lines:
@@ -40,7 +43,9 @@ def json_lines(log: str) -> list[dict]:
     return parsed
 
 
-def test_numpy_and_native_warnings_reach_the_log_as_json(serve, tmp_path) -> None:
+def test_numpy_and_native_warnings_reach_the_log_as_json(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
     half = script_pt(Doubles(), tmp_path / "half.pt")
     models = (
         model_table("half", half, "warmup_iters = 0")
@@ -65,11 +70,13 @@ def test_numpy_and_native_warnings_reach_the_log_as_json(serve, tmp_path) -> Non
     assert not any("\x1b[" in line["event"] for line in native)
 
 
-def access_lines(server) -> list[dict]:
+def access_lines(server: ServerProcess) -> list[dict[str, Any]]:
     return [line for line in json_lines(server.log()) if line.get("event") == "infer"]
 
 
-def test_errors_only_access_log_keeps_every_error(serve, artifacts) -> None:
+def test_errors_only_access_log_keeps_every_error(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     server = serve(model_table("mlp", artifacts["mlp.pt2"]), 'access_log = "errors"')
     good = json_infer("x", "FP32", [1, 8], [0.5] * 8)
     bad = json_infer("x", "FP32", [1, 7], [0.5] * 7)
@@ -81,7 +88,9 @@ def test_errors_only_access_log_keeps_every_error(serve, artifacts) -> None:
     assert [line["status"] for line in access_lines(server)] == [400] * 5
 
 
-def test_sampled_access_log_logs_its_share_of_successes_and_every_error(serve, artifacts) -> None:
+def test_sampled_access_log_logs_its_share_of_successes_and_every_error(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     server = serve(model_table("mlp", artifacts["mlp.pt2"]), 'access_log = "sampled:0.25"')
     good = json_infer("x", "FP32", [1, 8], [0.5] * 8)
     bad = json_infer("x", "FP32", [1, 7], [0.5] * 7)

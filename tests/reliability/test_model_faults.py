@@ -10,7 +10,9 @@ import json
 import math
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +20,17 @@ import pytest
 from tests.reliability.fault_models import declared_table, nonfinite_table
 from tests.reliability.helpers import ONE_THREAD, assert_no_leak, binary_body, json_infer
 from tests.support.config import model_table, server_config
-from tests.support.http import call
-from tests.support.server import running_server
+from tests.support.http import Reply, call
+from tests.support.server import ServerProcess, running_server
 
 MLP_ROW = [0.25] * 8
 GRACE_S = 5.0
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("model-faults")
     batching = "max_batch_size = 8\nmax_queue_delay_ms = 20\nwarmup_iters = 0"
     models = (
@@ -38,15 +42,17 @@ def server(tmp_path_factory, artifacts):
         yield served
 
 
-def failing(server, row: list[float]):
+def failing(server: ServerProcess, row: list[float]) -> Reply:
     return call(server, "POST", "/v2/models/failing/infer", json_infer("x", "FP32", [1, 2], row))
 
 
-def mlp(server):
+def mlp(server: ServerProcess) -> Reply:
     return call(server, "POST", "/v2/models/mlp/infer", json_infer("x", "FP32", [1, 8], MLP_ROW))
 
 
-def test_a_raising_model_gets_500_with_its_message_and_nothing_of_its_source(server) -> None:
+def test_a_raising_model_gets_500_with_its_message_and_nothing_of_its_source(
+    server: ServerProcess,
+) -> None:
     reply = failing(server, [-1.0, 1.0])
     assert reply.status == 500
     message = reply.error()
@@ -57,7 +63,9 @@ def test_a_raising_model_gets_500_with_its_message_and_nothing_of_its_source(ser
     assert "Traceback of TorchScript" in server.wait_for_log("Traceback of TorchScript")
 
 
-def test_a_bad_request_fails_alone_and_the_rest_of_its_batch_is_served(server) -> None:
+def test_a_bad_request_fails_alone_and_the_rest_of_its_batch_is_served(
+    server: ServerProcess,
+) -> None:
     """Concurrent callers, two of them with a value the model cannot take: only those two fail,
     every other caller of the same batches is answered, and the failure is counted."""
     rows = [[float(i), 1.0] for i in range(1, 17)]
@@ -96,7 +104,7 @@ def test_a_bad_request_fails_alone_and_the_rest_of_its_batch_is_served(server) -
     assert call(server, "GET", "/v2/health/ready").status == 200
 
 
-def test_every_good_request_is_answered_beside_many_culprits(server) -> None:
+def test_every_good_request_is_answered_beside_many_culprits(server: ServerProcess) -> None:
     """Half of 48 concurrent requests make the model raise, so most batches hold several culprits
     (often as their first request): every good request still gets its own answer."""
     rows = [[-float(i), 1.0] if i % 2 else [float(i), 1.0] for i in range(1, 49)]
@@ -115,7 +123,7 @@ def test_every_good_request_is_answered_beside_many_culprits(server) -> None:
             assert reply.json()["outputs"][0]["data"] == [value * 2 for value in row]
 
 
-def test_nan_and_infinities_are_data_in_json(server) -> None:
+def test_nan_and_infinities_are_data_in_json(server: ServerProcess) -> None:
     reply = call(
         server, "POST", "/v2/models/nonfinite/infer", json_infer("x", "FP32", [1, 2], [-1.0, 0.0])
     )
@@ -128,7 +136,7 @@ def test_nan_and_infinities_are_data_in_json(server) -> None:
     assert math.isnan(values[0]) and values[1] == -np.inf and values[3] == np.inf
 
 
-def test_what_a_json_reply_spells_can_be_sent_back(server) -> None:
+def test_what_a_json_reply_spells_can_be_sent_back(server: ServerProcess) -> None:
     row = ["NaN", "-Infinity", 0.5, "Infinity", 0.25, 0.25, 0.25, 0.25]
     reply = call(server, "POST", "/v2/models/mlp/infer", json_infer("x", "FP32", [1, 8], row))
     assert reply.status == 200, reply
@@ -140,7 +148,7 @@ def test_what_a_json_reply_spells_can_be_sent_back(server) -> None:
     assert "holds the string 'nan'" in reply.error()
 
 
-def test_nan_and_infinities_are_data_in_binary(server) -> None:
+def test_nan_and_infinities_are_data_in_binary(server: ServerProcess) -> None:
     entry = {"name": "x", "datatype": "FP32", "shape": [1, 2]}
     document = {
         "inputs": [{**entry, "parameters": {"binary_data_size": 8}}],
@@ -157,7 +165,7 @@ def test_nan_and_infinities_are_data_in_binary(server) -> None:
 
 
 def test_a_hung_model_is_bounded_by_deadlines_and_the_process_still_exits(
-    tmp_path, artifacts
+    tmp_path: Path, artifacts: dict[str, Path]
 ) -> None:
     """A batch that never ends: its caller and the one queued behind it get 504 at their
     deadlines, another model keeps serving, and SIGTERM still exits within shutdown_grace_s."""

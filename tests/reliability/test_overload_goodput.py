@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from pathlib import Path
 
 from tests.conftest import model_table, server_config
 from tests.reliability.helpers import ONE_THREAD, call, json_infer
@@ -62,7 +63,9 @@ async def client(
         writer.close()
 
 
-async def closed_loop(host: str, port: int, clients: int) -> tuple[dict[int, int], list, float]:
+async def closed_loop(
+    host: str, port: int, clients: int
+) -> tuple[dict[int, int], list[float], float]:
     counts: dict[int, int] = {}
     refusals: list[float] = []
     started = time.monotonic()
@@ -71,7 +74,9 @@ async def closed_loop(host: str, port: int, clients: int) -> tuple[dict[int, int
     return counts, refusals, time.monotonic() - started
 
 
-def test_goodput_under_16x_overload_stays_near_capacity(tmp_path, artifacts) -> None:
+def test_goodput_under_16x_overload_stays_near_capacity(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
     extra = f"max_batch_size = 8\nmax_queue_size = {QUEUE}\nwarmup_iters = 1"
     config = server_config(tmp_path, model_table("mlp", artifacts["mlp.pt2"], extra))
     with running_server(config, tmp_path, ONE_THREAD) as server:

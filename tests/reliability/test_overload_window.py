@@ -12,6 +12,7 @@ import asyncio
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.reliability.fault_models import declared_table
 from tests.reliability.helpers import ONE_THREAD, peak_rss_mib, rounds_for, slow_body
@@ -79,7 +80,7 @@ async def open_loop(host: str, port: int, body: bytes, rate: float) -> list[Outc
     return list(await asyncio.gather(*tasks))
 
 
-def test_ten_times_the_sustainable_rate(tmp_path, artifacts) -> None:
+def test_ten_times_the_sustainable_rate(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     extra = (
         f"max_batch_size = 1\nmax_concurrency = 1\nmax_queue_size = {QUEUE}\n"
         f"timeout_ms = {TIMEOUT_MS}\nwarmup_iters = 0"

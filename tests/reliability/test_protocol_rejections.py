@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import model_table
 from tests.reliability.helpers import call
+from tests.support.server import ServerProcess
 
 HOST = b"Host: t\r\n"
 CLOSE = b"Connection: close\r\n"  # so the reply's end is the connection's
@@ -49,7 +52,9 @@ HYPERCORN_ANSWERS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     from tests.conftest import server_config
     from tests.support.server import running_server
 
@@ -59,7 +64,7 @@ def server(tmp_path_factory, artifacts):
         yield served
 
 
-def raw(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+def raw(server: ServerProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         # One write: bytes arriving after Hypercorn has answered and closed would be reset.
         sock.sendall(request + b"\r\n")
@@ -75,7 +80,7 @@ def raw(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 @pytest.mark.parametrize("case", sorted(APP_DECIDES))
-def test_rejections_the_app_decides_carry_an_error_body(server, case: str) -> None:
+def test_rejections_the_app_decides_carry_an_error_body(server: ServerProcess, case: str) -> None:
     status, _, body = raw(server, APP_DECIDES[case])
     assert 400 <= status < 500, (status, body)
     document = json.loads(body)
@@ -83,7 +88,9 @@ def test_rejections_the_app_decides_carry_an_error_body(server, case: str) -> No
 
 
 @pytest.mark.parametrize("case", sorted(HYPERCORN_ANSWERS))
-def test_rejections_hypercorn_answers_itself_are_400_and_close(server, case: str) -> None:
+def test_rejections_hypercorn_answers_itself_are_400_and_close(
+    server: ServerProcess, case: str
+) -> None:
     status, headers, body = raw(server, HYPERCORN_ANSWERS[case])
     assert status == 400, (status, body)
     assert headers.get("connection") == "close"

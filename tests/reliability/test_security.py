@@ -16,7 +16,9 @@ import pickle
 import ssl
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cryptography import x509
@@ -38,7 +40,9 @@ MLP = json_infer("x", "FP32", [1, 8], [0.5] * 8)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("security")
     token = workdir / "admin.token"
     token.write_text(TOKEN + "\n")
@@ -75,7 +79,9 @@ def exit_of(tmp_path: Path, config_text: str) -> tuple[int, str]:
         ({"Authorization": f"bearer {TOKEN}"}, 200),
     ],
 )
-def test_repository_endpoints_need_the_bearer_token(server, headers, status) -> None:
+def test_repository_endpoints_need_the_bearer_token(
+    server: ServerProcess, headers: dict[str, str], status: int
+) -> None:
     for path in ("/v2/repository/index", "/v2/repository/models/nothing/unload"):
         reply = call(server, "POST", path, b"", headers)
         expected = 404 if status == 200 and path.endswith("unload") else status
@@ -85,7 +91,7 @@ def test_repository_endpoints_need_the_bearer_token(server, headers, status) -> 
             assert "token" in reply.error()
 
 
-def test_the_token_is_compared_in_constant_time(monkeypatch) -> None:
+def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check goes through hmac.compare_digest, whose time does not depend on where the
     given token first differs (a timing test would be flaky on shared cores)."""
     from appliance.metrics import Metrics
@@ -140,7 +146,7 @@ def test_the_token_is_compared_in_constant_time(monkeypatch) -> None:
     ],
 )
 def test_secret_files_readable_by_others_are_refused_at_start(
-    tmp_path, artifacts, mode: int, key: str, message: str
+    tmp_path: Path, artifacts: dict[str, Path], mode: int, key: str, message: str
 ) -> None:
     secret = tmp_path / "secret"
     secret.write_text(TOKEN)
@@ -190,7 +196,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_tls_with_a_self_signed_certificate(tmp_path, artifacts) -> None:
+def test_tls_with_a_self_signed_certificate(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     cert, key = self_signed(tmp_path)
     models = model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0")
     config = tmp_path / "aegis.toml"
@@ -230,14 +236,16 @@ def evil_pickle(marker: Path) -> bytes:
     """A pickle that touches `marker` when loaded."""
 
     class Payload:
-        def __reduce__(self):
+        def __reduce__(self) -> tuple[object, ...]:
             return (Path.touch, (marker,))
 
     return pickle.dumps(Payload())
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".pt2"])
-def test_a_torch_save_archive_carrying_a_pickle_is_never_unpickled(tmp_path, suffix: str) -> None:
+def test_a_torch_save_archive_carrying_a_pickle_is_never_unpickled(
+    tmp_path: Path, suffix: str
+) -> None:
     """A zip laid out like torch.save's, whose data.pkl runs code when unpickled, refused with a
     clear error under either suffix (tests/test_startup_failures.py covers a bare pickle)."""
     marker = tmp_path / "pwned"
@@ -254,7 +262,7 @@ def test_a_torch_save_archive_carrying_a_pickle_is_never_unpickled(tmp_path, suf
     assert not marker.exists()
 
 
-def test_request_ids_and_names_cannot_forge_log_lines(server) -> None:
+def test_request_ids_and_names_cannot_forge_log_lines(server: ServerProcess) -> None:
     forged = '\n{"level":"error","event":"forged"}'
     # A header value cannot hold a line break; these are what can get through HTTP.
     for request_id in ("ok\x1b[2Jid", "a" * 500, 'x"},{"forged":1', "id\x85line"):
@@ -270,7 +278,7 @@ def test_request_ids_and_names_cannot_forge_log_lines(server) -> None:
         assert event.get("event") != "forged"
 
 
-def test_no_endpoint_shows_a_path_or_a_stack_trace(server) -> None:
+def test_no_endpoint_shows_a_path_or_a_stack_trace(server: ServerProcess) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     requests = [
         ("GET", "/v2", b"", {}),
@@ -304,11 +312,14 @@ def test_a_load_failure_reaches_the_admin_client_without_paths() -> None:
     """Admin load failures carry the loader's message, which names files: the client sees it
     with paths redacted (the server's log keeps them)."""
     error = LoadFailed("load of 'm' failed: cannot open /var/lib/aegis/models/m/1/model.pt")
-    message = json.loads(failure_response(error).body)["error"]
+    # A JSON response: its body is bytes, not the memoryview a Response may hold.
+    message = json.loads(cast(bytes, failure_response(error).body))["error"]
     assert message == "load of 'm' failed: cannot open <path>"
 
 
-def test_half_sent_requests_cannot_hold_a_connection_forever(tmp_path, artifacts) -> None:
+def test_half_sent_requests_cannot_hold_a_connection_forever(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
     """Hypercorn's read_timeout defaults to none: a client that sends half a request would hold
     its connection for good (slowloris). The bound outlasts keep-alive and every deadline."""
     from appliance.config import load_config

@@ -9,12 +9,13 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tests.reliability.fault_models import declared_table
 from tests.reliability.helpers import ONE_THREAD, json_infer, rounds_for, slow_body
 from tests.support.config import model_table, server_config
 from tests.support.http import call
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
 
 GRACE_S = 8.0  # room for the long request past the listeners' closing
 CLIENTS = 8
@@ -24,7 +25,7 @@ LONG_S = 4.0
 MLP = json_infer("x", "FP32", [1, 8], [0.5] * 8)
 
 
-def probe(server) -> str:
+def probe(server: ServerProcess) -> str:
     """'200', '503' or 'refused', on a new connection."""
     try:
         return str(call(server, "GET", "/v2/health/ready", timeout_s=5).status)
@@ -32,7 +33,9 @@ def probe(server) -> str:
         return "refused"
 
 
-def test_sigterm_under_load_loses_no_accepted_request(tmp_path, artifacts) -> None:
+def test_sigterm_under_load_loses_no_accepted_request(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
     models = model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0") + declared_table(
         "slow", artifacts["slow.pt"], 1, "max_batch_size = 1\ntimeout_ms = 20000\nwarmup_iters = 0"
     )

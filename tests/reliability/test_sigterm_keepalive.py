@@ -8,10 +8,11 @@ import http.client
 import signal
 import threading
 import time
+from pathlib import Path
 
 from tests.conftest import model_table, server_config
 from tests.reliability.helpers import ONE_THREAD, call, json_infer
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
 
 CLIENTS = 6
 BODY = json_infer("x", "FP32", [1, 8], [0.5] * 8)
@@ -22,7 +23,7 @@ class KeepAliveClient(threading.Thread):
     """Sends back to back on one connection; reconnects only when told to close, and only while
     `may_open` is set. Records each outcome: a status, or how a sent request was lost."""
 
-    def __init__(self, server, may_open: threading.Event) -> None:
+    def __init__(self, server: ServerProcess, may_open: threading.Event) -> None:
         super().__init__(daemon=True)
         self.server, self.may_open = server, may_open
         self.outcomes: list[tuple[float, str, bool]] = []  # (when, status or error, closed)
@@ -55,7 +56,9 @@ class KeepAliveClient(threading.Thread):
                 connection = None
 
 
-def test_sigterm_asks_keepalive_clients_to_close_and_drops_nothing(tmp_path, artifacts) -> None:
+def test_sigterm_asks_keepalive_clients_to_close_and_drops_nothing(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
     config = server_config(tmp_path, model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0"))
     with running_server(config, tmp_path, ONE_THREAD) as server:
         may_open = threading.Event()

@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 from tests.reliability.helpers import ONE_THREAD, json_infer
 from tests.support.config import model_table, server_config
@@ -64,7 +65,9 @@ class Client(threading.Thread):
             self.outcomes.append(outcome)
 
 
-def test_sigterm_under_new_connection_load_answers_every_connected_request(tmp_path, artifacts):
+def test_sigterm_under_new_connection_load_answers_every_connected_request(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
     config = server_config(tmp_path, model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0"))
     assert f"shutdown_grace_s = {GRACE_S:g}" in config
     with running_server(config, tmp_path, ONE_THREAD) as server:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 from tests.conftest import model_table, server_config
 from tests.reliability.helpers import ONE_THREAD, call, json_infer
@@ -17,7 +18,7 @@ MLP = json_infer("x", "FP32", [1, 8], [0.5] * 8)
 
 
 def test_sigterm_keeps_serving_with_readiness_503_for_the_unready_window(
-    tmp_path, artifacts
+    tmp_path: Path, artifacts: dict[str, Path]
 ) -> None:
     models = model_table("mlp", artifacts["mlp.pt2"], "warmup_iters = 0")
     config = server_config(tmp_path, models).replace(

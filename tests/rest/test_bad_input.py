@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.config import model_table, server_config
 from tests.support.http import call
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
 
 GOOD = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("bad-input")
     config = server_config(
         workdir,
@@ -26,16 +30,20 @@ def server(tmp_path_factory, artifacts):
         yield server
 
 
-def post(server, path: str, body: bytes, headers: dict[str, str] | None = None):
+def post(
+    server: ServerProcess, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     reply = call(server, "POST", path, body, headers)
     return reply.status, reply.headers, reply.body
 
 
-def infer(server, body: bytes, headers: dict[str, str] | None = None, model: str = "mlp"):
+def infer(
+    server: ServerProcess, body: bytes, headers: dict[str, str] | None = None, model: str = "mlp"
+) -> tuple[int, dict[str, str], bytes]:
     return post(server, f"/v2/models/{model}/infer", body, headers)
 
 
-def inputs(**fields) -> bytes:
+def inputs(**fields: object) -> bytes:
     return json.dumps({"inputs": [{**GOOD["inputs"][0], **fields}]}).encode()
 
 
@@ -67,40 +75,42 @@ def inputs(**fields) -> bytes:
         (b"not gzip", {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
     ],
 )
-def test_bad_request_gets_clear_error(server, body, headers, status, message) -> None:
+def test_bad_request_gets_clear_error(
+    server: ServerProcess, body: bytes, headers: dict[str, str], status: int, message: str
+) -> None:
     code, _, payload = infer(server, body, headers)
     assert code == status, payload
     assert message in json.loads(payload)["error"]
     assert server.status("/v2/health/ready") == 200
 
 
-def test_unknown_model_and_version_are_404(server) -> None:
+def test_unknown_model_and_version_are_404(server: ServerProcess) -> None:
     code, _, payload = infer(server, json.dumps(GOOD).encode(), model="nope")
     assert code == 404 and "unknown model" in json.loads(payload)["error"]
     code, _, payload = post(server, "/v2/models/mlp/versions/7/infer", json.dumps(GOOD).encode())
     assert code == 404 and "no version '7'" in json.loads(payload)["error"]
 
 
-def test_gzip_body_is_accepted(server) -> None:
+def test_gzip_body_is_accepted(server: ServerProcess) -> None:
     code, _, payload = infer(
         server, gzip.compress(json.dumps(GOOD).encode()), {"Content-Encoding": "gzip"}
     )
     assert code == 200, payload
 
 
-def test_no_content_type_is_needed_and_request_id_is_echoed(server) -> None:
+def test_no_content_type_is_needed_and_request_id_is_echoed(server: ServerProcess) -> None:
     code, headers, _ = infer(server, json.dumps(GOOD).encode(), {"X-Request-ID": "abc-123"})
     assert code == 200
     assert headers["x-request-id"] == "abc-123"
 
 
-def test_request_ids_that_could_forge_log_lines_are_replaced(server) -> None:
+def test_request_ids_that_could_forge_log_lines_are_replaced(server: ServerProcess) -> None:
     code, headers, _ = infer(server, json.dumps(GOOD).encode(), {"X-Request-ID": 'a" b'})
     assert code == 200
     assert headers["x-request-id"] != 'a" b' and len(headers["x-request-id"]) == 32
 
 
-def test_unknown_endpoint_and_method_are_json_errors(server) -> None:
+def test_unknown_endpoint_and_method_are_json_errors(server: ServerProcess) -> None:
     code, _, payload = post(server, "/v3/nothing", b"")
     assert code == 404 and "error" in json.loads(payload)
     code, _, payload = post(server, "/v2/health/live", b"")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -15,11 +18,13 @@ from hypothesis import strategies as st
 from tests.support.config import model_table, server_config
 from tests.support.http import get_text
 from tests.support.models import Mlp
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("batching")
     config = server_config(
         workdir,
@@ -35,14 +40,14 @@ def call(address: str, rows: np.ndarray) -> np.ndarray:
     try:
         given = httpclient.InferInput("x", list(rows.shape), "FP32")
         given.set_data_from_numpy(rows)
-        return client.infer("mlp", [given]).as_numpy("output__0")
+        return cast(np.ndarray, client.infer("mlp", [given]).as_numpy("output__0"))
     finally:
         client.close()
 
 
 def reference(x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return Mlp()(torch.from_numpy(x)).numpy()
+        return cast(np.ndarray, Mlp()(torch.from_numpy(x)).numpy())
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
@@ -50,7 +55,9 @@ def reference(x: np.ndarray) -> np.ndarray:
     sizes=st.lists(st.integers(min_value=1, max_value=6), min_size=2, max_size=16),
     seed=st.integers(0, 2**16),
 )
-def test_concurrent_callers_each_get_their_own_rows(server, sizes: list[int], seed: int) -> None:
+def test_concurrent_callers_each_get_their_own_rows(
+    server: ServerProcess, sizes: list[int], seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     requests = [rng.standard_normal((size, 8)).astype(np.float32) for size in sizes]
     with ThreadPoolExecutor(len(requests)) as pool:
@@ -64,7 +71,7 @@ def batch_histogram(metrics_text: str) -> dict[str, float]:
     return {le: float(count) for le, count in pattern.findall(metrics_text)}
 
 
-def test_batch_size_histogram_shows_batches_larger_than_one(server) -> None:
+def test_batch_size_histogram_shows_batches_larger_than_one(server: ServerProcess) -> None:
     rows = [np.full((1, 8), i, dtype=np.float32) for i in range(32)]
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda r: call(server.address, r), rows))

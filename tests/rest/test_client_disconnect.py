@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 import socket
 import time
+from pathlib import Path
 
+from tests.conftest import ServerFactory
 from tests.rest.test_overload import in_background, rounds_for, slow_model, slow_request
 from tests.support.http import get_text
+from tests.support.server import ServerProcess
 
 # The 499s of this model over HTTP.
 CLOSED = (
@@ -15,13 +18,15 @@ CLOSED = (
 )
 
 
-def metric(server, pattern: str) -> float:
+def metric(server: ServerProcess, pattern: str) -> float:
     text = get_text(server, "/metrics", timeout_s=10)
     found = re.search(pattern, text)
     return float(found.group(1)) if found else 0.0
 
 
-def test_disconnected_request_is_not_computed(serve, artifacts) -> None:
+def test_disconnected_request_is_not_computed(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     server = serve(slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]))
     rounds = rounds_for(2.0, server)
     batches_before = metric(server, r'aegis_batch_size_count\{model="slow",version="1"\} (\S+)')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 
 import numpy as np
 import orjson
@@ -13,7 +14,7 @@ from appliance.errors import InvalidInput
 from appliance.rest.codec import decode_request, encode_response
 
 
-def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, int]:
+def binary_body(header: Mapping[str, object], *chunks: bytes) -> tuple[bytes, int]:
     head = orjson.dumps(header)
     return head + b"".join(chunks), len(head)
 
@@ -134,7 +135,9 @@ def test_bytes_tensors_binary_and_json() -> None:
         (b"{}", 99, "but the body has 2 bytes"),
     ],
 )
-def test_bad_bodies_get_a_clear_message(body: bytes, header_length: int | None, message: str):
+def test_bad_bodies_get_a_clear_message(
+    body: bytes, header_length: int | None, message: str
+) -> None:
     with pytest.raises(InvalidInput, match=message):
         decode_request(body, header_length, "m", None)
 
@@ -219,7 +222,7 @@ def test_empty_tensor_with_an_absurd_dimension_is_refused() -> None:
         decode_request(body, length, "m", None)
 
 
-def json_input(datatype: str, data: list) -> bytes:
+def json_input(datatype: str, data: list[object]) -> bytes:
     tensor = {"name": "x", "datatype": datatype, "shape": [len(data)], "data": data}
     return orjson.dumps({"inputs": [tensor]})
 
@@ -250,6 +253,8 @@ def test_non_finite_floats_as_replies_spell_them_are_taken_back(datatype: str) -
         ("INT32", [1, "NaN"], "holds strings, not INT32 values"),
     ],
 )
-def test_other_strings_in_numeric_data_are_refused(datatype: str, data: list, message: str):
+def test_other_strings_in_numeric_data_are_refused(
+    datatype: str, data: list[object], message: str
+) -> None:
     with pytest.raises(InvalidInput, match=message):
         decode_request(json_input(datatype, data), None, "m", None)

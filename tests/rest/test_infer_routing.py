@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +21,7 @@ from tests.reliability.helpers import assert_no_leak
 from tests.support.asgi import asgi_request
 from tests.support.config import model_table, server_config
 from tests.support.http import call
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
 
 GOOD = json.dumps(
     {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
@@ -27,7 +29,9 @@ GOOD = json.dumps(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("infer-routing")
     config = server_config(workdir, model_table("mlp", artifacts["mlp.pt2"], version="3"))
     with running_server(config, workdir) as served:
@@ -35,7 +39,7 @@ def server(tmp_path_factory, artifacts):
 
 
 @pytest.mark.parametrize("path", ["/v2/models/mlp/infer", "/v2/models/mlp/versions/3/infer"])
-def test_both_infer_paths_reach_the_model(server, path: str) -> None:
+def test_both_infer_paths_reach_the_model(server: ServerProcess, path: str) -> None:
     reply = call(server, "POST", path, GOOD)
     assert reply.status == 200, reply
     document = reply.json()
@@ -52,21 +56,23 @@ def test_both_infer_paths_reach_the_model(server, path: str) -> None:
         ("/v2/models/mlp/infer/", 307),  # Starlette's redirect to the path without the slash
     ],
 )
-def test_paths_that_only_look_like_infer_go_through_the_router(server, path, status) -> None:
+def test_paths_that_only_look_like_infer_go_through_the_router(
+    server: ServerProcess, path: str, status: int
+) -> None:
     reply = call(server, "POST", path, GOOD)
     assert reply.status == status, reply
     if status != 307:
         assert reply.error()
 
 
-def test_other_methods_on_infer_get_405_with_allow(server) -> None:
+def test_other_methods_on_infer_get_405_with_allow(server: ServerProcess) -> None:
     reply = call(server, "GET", "/v2/models/mlp/infer")
     assert reply.status == 405
     assert "GET is not allowed" in reply.error()
     assert reply.headers["allow"] == "POST"
 
 
-def test_the_other_endpoints_still_answer(server) -> None:
+def test_the_other_endpoints_still_answer(server: ServerProcess) -> None:
     assert call(server, "GET", "/v2/models/mlp/versions/3/ready").status == 200
     assert call(server, "GET", "/v2/health/ready").status == 200
     assert b"aegis_inference_requests_total" in call(server, "GET", "/metrics").body
@@ -107,5 +113,5 @@ def test_a_bug_in_the_endpoint_is_a_json_500_and_the_trace_goes_to_the_log() -> 
     assert "unhandled_error" in log and "vanished" in log and "Traceback" in log
 
 
-def test_replies_to_odd_infer_paths_leak_nothing(server) -> None:
+def test_replies_to_odd_infer_paths_leak_nothing(server: ServerProcess) -> None:
     assert_no_leak(call(server, "POST", "/v2/models/%2e%2e/infer", GOOD))

@@ -3,6 +3,7 @@ asked for and over either transport: a client deciding which version to call rea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from tests.support.server import ServerProcess, running_server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("versions")
     models = (
         model_table("mlp", artifacts["mlp.pt2"], version="1")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
-from tests.conftest import model_table
+from tests.conftest import ServerFactory, model_table
 from tests.reliability.helpers import binary_body, call, json_infer
 from tests.support.models import onnx_strings
 
@@ -16,7 +17,7 @@ def length_prefixed(words: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(word)) + word for word in words)
 
 
-def test_string_tensors_round_trip_as_strings(serve, tmp_path) -> None:
+def test_string_tensors_round_trip_as_strings(serve: ServerFactory, tmp_path: Path) -> None:
     artifact = onnx_strings(tmp_path / "strings.onnx")
     server = serve(model_table("strings", artifact, 'runtime = "onnx"\nmax_batch_size = 4'))
     body = json_infer("s", "BYTES", [3, 1], WORDS)
@@ -45,7 +46,9 @@ def test_string_tensors_round_trip_as_strings(serve, tmp_path) -> None:
     assert reply.body[start:] == tensor
 
 
-def test_a_string_that_is_not_utf8_fails_alone_naming_its_input(serve, tmp_path) -> None:
+def test_a_string_that_is_not_utf8_fails_alone_naming_its_input(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
     artifact = onnx_strings(tmp_path / "strings.onnx")
     server = serve(model_table("strings", artifact, 'runtime = "onnx"'))
     tensor = length_prefixed([b"\xff\xfe"])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from tests.conftest import ServerFactory
 from tests.support.config import model_table, tensor_table
 from tests.support.http import get_json
 from tests.support.models import script_pt
@@ -16,7 +17,9 @@ class RowSum(torch.nn.Module):
         return x.sum(dim=1, keepdim=True)
 
 
-def test_a_named_dimension_is_any_size_in_every_description(serve, tmp_path: Path) -> None:
+def test_a_named_dimension_is_any_size_in_every_description(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
     artifact = script_pt(RowSum(), tmp_path / "rowsum.pt")
     server = serve(
         model_table("rowsum", artifact, "max_batch_size = 2\n[models.dims]\nseq = [4, 8]")

@@ -5,19 +5,26 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
+from tests.conftest import ServerFactory
 from tests.support.config import model_table, tensor_table
 from tests.support.http import call
+from tests.support.server import ServerProcess
 
 
 def slow_request(rounds: int, timeout_us: int | None = None) -> bytes:
-    body: dict = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [rounds]}]}
+    body: dict[str, object] = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [rounds]}]
+    }
     if timeout_us is not None:
         body["parameters"] = {"timeout": timeout_us}
     return json.dumps(body).encode()
 
 
-def post(server, body: bytes, timeout: float = 60):
+def post(
+    server: ServerProcess, body: bytes, timeout: float = 60
+) -> tuple[int, dict[str, str], bytes]:
     reply = call(server, "POST", "/v2/models/slow/infer", body, timeout_s=timeout)
     return reply.status, reply.headers, reply.body
 
@@ -30,14 +37,16 @@ def slow_model(extra: str) -> str:
     )
 
 
-def in_background(server, body: bytes) -> tuple[threading.Thread, list]:
-    results: list = []
+def in_background(
+    server: ServerProcess, body: bytes
+) -> tuple[threading.Thread, list[tuple[int, dict[str, str], bytes]]]:
+    results: list[tuple[int, dict[str, str], bytes]] = []
     thread = threading.Thread(target=lambda: results.append(post(server, body)), daemon=True)
     thread.start()
     return thread, results
 
 
-def rounds_for(seconds: float, server) -> int:
+def rounds_for(seconds: float, server: ServerProcess) -> int:
     """How many matmul rounds take about `seconds` on this machine right now."""
     # TorchScript optimizes on its first calls: time the second of two.
     for _ in range(2):
@@ -48,7 +57,9 @@ def rounds_for(seconds: float, server) -> int:
     return max(300, int(seconds / max(per_round, 1e-6)))
 
 
-def test_full_queue_is_refused_at_once_with_retry_after(serve, artifacts) -> None:
+def test_full_queue_is_refused_at_once_with_retry_after(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     server = serve(
         slow_model("max_queue_size = 1\ntimeout_ms = 60000").format(slow=artifacts["slow.pt"])
     )
@@ -70,7 +81,9 @@ def test_full_queue_is_refused_at_once_with_retry_after(serve, artifacts) -> Non
     assert queued_result[0][0] == 200
 
 
-def test_deadline_gives_504_while_a_long_batch_still_runs(serve, artifacts) -> None:
+def test_deadline_gives_504_while_a_long_batch_still_runs(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     server = serve(slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]))
     rounds = rounds_for(3.0, server)
     running, running_result = in_background(server, slow_request(rounds))

@@ -5,6 +5,9 @@ server with tritonclient."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from tests.support.config import model_table, server_config
 from tests.support.http import call
 from tests.support.models import export_pt2
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
 
 LABELS = [f"class-{index}" for index in range(10)]
 
@@ -28,11 +31,13 @@ class Scores(torch.nn.Module):
         self.linear = torch.nn.Linear(8, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+        return cast(torch.Tensor, self.linear(x))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("scores")
     torch.manual_seed(11)
     export_pt2(Scores(), (torch.zeros(2, 8),), folder / "scores.pt2")
@@ -47,7 +52,7 @@ def server(tmp_path_factory, artifacts):
 
 
 @pytest.fixture(scope="module")
-def client(server):
+def client(server: ServerProcess) -> Iterator[httpclient.InferenceServerClient]:
     client = httpclient.InferenceServerClient(server.address, network_timeout=30)
     yield client
     client.close()
@@ -70,7 +75,7 @@ def parse(element: bytes | str) -> tuple[float, int, str | None]:
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize(("model", "labels"), [("scores", LABELS), ("mlp", None)])
 def test_classification_returns_the_top_classes_of_the_models_own_output(
-    client, model: str, labels: list[str] | None, binary: bool
+    client: httpclient.InferenceServerClient, model: str, labels: list[str] | None, binary: bool
 ) -> None:
     tensor = rows(4)
     output = client.get_model_metadata(model)["outputs"][0]["name"]
@@ -97,7 +102,9 @@ def test_classification_returns_the_top_classes_of_the_models_own_output(
     assert [[label for _, _, label in row] for row in parsed] == wanted_labels
 
 
-def test_the_server_says_it_speaks_the_classification_extension(client) -> None:
+def test_the_server_says_it_speaks_the_classification_extension(
+    client: httpclient.InferenceServerClient,
+) -> None:
     assert "classification" in client.get_server_metadata()["extensions"]
 
 
@@ -110,7 +117,7 @@ def test_the_server_says_it_speaks_the_classification_extension(client) -> None:
     ],
 )
 def test_request_parameters_the_server_does_not_implement_are_refused_by_name(
-    client, options: dict, named: str
+    client: httpclient.InferenceServerClient, options: dict[str, object], named: str
 ) -> None:
     with pytest.raises(InferenceServerException) as refused:
         client.infer("scores", [rows(1)], **options)
@@ -118,7 +125,7 @@ def test_request_parameters_the_server_does_not_implement_are_refused_by_name(
     assert named in refused.value.message()
 
 
-def infer_json(server, body: dict) -> tuple[int, dict]:
+def infer_json(server: ServerProcess, body: dict[str, object]) -> tuple[int, dict[str, Any]]:
     reply = call(server, "POST", "/v2/models/scores/infer", json.dumps(body).encode())
     return reply.status, json.loads(reply.body)
 
@@ -126,7 +133,7 @@ def infer_json(server, body: dict) -> tuple[int, dict]:
 X = {"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}
 
 
-def classified(count: object) -> dict:
+def classified(count: object) -> dict[str, object]:
     return {
         "inputs": [X],
         "outputs": [{"name": "output__0", "parameters": {"classification": count}}],
@@ -162,14 +169,14 @@ def classified(count: object) -> dict:
     ],
 )
 def test_input_and_output_parameters_are_implemented_or_refused_by_name(
-    server, body: dict, named: str
+    server: ServerProcess, body: dict[str, object], named: str
 ) -> None:
     status, reply = infer_json(server, body)
     assert status == 400
     assert named in reply["error"]
 
 
-def test_priority_zero_is_the_default_and_is_served(server) -> None:
+def test_priority_zero_is_the_default_and_is_served(server: ServerProcess) -> None:
     status, reply = infer_json(server, {"inputs": [X], "parameters": {"priority": 0}})
     assert status == 200, reply
     assert reply["outputs"][0]["shape"] == [1, 10]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +14,13 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.config import model_table, server_config, tensor_table
 from tests.support.models import Mlp
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, artifacts):
+def server(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
+) -> Iterator[ServerProcess]:
     mlp_pt = artifacts["mlp.pt"]
     models = (
         model_table("mlp", artifacts["mlp.pt2"], "max_batch_size = 16")
@@ -30,7 +36,7 @@ def server(tmp_path_factory, artifacts):
 
 
 @pytest.fixture(scope="module")
-def client(server):
+def client(server: ServerProcess) -> Iterator[httpclient.InferenceServerClient]:
     client = httpclient.InferenceServerClient(server.address, network_timeout=30)
     yield client
     client.close()
@@ -38,10 +44,10 @@ def client(server):
 
 def reference(x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return Mlp()(torch.from_numpy(x)).numpy()
+        return cast(np.ndarray, Mlp()(torch.from_numpy(x)).numpy())
 
 
-def test_server_metadata_and_readiness(client) -> None:
+def test_server_metadata_and_readiness(client: httpclient.InferenceServerClient) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
     metadata = client.get_server_metadata()
@@ -51,7 +57,9 @@ def test_server_metadata_and_readiness(client) -> None:
     assert client.is_model_ready("mlp", "1")
 
 
-def test_model_metadata_and_config_come_from_the_artifact(client) -> None:
+def test_model_metadata_and_config_come_from_the_artifact(
+    client: httpclient.InferenceServerClient,
+) -> None:
     metadata = client.get_model_metadata("mlp")
     assert metadata["platform"] == "pytorch_export"
     assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}]
@@ -63,7 +71,9 @@ def test_model_metadata_and_config_come_from_the_artifact(client) -> None:
 
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("model", ["mlp", "scripted", "onnx_mlp"])
-def test_outputs_equal_the_in_process_model(client, model: str, binary: bool) -> None:
+def test_outputs_equal_the_in_process_model(
+    client: httpclient.InferenceServerClient, model: str, binary: bool
+) -> None:
     metadata = client.get_model_metadata(model)
     x = np.random.default_rng(3).standard_normal((5, 8)).astype(np.float32)
     given = httpclient.InferInput(metadata["inputs"][0]["name"], list(x.shape), "FP32")
@@ -74,7 +84,9 @@ def test_outputs_equal_the_in_process_model(client, model: str, binary: bool) ->
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_fp32_int64_and_bool_round_trip(client, binary: bool) -> None:
+def test_fp32_int64_and_bool_round_trip(
+    client: httpclient.InferenceServerClient, binary: bool
+) -> None:
     a = np.array([[1.5, -2, 0, 4]] * 3, dtype=np.float32)
     b = np.array([[1, 2, 3], [4, 5, 6], [-7, 8, 2**40]], dtype=np.int64)
     c = np.array([[True, False]] * 3)
@@ -93,7 +105,7 @@ def test_fp32_int64_and_bool_round_trip(client, binary: bool) -> None:
     np.testing.assert_array_equal(result.as_numpy("output__2"), ~c)
 
 
-def test_unknown_model_and_version_are_404(client) -> None:
+def test_unknown_model_and_version_are_404(client: httpclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException, match="unknown model 'nope'") as caught:
         client.get_model_metadata("nope")
     assert caught.value.status() == "404"

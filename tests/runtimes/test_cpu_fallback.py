@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import ServerFactory
 from tests.support.config import model_table, server_config
 from tests.support.http import get_json, get_text
 from tests.support.server import start_server
@@ -14,7 +15,9 @@ from tests.support.server import start_server
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without a GPU")
 
 
-def test_unavailable_device_serves_on_the_cpu_and_says_so(serve, artifacts) -> None:
+def test_unavailable_device_serves_on_the_cpu_and_says_so(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
     server = serve(
         model_table("m", artifacts["mlp.pt2"], 'device = "cuda"\ncpu_fallback = "unavailable"')
     )
@@ -25,7 +28,7 @@ def test_unavailable_device_serves_on_the_cpu_and_says_so(serve, artifacts) -> N
     assert "serving_on_cpu" in server.log()
 
 
-def test_fallback_off_fails_the_start_clearly(tmp_path: Path, artifacts) -> None:
+def test_fallback_off_fails_the_start_clearly(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     config = tmp_path / "aegis.toml"
     config.write_text(
         server_config(

@@ -15,9 +15,9 @@ from tests.conftest import server_config
 from tests.support.hf_zoo import HF_ZOO, SEQ_BUCKETS
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import get_json, infer
-from tests.support.zoo import MAX_SEQ, export_zoo, model_toml
+from tests.support.zoo import MAX_SEQ, Tolerance, export_zoo, model_toml
 
-TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+TOLERANCE: Tolerance = {"rtol": 1e-5, "atol": 1e-5}
 TEXT = [name for name, model in HF_ZOO.items() if model.dims]
 
 
@@ -27,7 +27,9 @@ def hf_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def hf_server(tmp_path_factory: pytest.TempPathFactory, hf_zoo: dict[str, Path]) -> Iterator:
+def hf_server(
+    tmp_path_factory: pytest.TempPathFactory, hf_zoo: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("hf-server")
     models = "".join(
         model_toml(name, hf_zoo[name], HF_ZOO[name], max_batch_size=8, max_queue_delay_ms=20.0)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def bert() -> torch.nn.Module:
         intermediate_size=64,
         max_position_embeddings=64,
     )
-    return transformers.BertModel(config).eval()
+    return cast(torch.nn.Module, transformers.BertModel(config).eval())
 
 
 def example(rows: int, length: int, seed: int) -> dict[str, np.ndarray]:

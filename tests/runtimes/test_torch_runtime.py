@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ X = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
 
 def reference(x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return Mlp()(torch.from_numpy(x)).numpy()
+        return cast(np.ndarray, Mlp()(torch.from_numpy(x)).numpy())
 
 
 def loaded(path: Path, **config: object) -> TorchRuntime | OnnxRuntime:
@@ -29,7 +30,7 @@ def loaded(path: Path, **config: object) -> TorchRuntime | OnnxRuntime:
     return runtime  # type: ignore[return-value]
 
 
-def test_exported_program_carries_its_signature(artifacts) -> None:
+def test_exported_program_carries_its_signature(artifacts: dict[str, Path]) -> None:
     runtime = loaded(artifacts["mlp.pt2"])
     assert runtime.signature is not None
     assert runtime.signature.inputs == (TensorSpec("x", "FP32", (-1, 8)),)
@@ -37,7 +38,7 @@ def test_exported_program_carries_its_signature(artifacts) -> None:
     np.testing.assert_allclose(runtime.run({"x": X})["output__0"], reference(X), rtol=1e-5)
 
 
-def test_declared_names_replace_the_artifact_names(artifacts) -> None:
+def test_declared_names_replace_the_artifact_names(artifacts: dict[str, Path]) -> None:
     runtime = loaded(
         artifacts["mlp.pt2"],
         inputs=[{"name": "input__0", "datatype": "FP32", "shape": [-1, 8]}],
@@ -47,7 +48,7 @@ def test_declared_names_replace_the_artifact_names(artifacts) -> None:
     np.testing.assert_allclose(result["scores"], reference(X), rtol=1e-5)
 
 
-def test_declared_datatype_must_match_the_artifact(artifacts) -> None:
+def test_declared_datatype_must_match_the_artifact(artifacts: dict[str, Path]) -> None:
     with pytest.raises(ArtifactError, match="declared INT64, the model takes FP32"):
         loaded(
             artifacts["mlp.pt2"],
@@ -55,7 +56,7 @@ def test_declared_datatype_must_match_the_artifact(artifacts) -> None:
         )
 
 
-def test_torchscript_runs_with_its_declared_signature(artifacts) -> None:
+def test_torchscript_runs_with_its_declared_signature(artifacts: dict[str, Path]) -> None:
     runtime = loaded(
         artifacts["mlp.pt"],
         inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
@@ -65,7 +66,9 @@ def test_torchscript_runs_with_its_declared_signature(artifacts) -> None:
 
 
 @pytest.mark.parametrize("kind", ["inputs", "outputs"])
-def test_a_torchscript_model_declared_with_bytes_is_refused_at_load(artifacts, kind) -> None:
+def test_a_torchscript_model_declared_with_bytes_is_refused_at_load(
+    artifacts: dict[str, Path], kind: str
+) -> None:
     declared = {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
@@ -75,7 +78,7 @@ def test_a_torchscript_model_declared_with_bytes_is_refused_at_load(artifacts, k
         loaded(artifacts["mlp.pt"], **declared)
 
 
-def test_onnx_signature_comes_from_the_model(artifacts) -> None:
+def test_onnx_signature_comes_from_the_model(artifacts: dict[str, Path]) -> None:
     runtime = loaded(artifacts["mlp.onnx"], runtime="onnx")
     assert runtime.signature is not None
     assert runtime.signature.inputs == (TensorSpec("x", "FP32", (-1, 8)),)
@@ -99,7 +102,7 @@ def test_a_folder_with_one_artifact_is_accepted(tmp_path: Path) -> None:
     assert runtime.signature is not None
 
 
-def test_cuda_without_a_gpu_is_device_unavailable(artifacts) -> None:
+def test_cuda_without_a_gpu_is_device_unavailable(artifacts: dict[str, Path]) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     runtime = create_runtime(

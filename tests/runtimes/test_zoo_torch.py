@@ -15,9 +15,9 @@ from appliance.runtimes.torch_runtime import TorchRuntime
 from tests.conftest import server_config
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import get_json, infer
-from tests.support.zoo import ZOO, export_zoo, model_toml
+from tests.support.zoo import ZOO, Tolerance, export_zoo, model_toml
 
-TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+TOLERANCE: Tolerance = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,9 @@ def test_each_zoo_model_matches_its_eager_module(zoo: dict[str, Path], name: str
 
 
 @pytest.fixture(scope="module")
-def zoo_server(tmp_path_factory: pytest.TempPathFactory, zoo: dict[str, Path]) -> Iterator:
+def zoo_server(
+    tmp_path_factory: pytest.TempPathFactory, zoo: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("zoo-server")
     models = "".join(
         model_toml(name, zoo[name], ZOO[name], max_batch_size=8, max_queue_delay_ms=20.0)
@@ -64,6 +66,7 @@ def test_every_zoo_model_serves_over_http_and_matches_eager(zoo_server: ServerPr
         inputs = model.example(rng, 3, {"seq": 11})
         status, outputs = infer(zoo_server.url, name, inputs)
         assert status == 200, outputs
+        assert isinstance(outputs, dict)
         assert_matches(outputs, model.eager(inputs))
 
 
@@ -80,6 +83,7 @@ def test_concurrent_requests_of_any_length_come_back_at_their_own_length(
         replies = list(pool.map(lambda inputs: infer(zoo_server.url, "encoder", inputs), requests))
     for inputs, (status, outputs) in zip(requests, replies, strict=True):
         assert status == 200, outputs
+        assert isinstance(outputs, dict)
         # The padding is masked out: the padded batch gives what the request alone gives.
         assert_matches(outputs, encoder.eager(inputs))
 
@@ -139,4 +143,5 @@ def test_an_undeclared_export_serves_within_its_limits(zoo_server: ServerProcess
     inputs = encoder.example(np.random.default_rng(6), 2, {"seq": 40})
     status, outputs = infer(zoo_server.url, "encoder_raw", inputs)
     assert status == 200, outputs
+    assert isinstance(outputs, dict)
     assert_matches(outputs, encoder.eager(inputs))

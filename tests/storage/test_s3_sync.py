@@ -50,7 +50,7 @@ def sample(metrics: Metrics, name: str, model: str, version: str = "1") -> float
     return metrics.registry.get_sample_value(name, {"model": model, "version": version})
 
 
-def object_reads(proxy: FaultyProxy) -> list[str | None]:
+def object_reads(proxy: FaultyProxy) -> list[str]:
     """The Range headers of the object downloads the proxy saw (listings are GETs without one)."""
     return [r for method, _, r in proxy.requests if method == "GET" and r is not None]
 
@@ -299,7 +299,10 @@ def test_object_names_that_escape_the_cache_are_refused(
 
 
 def test_missing_key_bucket_or_prefix_fails_clearly_without_retrying(
-    s3_bucket: str, s3_server: S3Server, make_store: StoreFactory, use_s3_endpoint: Callable
+    s3_bucket: str,
+    s3_server: S3Server,
+    make_store: StoreFactory,
+    use_s3_endpoint: Callable[[str], None],
 ) -> None:
     with FaultyProxy(s3_server.url) as proxy:
         use_s3_endpoint(proxy.url)

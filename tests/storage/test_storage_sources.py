@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from appliance.storage.sources import (
     GcsSource,
     LocalSource,
+    RemoteSource,
     S3Source,
     parse_source,
     relative_path,
@@ -45,7 +47,7 @@ def test_folder_sources_are_the_ones_ending_in_a_slash() -> None:
 
 def test_a_source_names_its_store() -> None:
     assert S3Source("b", "m/").uri == "s3://b/m/" and GcsSource("b", "m/").uri == "gs://b/m/"
-    assert S3Source("b", "m/") != GcsSource("b", "m/")
+    assert cast(RemoteSource, S3Source("b", "m/")) != GcsSource("b", "m/")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 
 async def asgi_request(
@@ -27,15 +28,15 @@ async def asgi_request(
         "server": ("127.0.0.1", 80),
     }
     events = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict] = []
+    sent: list[dict[str, Any]] = []
 
-    async def receive() -> dict:
+    async def receive() -> dict[str, Any]:
         if events:
             return events.pop(0)
         await asyncio.Event().wait()
         raise AssertionError("unreachable: the wait above never ends")
 
-    async def send(message: dict) -> None:
+    async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
     await app(scope, receive, send)  # type: ignore[operator]

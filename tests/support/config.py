@@ -9,7 +9,7 @@ def model_table(name: str, path: Path | str, extra: str = "", version: str = "1"
     return f'[[models]]\nname = "{name}"\nversion = "{version}"\nmodel_path = "{path}"\n{extra}\n'
 
 
-def tensor_table(kind: str, name: str, datatype: str, shape: list[int]) -> str:
+def tensor_table(kind: str, name: str, datatype: str, shape: list[int | str]) -> str:
     return f'[[models.{kind}]]\nname = "{name}"\ndatatype = "{datatype}"\nshape = {shape}\n'
 
 

@@ -7,15 +7,16 @@ import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from tests.support.server import ServerProcess
 from tests.support.v2 import infer
-from tests.support.zoo import ZooModel
+from tests.support.zoo import Tolerance, ZooModel
 
 
-def log_events(server: ServerProcess, name: str) -> list[dict]:
+def log_events(server: ServerProcess, name: str) -> list[dict[str, Any]]:
     found = []
     for line in server.log().splitlines():
         if f'"{name}"' not in line:
@@ -45,7 +46,7 @@ def serve_through_front_ends(
     name: str,
     model: ZooModel,
     reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
-    tolerance: Mapping[str, float],
+    tolerance: Tolerance,
     engine_library: str,
     rows: int,
 ) -> None:
@@ -57,7 +58,7 @@ def serve_through_front_ends(
     answered: set[int] = set()
     for _round in range(10):
         requests = [
-            model.example(rng, count, length and {"seq": length})
+            model.example(rng, count, cast("Mapping[str, int] | None", length and {"seq": length}))
             for count in range(1, rows + 1)
             for length in lengths
         ]

@@ -20,11 +20,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 import transformers
 
-from tests.support.zoo import MAX_SEQ, TensorSpec, ZooModel, export_zoo
+from appliance.tensors import TensorSpec
+from tests.support.zoo import MAX_SEQ, ZooModel, export_zoo
 
 WIDTH = 32
 VOCAB = 256
@@ -35,7 +37,16 @@ SEQ_BUCKETS = (8, 16, 32)
 MAIN_PYTHON = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python"
 
 
-def _encoder_sizes() -> dict[str, int]:
+class _EncoderSizes(TypedDict):
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+
+
+def _encoder_sizes() -> _EncoderSizes:
     return {
         "vocab_size": VOCAB,
         "hidden_size": WIDTH,
@@ -58,7 +69,8 @@ def distilbert() -> torch.nn.Module:
         n_heads=2,
         hidden_dim=2 * WIDTH,
         max_position_embeddings=MAX_SEQ,
-        num_labels=LABELS,
+        # A keyword of PreTrainedConfig.__post_init__, which the dataclass's signature omits.
+        num_labels=LABELS,  # type: ignore[call-arg]
     )
     return transformers.DistilBertForSequenceClassification(config)
 
@@ -87,7 +99,7 @@ def vit() -> torch.nn.Module:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=2 * WIDTH,
-        num_labels=CLASSES,
+        num_labels=CLASSES,  # type: ignore[call-arg]  # as in distilbert()
     )
     return transformers.ViTForImageClassification(config)
 

@@ -10,6 +10,7 @@ import http.client
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import cast
 
 STOP_TIMEOUT_S = 5.0
 
@@ -67,6 +68,7 @@ class FaultyProxy:
             def _forward(self) -> None:
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path, self.headers.get("Range")))
+                length: int | str | None  # later the upstream's Content-Length header, as it came
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 if proxy._take_failure():
@@ -101,7 +103,10 @@ class FaultyProxy:
                         self.end_headers()
                         self.wfile.write(_flip_first(data) if corrupt else data)
                         return
-                    self.send_header("Content-Length", response.getheader("Content-Length"))
+                    # Not None: checked above.
+                    self.send_header(
+                        "Content-Length", cast(str, response.getheader("Content-Length"))
+                    )
                     self.end_headers()
                     while chunk := response.read(64 * 1024):
                         self.wfile.write(_flip_first(chunk) if corrupt else chunk)

@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,6 +44,6 @@ def infer(
     }
 
 
-def get_json(url: str, path: str) -> dict:
+def get_json(url: str, path: str) -> dict[str, Any]:
     with urllib.request.urlopen(url + path, timeout=30) as response:
-        return json.load(response)
+        return cast("dict[str, Any]", json.load(response))

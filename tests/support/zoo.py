@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -34,6 +35,13 @@ from appliance.tensors import TensorSpec, numpy_dtype
 MAX_BATCH = 64
 MAX_SEQ = 64
 VOCAB = 1000
+
+
+class Tolerance(TypedDict):
+    """How closely outputs must match a reference: keywords of np.testing.assert_allclose."""
+
+    rtol: float
+    atol: float
 
 
 class Cnn(torch.nn.Module):

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ PREDICT = "/v1/endpoints/e/deployedModels/m:predict"
 
 
 @pytest.fixture(scope="module")
-def gcs(artifacts, tmp_path_factory) -> Iterator[str]:
+def gcs(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The bucket: `single/` holds one artifact; `several/` an aegis.toml and its artifacts."""
     with emulator() as url:
         bucket = admin_client(url).create_bucket(BUCKET)
@@ -69,13 +70,13 @@ def vertex_server(gcs: str, folder: str, workdir: Path) -> Iterator[ServerProces
         yield server
 
 
-def predict(server: ServerProcess, body: object) -> tuple[int, dict]:
+def predict(server: ServerProcess, body: object) -> tuple[int, dict[str, Any]]:
     reply = call(server, "POST", PREDICT, json.dumps(body).encode(), timeout_s=30)
     return reply.status, json.loads(reply.body)
 
 
 def test_health_is_503_until_warm_then_200_and_predict_serves_one_input(
-    gcs, tmp_path: Path
+    gcs: str, tmp_path: Path
 ) -> None:
     port = free_port()
     config = tmp_path / "aegis.toml"
@@ -84,7 +85,7 @@ def test_health_is_503_until_warm_then_200_and_predict_serves_one_input(
         config, tmp_path / "server.log", vertex_env(gcs, "single", port), port=port
     )
     try:
-        seen = []
+        seen: list[int] = []
         end = time.monotonic() + 120
         while not seen or seen[-1] != 200:
             assert time.monotonic() < end, server.log()
@@ -118,7 +119,7 @@ def test_health_is_503_until_warm_then_200_and_predict_serves_one_input(
         server.stop()
 
 
-def test_predict_serves_a_multi_input_model_chosen_by_the_config(gcs, tmp_path: Path) -> None:
+def test_predict_serves_a_multi_input_model_chosen_by_the_config(gcs: str, tmp_path: Path) -> None:
     with vertex_server(gcs, "several", tmp_path) as server:
         instances = [
             {"a": [1.0, 2.0, 3.0, 4.0], "b": [1, 2, 3], "c": [True, False]},
@@ -139,7 +140,7 @@ def test_predict_serves_a_multi_input_model_chosen_by_the_config(gcs, tmp_path: 
         assert (status, body) == (400, {"error": "instance 0: input 'b' is missing"})
 
 
-def test_predict_takes_bytes_as_strings_or_b64(gcs, tmp_path: Path) -> None:
+def test_predict_takes_bytes_as_strings_or_b64(gcs: str, tmp_path: Path) -> None:
     with vertex_server(gcs, "strings", tmp_path) as server:
         # ONNX string tensors hold UTF-8 text: what comes back as b64 is what is not UTF-8.
         raw = "b\u00efnaire\n".encode()
@@ -154,7 +155,7 @@ def test_predict_takes_bytes_as_strings_or_b64(gcs, tmp_path: Path) -> None:
         )
 
 
-def test_several_models_without_a_choice_refuse_to_start(gcs, tmp_path: Path) -> None:
+def test_several_models_without_a_choice_refuse_to_start(gcs: str, tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "aegis.toml"
     config.write_text(server_config(tmp_path, ""))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,7 @@ def test_idle_requests_all_stay_on_the_device(server: ServerProcess) -> None:
 
 
 def test_small_requests_behind_a_deep_device_queue_go_to_the_cpu_with_the_devices_answer(
-    server: ServerProcess, figures
+    server: ServerProcess, figures: Callable[[str], None]
 ) -> None:
     rng = np.random.default_rng(2)
     behind_device = probe_latencies(server, "device_only", rng)

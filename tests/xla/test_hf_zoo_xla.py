@@ -6,9 +6,10 @@ compilations and largest difference."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from tests.support.frontends import serve_through_front_ends
 from tests.support.hf_zoo import HF_ZOO, SEQ_BUCKETS, export_with_main_venv
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
-from tests.support.zoo import model_toml
+from tests.support.zoo import Tolerance, model_toml
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE
 from tests.xla.device import TOLERANCE as DEVICE_TOLERANCE
 from tests.xla.test_xla_serving import config_toml, scrape
@@ -26,7 +27,7 @@ from tests.xla.test_xla_serving import config_toml, scrape
 pytestmark = pytest.mark.xla
 
 # Transformer blocks: XLA:CPU fuses and reorders their float sums (softmax, layer norm).
-TOLERANCE = {**DEVICE_TOLERANCE, "rtol": max(DEVICE_TOLERANCE["rtol"], 1e-4)}
+TOLERANCE: Tolerance = {**DEVICE_TOLERANCE, "rtol": max(DEVICE_TOLERANCE["rtol"], 1e-4)}
 BUCKETS = (1, 2, 4)
 
 
@@ -36,7 +37,9 @@ def hf_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def hf_server(tmp_path_factory: pytest.TempPathFactory, hf_zoo: dict[str, Path]) -> Iterator:
+def hf_server(
+    tmp_path_factory: pytest.TempPathFactory, hf_zoo: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("hf-zoo-server")
     models = "".join(
         model_toml(
@@ -66,7 +69,14 @@ def test_hugging_face_models_serve_on_tpu_match_eager_and_compile_nothing_after_
         lengths = range(1, SEQ_BUCKETS[-1] + 1, 3) if model.dims else [None]
         for rows in range(1, BUCKETS[-1] + 1):
             for length in lengths:
-                requests.append((name, model.example(rng, rows, length and {"seq": length})))
+                requests.append(
+                    (
+                        name,
+                        model.example(
+                            rng, rows, cast("Mapping[str, int] | None", length and {"seq": length})
+                        ),
+                    )
+                )
     with ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda r: infer(hf_server.url, r[0], r[1]), requests))
     references = {name: model.eager_reference(hf_zoo[name]) for name, model in HF_ZOO.items()}
@@ -99,7 +109,7 @@ def test_hugging_face_models_serve_on_tpu_match_eager_and_compile_nothing_after_
 @pytest.fixture(scope="module")
 def front_ends_server(
     tmp_path_factory: pytest.TempPathFactory, hf_zoo: dict[str, Path]
-) -> Iterator:
+) -> Iterator[ServerProcess]:
     """BERT behind two front ends and one engine."""
     workdir = tmp_path_factory.mktemp("hf-zoo-front-ends")
     model = model_toml(

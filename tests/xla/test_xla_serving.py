@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def config_toml(workdir: Path, models: str) -> str:
     )
 
 
-def post_infer(server: ServerProcess, model: str, rows: np.ndarray) -> tuple[int, dict]:
+def post_infer(server: ServerProcess, model: str, rows: np.ndarray) -> tuple[int, dict[str, Any]]:
     body = {
         "inputs": [
             {
@@ -58,9 +59,9 @@ def post_infer(server: ServerProcess, model: str, rows: np.ndarray) -> tuple[int
     return reply.status, reply.json()
 
 
-def answer(payload: dict) -> np.ndarray:
+def answer(payload: dict[str, Any]) -> np.ndarray:
     [output] = payload["outputs"]
-    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+    return cast(np.ndarray, np.asarray(output["data"], dtype=np.float32).reshape(output["shape"]))
 
 
 def infer(server: ServerProcess, model: str, rows: np.ndarray) -> np.ndarray:
@@ -88,7 +89,7 @@ def scrape(server: ServerProcess) -> Callable[..., float]:
     return value
 
 
-def log_events(server: ServerProcess, event: str) -> list[dict]:
+def log_events(server: ServerProcess, event: str) -> list[dict[str, Any]]:
     entries = []
     for line in server.log().splitlines():
         if line.startswith("{"):

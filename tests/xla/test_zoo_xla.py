@@ -25,7 +25,7 @@ from appliance.runtimes.torch_runtime import TorchRuntime
 from appliance.runtimes.xla_runtime import XlaRuntime
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import get_json, infer
-from tests.support.zoo import ZOO, model_toml
+from tests.support.zoo import ZOO, Tolerance, model_toml
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE
 from tests.xla.device import TOLERANCE as DEVICE_TOLERANCE
 from tests.xla.test_xla_runtime import uncached_compiles
@@ -34,7 +34,7 @@ from tests.xla.test_xla_serving import config_toml, scrape
 pytestmark = pytest.mark.xla
 
 # Deeper graphs than the demo: XLA:CPU fuses and reorders more of their float arithmetic.
-TOLERANCE = {**DEVICE_TOLERANCE, "rtol": max(DEVICE_TOLERANCE["rtol"], 1e-4)}
+TOLERANCE: Tolerance = {**DEVICE_TOLERANCE, "rtol": max(DEVICE_TOLERANCE["rtol"], 1e-4)}
 BUCKETS = (1, 2, 4)
 
 
@@ -57,7 +57,9 @@ def config(zoo: dict[str, Path], name: str, runtime: str) -> ModelConfig:
     )
 
 
-def serve_like_the_batcher(runtime: Runtime, inputs: dict[str, np.ndarray]) -> dict:
+def serve_like_the_batcher(
+    runtime: Runtime, inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Pad one request to its buckets, run it, and cut the outputs back, as the batcher does."""
     assert runtime.signature is not None
     dims = NamedDims.of(runtime.signature, runtime.config.dims)
@@ -132,7 +134,9 @@ def test_an_artifact_dynamic_dimension_without_buckets_is_refused_naming_it(
 
 
 @pytest.fixture(scope="module")
-def zoo_server(tmp_path_factory: pytest.TempPathFactory, zoo: dict[str, Path]) -> Iterator:
+def zoo_server(
+    tmp_path_factory: pytest.TempPathFactory, zoo: dict[str, Path]
+) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("zoo-server")
     models = "".join(
         model_toml(
@@ -180,6 +184,7 @@ def test_the_zoo_serves_over_http_on_tpu_and_compiles_nothing_after_warmup(
     references = {name: ZOO[name].exported_reference(zoo[name]) for name in ZOO}
     for (name, inputs), (status, outputs) in zip(requests, replies, strict=True):
         assert status == 200, outputs
+        assert isinstance(outputs, dict)
         for output, want in references[name](inputs).items():
             np.testing.assert_allclose(outputs[output], want, **TOLERANCE, err_msg=output)
     value = scrape(zoo_server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ class Standardized(torch.nn.Module):
     """The demo MLP behind a per-feature standardisation: buffers and a nested module, the parts
     of a TorchScript model that must each be moved to the XLA device."""
 
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(5)
@@ -28,7 +32,7 @@ class Standardized(torch.nn.Module):
         self.mlp = build_demo_module()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp((x - self.mean) * self.scale)
+        return cast(torch.Tensor, self.mlp((x - self.mean) * self.scale))
 
 
 class WithFallbackOp(torch.nn.Module):
@@ -39,7 +43,7 @@ class WithFallbackOp(torch.nn.Module):
         self.mlp = build_demo_module()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.special.erfcx(self.mlp(x))
+        return cast(torch.Tensor, torch.special.erfcx(self.mlp(x)))
 
 
 # The eager CPU module behind each artifact: what served outputs must match.
@@ -60,7 +64,7 @@ def build_artifacts(root: Path) -> dict[str, Path]:
 
 def eager(artifact: str, rows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return REFERENCES[artifact]()(torch.from_numpy(rows)).numpy()
+        return cast(np.ndarray, REFERENCES[artifact]()(torch.from_numpy(rows)).numpy())
 
 
 def pad(rows: np.ndarray, bucket: int) -> np.ndarray:
