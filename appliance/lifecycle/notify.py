@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import threading
 import time
 
 import structlog
@@ -24,8 +23,6 @@ class SystemdNotifier:
         """`address` as in NOTIFY_SOCKET (None: a no-op notifier); `watchdog_usec` its period."""
         self._address = "\0" + address[1:] if address and address.startswith("@") else address
         self._watchdog_usec = watchdog_usec
-        self._socket: socket.socket | None = None
-        self._lock = threading.Lock()
         self._failed = False
 
     @classmethod
@@ -76,12 +73,10 @@ class SystemdNotifier:
         if self._address is None:
             return
         try:
-            with self._lock:
-                if self._socket is None:
-                    self._socket = socket.socket(
-                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-                    )
-                self._socket.sendto(message.encode(), self._address)
+            # A socket per message, as libsystemd's sd_notify does: messages are a few a
+            # second at most, and nothing is left open for the process to close.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message.encode(), self._address)
         except OSError as error:
             if not self._failed:
                 self._failed = True
