@@ -37,18 +37,15 @@ import os
 import pickle
 import signal
 import socket
-import struct
 import sys
 import tempfile
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 from hypercorn.config import Config as HypercornConfig
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from appliance.chips import tpu_chips
 from appliance.config import (
@@ -59,8 +56,11 @@ from appliance.config import (
     load_config,
     with_grpc_bind,
 )
+from appliance.lifecycle.child import FAILING_AFTER, STABLE_AFTER_S, Child, backoff_s
+from appliance.lifecycle.child_metrics import ChildrenCollector
 from appliance.lifecycle.link import Link, LinkClosed, Message
 from appliance.lifecycle.notify import SystemdNotifier
+from appliance.lifecycle.notify_socket import notify_socket, read_messages
 from appliance.lifecycle.replica import ReplicaSpec
 from appliance.lifecycle.replicas import (
     ReplicaPlan,
@@ -74,14 +74,8 @@ from appliance.metrics.replicas import SUPERVISOR_FILE, forget_process, replica_
 
 log = structlog.get_logger("aegis.lifecycle")
 
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
-# A replica that served this long before it exited is restarted at once.
-STABLE_AFTER_S = 60.0
-FAILING_AFTER = 5
 # Beyond shutdown_grace_s, for a replica to exit once it has drained.
 EXIT_MARGIN_S = 5.0
-_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # A front end's arena: the largest request, within these bounds (a larger request travels inside
 # its control message; the arena's pages are the front end's memory once used).
 ARENA_MIN_BYTES = 1024 * 1024
@@ -120,87 +114,6 @@ def listening_sockets(config: AppConfig, binds: list[str]) -> list[socket.socket
     return listening
 
 
-def backoff_s(failures: int) -> float:
-    if failures <= 0:
-        return 0.0
-    return min(BACKOFF_FIRST_S * 2.0 ** min(failures - 1, 16), BACKOFF_MAX_S)
-
-
-class Replica:
-    """One replica as the supervisor follows it, across its restarts."""
-
-    def __init__(self, plan: ReplicaPlan, notify_path: Path, metrics_folder: Path) -> None:
-        self.plan = plan
-        self.index = plan.index
-        self.notify_path = notify_path
-        self.metrics_folder = metrics_folder
-        self.process: asyncio.subprocess.Process | None = None
-        self.link: Link | None = None
-        self.exited = asyncio.Event()
-        self.warm = False  # its models are up (READY=1 since it started)
-        self.warm_since = 0.0
-        self.reloading = False
-        self.reload_done = asyncio.Event()
-        self.status = ""
-        self.last_ping = 0.0
-        self.failures = 0  # starts in a row that did not last
-        self.restarts = 0
-        self.failing = False
-
-    @property
-    def fields(self) -> dict[str, int]:
-        """How its log lines name it: replica=N (engines too), or frontend=N."""
-        return {self.plan.label: self.index}
-
-    @property
-    def runs_models(self) -> bool:
-        return self.plan.role != "frontend"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-
-class _SupervisorMetrics(Collector):
-    def __init__(self, replicas: list[Replica]) -> None:
-        self._replicas = replicas
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "aegis_replica_up", "1 while the replica is warm and serving.", labels=["replica"]
-        )
-        failing = GaugeMetricFamily(
-            "aegis_replica_failing",
-            f"1 when the replica failed {FAILING_AFTER} starts in a row.",
-            labels=["replica"],
-        )
-        restarts = CounterMetricFamily(
-            "aegis_replica_restarts", "Times the replica was started again.", labels=["replica"]
-        )
-        frontend_up = GaugeMetricFamily(
-            "aegis_frontend_up", "1 while the front end serves.", labels=["frontend"]
-        )
-        frontend_restarts = CounterMetricFamily(
-            "aegis_frontend_restarts", "Times the front end was started again.", labels=["frontend"]
-        )
-        for replica in self._replicas:
-            label = [str(replica.index)]
-            if not replica.runs_models:
-                frontend_up.add_metric(label, 1 if replica.alive and replica.warm else 0)
-                frontend_restarts.add_metric(label, replica.restarts)
-                continue
-            up.add_metric(label, 1 if replica.alive and replica.warm else 0)
-            failing.add_metric(label, 1 if replica.failing else 0)
-            restarts.add_metric(label, replica.restarts)
-        yield from (up, failing, restarts)
-        if any(not replica.runs_models for replica in self._replicas):
-            yield from (frontend_up, frontend_restarts)
-
-
 class Supervisor:
     def __init__(
         self,
@@ -215,7 +128,7 @@ class Supervisor:
         self.notifier = notifier or SystemdNotifier.from_environment()
         self.grace_s = source.config.server.shutdown_grace_s
         self.exit_code = 0
-        self.replicas: list[Replica] = []
+        self.replicas: list[Child] = []
         self.host_ready = False
         self._models = source.config.models
         self._unloaded: set[str] = set()
@@ -270,21 +183,18 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _prepare(self, plan: ReplicaPlan) -> Replica:
+    def _prepare(self, plan: ReplicaPlan) -> Child:
         label = "frontend" if plan.role == "frontend" else "replica"
         folder = replica_folder(self._rundir / "metrics", plan.index, label)
         folder.mkdir(parents=True)
         notify_path = self._rundir / f"{plan.name}.notify"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        sock.bind(str(notify_path))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        sock.setblocking(False)
+        sock = notify_socket(notify_path)
         self._notify_sockets.append(sock)
-        replica = Replica(plan, notify_path, folder)
+        replica = Child(plan, notify_path, folder)
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_notify, replica, sock)
         return replica
 
-    def _replica_spec(self, replica: Replica, control_fd: int, warm_first: bool) -> ReplicaSpec:
+    def _replica_spec(self, replica: Child, control_fd: int, warm_first: bool) -> ReplicaSpec:
         config = self.source.config
         models = tuple(m for m in self._models if m.name not in self._unloaded)
         cache = replica.plan.xla_cache_dir(config.xla.compilation_cache_dir)
@@ -322,10 +232,10 @@ class Supervisor:
     def _channel_path(self, engine: int) -> str:
         return str(self._rundir / f"engine-{engine}.sock")
 
-    def _listening(self, replica: Replica) -> list[socket.socket]:
+    def _listening(self, replica: Child) -> list[socket.socket]:
         return [] if replica.plan.role == "engine" else self._sockets
 
-    def _replica_environment(self, replica: Replica) -> dict[str, str]:
+    def _replica_environment(self, replica: Child) -> dict[str, str]:
         environment = {**os.environ, **replica.plan.environment}
         environment["NOTIFY_SOCKET"] = str(replica.notify_path)
         environment["PROMETHEUS_MULTIPROC_DIR"] = str(replica.metrics_folder)
@@ -337,7 +247,7 @@ class Supervisor:
             environment["WATCHDOG_USEC"] = str(int(interval * 2 * 1_000_000))
         return environment
 
-    async def _start(self, replica: Replica, warm_first: bool) -> None:
+    async def _start(self, replica: Child, warm_first: bool) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             spec = self._replica_spec(replica, theirs.fileno(), warm_first)
@@ -373,7 +283,7 @@ class Supervisor:
         self._spawn_task(self._follow(replica, process))
         self._write_metrics()
 
-    async def _follow(self, replica: Replica, process: asyncio.subprocess.Process) -> None:
+    async def _follow(self, replica: Child, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
         loop = asyncio.get_running_loop()
         served_s = loop.time() - replica.warm_since if replica.warm else 0.0
@@ -416,7 +326,7 @@ class Supervisor:
         self._report()
         await self._restart(replica, delay)
 
-    async def _restart(self, replica: Replica, delay_s: float) -> None:
+    async def _restart(self, replica: Child, delay_s: float) -> None:
         while True:
             await asyncio.sleep(delay_s)
             if self._stopping:
@@ -432,21 +342,13 @@ class Supervisor:
 
     # -- what the replicas say ---------------------------------------------------------------
 
-    def _on_notify(self, replica: Replica, sock: socket.socket) -> None:
-        while True:
-            try:
-                data, ancillary, _flags, _address = sock.recvmsg(4096, socket.CMSG_SPACE(12))
-            except (BlockingIOError, InterruptedError):
-                return
-            sender = _sender_pid(ancillary)
+    def _on_notify(self, replica: Child, sock: socket.socket) -> None:
+        for sender, fields in read_messages(sock):
             if sender is None or sender != replica.pid or not replica.alive:
                 continue  # a predecessor's last words, or not from the replica at all
-            fields = dict(
-                line.partition("=")[::2] for line in data.decode(errors="replace").splitlines()
-            )
             self._on_fields(replica, fields)
 
-    def _on_fields(self, replica: Replica, fields: dict[str, str]) -> None:
+    def _on_fields(self, replica: Child, fields: dict[str, str]) -> None:
         loop = asyncio.get_running_loop()
         if "WATCHDOG" in fields:
             replica.last_ping = loop.time()
@@ -465,7 +367,7 @@ class Supervisor:
                 replica.warm_since = loop.time()
                 self._on_warm(replica)
 
-    def _on_warm(self, replica: Replica) -> None:
+    def _on_warm(self, replica: Child) -> None:
         log.info("replica_warm", **replica.fields, pid=replica.pid)
         if replica.failing:
             replica.failing = False
@@ -486,7 +388,7 @@ class Supervisor:
         if self.host_ready:
             self._report()
 
-    def _tell(self, replica: Replica, message: Message) -> None:
+    def _tell(self, replica: Child, message: Message) -> None:
         if replica.link is not None:
             with contextlib.suppress(LinkClosed, ConnectionError):
                 replica.link.send(message)
@@ -533,7 +435,7 @@ class Supervisor:
     def _write_metrics(self) -> None:
         with contextlib.suppress(OSError):
             write_text(
-                self._rundir / "metrics" / SUPERVISOR_FILE, [_SupervisorMetrics(self.replicas)]
+                self._rundir / "metrics" / SUPERVISOR_FILE, [ChildrenCollector(self.replicas)]
             )
 
     async def _watch_replicas(self) -> None:
@@ -608,7 +510,7 @@ class Supervisor:
         await self._stop_group([r for r in self.replicas if not r.runs_models], end)
         await self._stop_group([r for r in self.replicas if r.runs_models], end)
 
-    async def _stop_group(self, group: list[Replica], end: float) -> None:
+    async def _stop_group(self, group: list[Child], end: float) -> None:
         live = [r for r in group if r.alive and r.process is not None]
         for replica in live:
             with contextlib.suppress(ProcessLookupError):
@@ -629,14 +531,6 @@ class Supervisor:
         for replica in leftovers:
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await asyncio.wait_for(replica.process.wait(), 5.0)  # type: ignore[union-attr]
-
-
-def _sender_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            pid, _uid, _gid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
-            return int(pid)
-    return None
 
 
 def run_supervisor(source: ConfigSource, plans: list[ReplicaPlan], binds: list[str]) -> int:
