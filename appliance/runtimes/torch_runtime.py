@@ -32,7 +32,7 @@ from appliance.runtimes.exported import (
     load_program,
     output_names,
 )
-from appliance.runtimes.signature import merge_signature
+from appliance.runtimes.signature import merge_signature, output_order
 from appliance.tensors import DimLimit, Signature, TensorSpec
 
 TORCH_TO_DATATYPE: dict[torch.dtype, str] = {
@@ -126,16 +126,6 @@ def exported_signature_as_declared(
     if order is not None:
         found = dataclasses.replace(found, outputs=tuple(found.outputs[i] for i in order))
     return found, order
-
-
-def output_order(found: Signature, config: ModelConfig) -> tuple[int, ...] | None:
-    """Where each declared output sits among the graph's outputs, when the declaration names
-    the keys of a dict the model returns (in any order); None: by position."""
-    declared = [spec.name for spec in config.output_specs]
-    have = [spec.name for spec in found.outputs]
-    if declared and sorted(declared) == sorted(have) and declared != have:
-        return tuple(have.index(name) for name in declared)
-    return None
 
 
 def load_exported(path: Path) -> torch.export.ExportedProgram:
