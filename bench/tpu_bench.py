@@ -86,7 +86,8 @@ def host(out: Path) -> None:
 
     from appliance.config import ModelConfig
     from appliance.runtimes.exported import ExportedForward
-    from appliance.runtimes.torch_runtime import load_exported, to_tensor
+    from appliance.runtimes.torch_runtime import load_exported
+    from appliance.runtimes.torch_tensors import to_tensor
     from appliance.runtimes.xla_runtime import XlaRuntime
 
     torch.set_num_threads(1)

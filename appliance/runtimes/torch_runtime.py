@@ -33,37 +33,8 @@ from appliance.runtimes.exported import (
     output_names,
 )
 from appliance.runtimes.signature import merge_signature, output_order
+from appliance.runtimes.torch_tensors import TORCH_TO_DATATYPE, to_numpy, to_tensor
 from appliance.tensors import DimLimit, Signature, TensorSpec
-
-TORCH_TO_DATATYPE: dict[torch.dtype, str] = {
-    torch.bool: "BOOL",
-    torch.uint8: "UINT8",
-    torch.uint16: "UINT16",
-    torch.uint32: "UINT32",
-    torch.uint64: "UINT64",
-    torch.int8: "INT8",
-    torch.int16: "INT16",
-    torch.int32: "INT32",
-    torch.int64: "INT64",
-    torch.float16: "FP16",
-    torch.float32: "FP32",
-    torch.float64: "FP64",
-    torch.bfloat16: "BF16",
-}
-
-
-def to_tensor(array: np.ndarray, datatype: str) -> torch.Tensor:
-    """A torch view of `array` (no copy where numpy and torch share the layout)."""
-    if datatype == "BF16":
-        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16)
-    return tensor.numpy()
 
 
 def _spec_from_meta(name: str, value: Any) -> TensorSpec:

@@ -48,8 +48,8 @@ from appliance.runtimes.torch_runtime import (
     TorchRuntime,
     exported_signature_as_declared,
     load_exported,
-    to_tensor,
 )
+from appliance.runtimes.torch_tensors import to_tensor
 from appliance.runtimes.xla_replay import Program, trace_program
 from appliance.tensors import Signature
 
