@@ -85,8 +85,8 @@ def host(out: Path) -> None:
     import torch_xla.debug.metrics as metrics
 
     from appliance.config import ModelConfig
-    from appliance.runtimes.exported import ExportedForward
-    from appliance.runtimes.torch_runtime import load_exported, to_tensor
+    from appliance.runtimes.exported import ExportedForward, load_exported
+    from appliance.runtimes.torch_tensors import to_tensor
     from appliance.runtimes.xla_runtime import XlaRuntime
 
     torch.set_num_threads(1)

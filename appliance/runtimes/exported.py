@@ -18,10 +18,14 @@ node's children by its keys, so the outputs are named by those keys (`last_hidde
 tensors the graph makes itself (a mask's `arange`, an RNN's initial state) are made on the device.
 A graph that mutates its buffers or threads effect tokens runs through `module()`, which applies
 those effects.
+
+`load_exported` and `exported_signature` are how every runtime that serves `.pt2` files (torch,
+tpu, jax) loads one as an artifact and reads its signature from the graph.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -34,6 +38,12 @@ import torch
 import torch.export.passes
 import torch.utils._pytree as pytree
 from torch.export.graph_signature import InputKind, OutputKind
+
+from appliance.config import ModelConfig
+from appliance.runtimes.base import ArtifactError
+from appliance.runtimes.signature import output_order
+from appliance.runtimes.torch_tensors import TORCH_TO_DATATYPE
+from appliance.tensors import DimLimit, Signature, TensorSpec
 
 _BOUND_INPUTS = frozenset({InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR})
 
@@ -185,6 +195,75 @@ def output_names(program: torch.export.ExportedProgram) -> tuple[str, ...] | Non
     if all(child.is_leaf() for child in children):
         return tuple(str(key) for key in spec.context)
     return None
+
+
+def _spec_from_meta(name: str, value: Any) -> TensorSpec:
+    """A TensorSpec from an exported graph node's fake tensor; a symbolic dimension is its
+    symbol's expression (`s27`, `2*s27`), which `merge_signature` resolves."""
+    if not isinstance(value, torch.Tensor):
+        raise ArtifactError(f"{name}: exported programs must take and return tensors only")
+    try:
+        datatype = TORCH_TO_DATATYPE[value.dtype]
+    except KeyError:
+        raise ArtifactError(f"{name}: dtype {value.dtype} has no protocol datatype") from None
+    shape = tuple(dim if isinstance(dim, int) else str(dim.node.expr) for dim in value.shape)
+    return TensorSpec(name, datatype, shape)
+
+
+def _limits_from_meta(name: str, value: torch.Tensor, ranges: dict[Any, Any]) -> list[DimLimit]:
+    """The export's range for each axis of `value` that is a plain symbol (`Dim(min, max)`)."""
+    limits: list[DimLimit] = []
+    for axis, dim in enumerate(value.shape):
+        if not isinstance(dim, torch.SymInt):
+            continue
+        symbol = dim.node.expr
+        if symbol not in ranges:
+            continue  # a derived size (e.g. 2 * seq): its symbol's own axis carries the limit
+        bounds = ranges[symbol]
+        upper = int(bounds.upper) if bounds.upper.is_finite else None
+        limits.append(DimLimit(name, axis, str(symbol), int(bounds.lower), upper))
+    return limits
+
+
+def exported_signature(program: torch.export.ExportedProgram) -> Signature:
+    """Inputs, outputs and dimension limits of a torch.export program, by its placeholder and
+    output nodes and its range constraints. A model that returns a dict names its outputs by
+    the dict's keys. Dynamic dimensions are left as the export's symbols (see `signature`)."""
+    names = output_names(program)
+    user_inputs = set(program.graph_signature.user_inputs)
+    inputs = []
+    outputs: list[TensorSpec] = []
+    limits: list[DimLimit] = []
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            value = node.meta.get("val")
+            inputs.append(_spec_from_meta(node.name, value))
+            limits += _limits_from_meta(node.name, value, program.range_constraints)
+        elif node.op == "output":
+            values = node.args[0]
+            for index, out in enumerate(values):
+                name = names[index] if names else f"output__{index}"
+                outputs.append(_spec_from_meta(name, out.meta.get("val")))
+    return Signature(tuple(inputs), tuple(outputs), tuple(limits))
+
+
+def exported_signature_as_declared(
+    program: torch.export.ExportedProgram, config: ModelConfig
+) -> tuple[Signature, tuple[int, ...] | None]:
+    """The program's signature with its outputs in the order the config declares them, and
+    that order (indexes into the graph's outputs; None: the graph's own)."""
+    found = exported_signature(program)
+    order = output_order(found, config)
+    if order is not None:
+        found = dataclasses.replace(found, outputs=tuple(found.outputs[i] for i in order))
+    return found, order
+
+
+def load_exported(path: Path) -> torch.export.ExportedProgram:
+    try:
+        return load_program(path)
+    except ProgramLoadError as error:
+        raise ArtifactError(f"{path.name}: not a loadable torch.export program: {error}") from None
 
 
 class ExportedForward:

@@ -117,7 +117,7 @@ class JaxRuntime(Runtime):
 
     def read_signature(self, path: Path) -> Signature:
         if path.suffix == ".pt2":
-            from appliance.runtimes.torch_runtime import exported_signature, load_exported
+            from appliance.runtimes.exported import exported_signature, load_exported
 
             return exported_signature(load_exported(path))
         try:
@@ -173,7 +173,7 @@ class JaxRuntime(Runtime):
                 f"torchax cannot be imported ({type(error).__name__}: {error}); install "
                 "the aegis_tpu_runtime role's jax flavor (requirements-jax.txt)"
             ) from None
-        from appliance.runtimes.torch_runtime import exported_signature, load_exported
+        from appliance.runtimes.exported import exported_signature, load_exported
 
         program = load_exported(path)
         signature = exported_signature(program)

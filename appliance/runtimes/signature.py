@@ -58,6 +58,16 @@ def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Sig
     return Signature(resolved_inputs, resolved_outputs, limits)
 
 
+def output_order(found: Signature, config: ModelConfig) -> tuple[int, ...] | None:
+    """Where each declared output sits among the graph's outputs, when the declaration names
+    the keys of a dict the model returns (in any order); None: by position."""
+    declared = [spec.name for spec in config.output_specs]
+    have = [spec.name for spec in found.outputs]
+    if declared and sorted(declared) == sorted(have) and declared != have:
+        return tuple(have.index(name) for name in declared)
+    return None
+
+
 def _paired(
     specs: tuple[TensorSpec, ...], found: tuple[TensorSpec, ...], declared: bool
 ) -> list[tuple[TensorSpec, TensorSpec | None]]:

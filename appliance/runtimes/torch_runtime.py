@@ -7,7 +7,6 @@ is refused because it is not a TorchScript archive.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,121 +27,12 @@ from appliance.runtimes.base import (
 )
 from appliance.runtimes.exported import (
     ExportedForward,
-    ProgramLoadError,
-    load_program,
-    output_names,
+    exported_signature_as_declared,
+    load_exported,
 )
 from appliance.runtimes.signature import merge_signature
-from appliance.tensors import DimLimit, Signature, TensorSpec
-
-TORCH_TO_DATATYPE: dict[torch.dtype, str] = {
-    torch.bool: "BOOL",
-    torch.uint8: "UINT8",
-    torch.uint16: "UINT16",
-    torch.uint32: "UINT32",
-    torch.uint64: "UINT64",
-    torch.int8: "INT8",
-    torch.int16: "INT16",
-    torch.int32: "INT32",
-    torch.int64: "INT64",
-    torch.float16: "FP16",
-    torch.float32: "FP32",
-    torch.float64: "FP64",
-    torch.bfloat16: "BF16",
-}
-
-
-def to_tensor(array: np.ndarray, datatype: str) -> torch.Tensor:
-    """A torch view of `array` (no copy where numpy and torch share the layout)."""
-    if datatype == "BF16":
-        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16)
-    return tensor.numpy()
-
-
-def _spec_from_meta(name: str, value: Any) -> TensorSpec:
-    """A TensorSpec from an exported graph node's fake tensor; a symbolic dimension is its
-    symbol's expression (`s27`, `2*s27`), which `merge_signature` resolves."""
-    if not isinstance(value, torch.Tensor):
-        raise ArtifactError(f"{name}: exported programs must take and return tensors only")
-    try:
-        datatype = TORCH_TO_DATATYPE[value.dtype]
-    except KeyError:
-        raise ArtifactError(f"{name}: dtype {value.dtype} has no protocol datatype") from None
-    shape = tuple(dim if isinstance(dim, int) else str(dim.node.expr) for dim in value.shape)
-    return TensorSpec(name, datatype, shape)
-
-
-def _limits_from_meta(name: str, value: torch.Tensor, ranges: dict[Any, Any]) -> list[DimLimit]:
-    """The export's range for each axis of `value` that is a plain symbol (`Dim(min, max)`)."""
-    limits: list[DimLimit] = []
-    for axis, dim in enumerate(value.shape):
-        if not isinstance(dim, torch.SymInt):
-            continue
-        symbol = dim.node.expr
-        if symbol not in ranges:
-            continue  # a derived size (e.g. 2 * seq): its symbol's own axis carries the limit
-        bounds = ranges[symbol]
-        upper = int(bounds.upper) if bounds.upper.is_finite else None
-        limits.append(DimLimit(name, axis, str(symbol), int(bounds.lower), upper))
-    return limits
-
-
-def exported_signature(program: torch.export.ExportedProgram) -> Signature:
-    """Inputs, outputs and dimension limits of a torch.export program, by its placeholder and
-    output nodes and its range constraints. A model that returns a dict names its outputs by
-    the dict's keys. Dynamic dimensions are left as the export's symbols (see `signature`)."""
-    names = output_names(program)
-    user_inputs = set(program.graph_signature.user_inputs)
-    inputs = []
-    outputs: list[TensorSpec] = []
-    limits: list[DimLimit] = []
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            value = node.meta.get("val")
-            inputs.append(_spec_from_meta(node.name, value))
-            limits += _limits_from_meta(node.name, value, program.range_constraints)
-        elif node.op == "output":
-            values = node.args[0]
-            for index, out in enumerate(values):
-                name = names[index] if names else f"output__{index}"
-                outputs.append(_spec_from_meta(name, out.meta.get("val")))
-    return Signature(tuple(inputs), tuple(outputs), tuple(limits))
-
-
-def exported_signature_as_declared(
-    program: torch.export.ExportedProgram, config: ModelConfig
-) -> tuple[Signature, tuple[int, ...] | None]:
-    """The program's signature with its outputs in the order the config declares them, and
-    that order (indexes into the graph's outputs; None: the graph's own)."""
-    found = exported_signature(program)
-    order = output_order(found, config)
-    if order is not None:
-        found = dataclasses.replace(found, outputs=tuple(found.outputs[i] for i in order))
-    return found, order
-
-
-def output_order(found: Signature, config: ModelConfig) -> tuple[int, ...] | None:
-    """Where each declared output sits among the graph's outputs, when the declaration names
-    the keys of a dict the model returns (in any order); None: by position."""
-    declared = [spec.name for spec in config.output_specs]
-    have = [spec.name for spec in found.outputs]
-    if declared and sorted(declared) == sorted(have) and declared != have:
-        return tuple(have.index(name) for name in declared)
-    return None
-
-
-def load_exported(path: Path) -> torch.export.ExportedProgram:
-    try:
-        return load_program(path)
-    except ProgramLoadError as error:
-        raise ArtifactError(f"{path.name}: not a loadable torch.export program: {error}") from None
+from appliance.runtimes.torch_tensors import to_numpy, to_tensor
+from appliance.tensors import Signature
 
 
 class TorchRuntime(Runtime):

@@ -43,13 +43,13 @@ from appliance.runtimes.base import (
     ModelExecutionError,
     RuntimeStats,
 )
-from appliance.runtimes.exported import ExportedForward
-from appliance.runtimes.torch_runtime import (
-    TorchRuntime,
+from appliance.runtimes.exported import (
+    ExportedForward,
     exported_signature_as_declared,
     load_exported,
-    to_tensor,
 )
+from appliance.runtimes.torch_runtime import TorchRuntime
+from appliance.runtimes.torch_tensors import to_tensor
 from appliance.runtimes.xla_replay import Program, trace_program
 from appliance.tensors import Signature
 
