@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import ServerFactory, model_table, tensor_table
+from tests.conftest import ServerFactory
 from tests.reliability.fault_models import Doubles
 from tests.reliability.helpers import call, json_infer
+from tests.support.config import model_table, tensor_table
 from tests.support.models import script_pt
 from tests.support.server import ServerProcess
 

@@ -6,8 +6,9 @@ import json
 import struct
 from pathlib import Path
 
-from tests.conftest import ServerFactory, model_table
+from tests.conftest import ServerFactory
 from tests.reliability.helpers import binary_body, call, json_infer
+from tests.support.config import model_table
 from tests.support.models import onnx_strings
 
 WORDS = ["hello", "été", ""]
