@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.helpers import call
 from tests.support.config import model_table, server_config
+from tests.support.http import call
 from tests.support.server import ServerProcess
 
 HOST = b"Host: t\r\n"

@@ -22,11 +22,12 @@ import pytest
 
 from appliance.errors import LoadFailed
 from appliance.rest.errors import failure_response
-from tests.reliability.fault_models import declared_table
-from tests.reliability.helpers import assert_no_leak, json_infer
 from tests.support.asgi import asgi_request
+from tests.support.bodies import json_infer
 from tests.support.config import model_table, server_config
+from tests.support.fault_models import declared_table
 from tests.support.http import call
+from tests.support.leaks import assert_no_leak
 from tests.support.server import ServerProcess, running_server, start_server
 from tests.support.tls import self_signed
 
