@@ -13,6 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.jax_tier.jax_models import eager, example_inputs, masked_inputs, masked_reference
+from tests.support.config import tier_config
 from tests.support.http import get_json
 from tests.support.logs import log_events
 from tests.support.metrics import scrape
@@ -40,10 +41,8 @@ def model_toml(name: str, path: Path, **fields: object) -> str:
 
 
 def config_toml(workdir: Path, models: str) -> str:
-    return (
-        f'[server]\nshutdown_grace_s = 5\n[storage]\ncache_dir = "{workdir / "models"}"\n'
-        f'[xla]\ncompilation_cache_dir = "{workdir.parent / "xla-cache"}"\n{models}'
-    )
+    # Beside the workdir: servers in sibling workdirs share it (a restart reads its programs).
+    return tier_config(workdir, models, xla_cache=workdir.parent / "xla-cache")
 
 
 def infer(

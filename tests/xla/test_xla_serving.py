@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from appliance.demo import DEMO_INPUTS
+from tests.support.config import tier_config
 from tests.support.http import call, get_json
 from tests.support.logs import log_events
 from tests.support.metrics import scrape
@@ -39,10 +40,7 @@ def model_toml(name: str, path: Path, **fields: object) -> str:
 
 
 def config_toml(workdir: Path, models: str) -> str:
-    return (
-        f'[server]\nshutdown_grace_s = 5\n[storage]\ncache_dir = "{workdir / "models"}"\n'
-        f'[xla]\ncompilation_cache_dir = "{workdir / "xla-cache"}"\n{models}'
-    )
+    return tier_config(workdir, models, xla_cache=workdir / "xla-cache")
 
 
 def post_infer(server: ServerProcess, model: str, rows: np.ndarray) -> tuple[int, dict[str, Any]]:
