@@ -52,11 +52,11 @@ test-unit: venv
 
 # The XLA tier: its own venv with the pinned torch/torch-xla pair, PJRT_DEVICE=CPU.
 test-xla: venv
-	bash tests/xla/run_tier.sh
+	bash tests/support/run_tier.sh xla
 
 # The XLA tier on a Cloud TPU VM's own chips (PJRT_DEVICE=TPU); exits non-zero without one.
 test-tpu: venv
-	XLA_TIER_DEVICE=TPU bash tests/xla/run_tier.sh
+	XLA_TIER_DEVICE=TPU bash tests/support/run_tier.sh xla
 
 # The app's pinned sets for hosts (one per Python: 3.10 for Ubuntu 22.04 TPU VMs ... 3.13) resolve
 # with binary wheels and satisfy pyproject.toml; `make host-requirements` regenerates them.
@@ -68,7 +68,7 @@ host-requirements:
 
 # The JAX tier: its own venv with the pinned jax / torchax / torch set, JAX's CPU backend.
 test-jax: venv
-	bash tests/jax_tier/run_tier.sh
+	bash tests/support/run_tier.sh jax
 
 # The deploy tier: a booted systemd container, deployed over ssh by ansible-playbook (root).
 test-e2e: venv

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.config import model_table, server_config, tensor_table
+from tests.support.config import server_config
 from tests.support.server import ServerProcess, running_server
-
-# The config helpers live in tests.support.config; tests that import them from here still work.
-__all__ = ["model_table", "server_config", "tensor_table"]
 
 ServerFactory = Callable[..., ServerProcess]
 

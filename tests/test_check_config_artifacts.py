@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import model_table, tensor_table
+from tests.support.config import model_table, tensor_table
 from tests.support.zoo import export_zoo
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import model_table, tensor_table
-from tests.reliability.fault_models import Doubles
+from tests.support.config import model_table, tensor_table
+from tests.support.fault_models import Doubles
 from tests.support.models import script_pt
 from tests.test_startup_failures import run_until_exit
 

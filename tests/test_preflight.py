@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import model_table, server_config
-from tests.reliability.test_security import self_signed
+from tests.support.config import model_table, server_config
 from tests.support.server import start_server
+from tests.support.tls import self_signed
 
 TOKEN = "a-token-of-more-than-sixteen-characters"
 

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ServerFactory, model_table
+from tests.conftest import ServerFactory
 from tests.deploy.roletools import GATE, load_tool, run_tool
+from tests.support.config import model_table
 from tests.support.server import ServerProcess
 
 TPU = 'runtime = "tpu"\ndevice = "tpu"\nwarmup_iters = 0'

@@ -249,9 +249,3 @@ def build_jax_artifacts(root: Path) -> dict[str, Path]:
         "masked.jax": export_masked(root / "masked.jax"),
         "masked.pt2": export_masked_torch(root / "masked.pt2"),
     }
-
-
-def pad(rows: np.ndarray, bucket: int) -> np.ndarray:
-    """`rows` padded with zero rows up to `bucket` rows, as the batcher does."""
-    padding = np.zeros((bucket - rows.shape[0], *rows.shape[1:]), dtype=rows.dtype)
-    return np.concatenate([rows, padding])

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from appliance.repository import warmup_shapes
-from tests.jax_tier.test_jax_serving import CPU, config_toml, scrape
+from tests.jax_tier.test_jax_serving import CPU, config_toml
 from tests.support.frontends import serve_through_front_ends
 from tests.support.hf_zoo import HF_ZOO, SEQ_BUCKETS, export_with_main_venv
+from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
 from tests.support.zoo import Tolerance, model_toml

@@ -15,13 +15,8 @@ from appliance.config import ModelConfig
 from appliance.repository.loader import warm_up
 from appliance.runtimes import ArtifactError, jax_process
 from appliance.runtimes.jax_runtime import JaxRuntime
-from tests.jax_tier.jax_models import (
-    eager,
-    example_inputs,
-    masked_inputs,
-    masked_reference,
-    pad,
-)
+from tests.jax_tier.jax_models import eager, example_inputs, masked_inputs, masked_reference
+from tests.support.padding import pad
 
 pytestmark = pytest.mark.jax
 

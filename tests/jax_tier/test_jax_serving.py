@@ -5,17 +5,18 @@ restart; the device a process is given; and the CPU-fallback modes on a host wit
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.jax_tier.jax_models import eager, example_inputs, masked_inputs, masked_reference
+from tests.support.config import tier_config
+from tests.support.http import get_json
+from tests.support.logs import log_events
+from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server, start_server
 
 pytestmark = pytest.mark.jax
@@ -40,45 +41,8 @@ def model_toml(name: str, path: Path, **fields: object) -> str:
 
 
 def config_toml(workdir: Path, models: str) -> str:
-    return (
-        f'[server]\nshutdown_grace_s = 5\n[storage]\ncache_dir = "{workdir / "models"}"\n'
-        f'[xla]\ncompilation_cache_dir = "{workdir.parent / "xla-cache"}"\n{models}'
-    )
-
-
-def get_json(server: ServerProcess, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(server.url + path, timeout=30) as response:
-        return cast("dict[str, Any]", json.load(response))
-
-
-def scrape(server: ServerProcess) -> Callable[..., float]:
-    """The /metrics page now, as a lookup: value(metric sample name, **labels)."""
-    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as response:
-        text = response.read().decode()
-    samples = [
-        sample for family in text_string_to_metric_families(text) for sample in family.samples
-    ]
-
-    def value(name: str, **labels: str) -> float:
-        found = [
-            sample.value
-            for sample in samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        ]
-        assert len(found) == 1, f"{name}{labels}: {len(found)} samples"
-        return found[0]
-
-    return value
-
-
-def log_events(server: ServerProcess, event: str) -> list[dict[str, Any]]:
-    entries = []
-    for line in server.log().splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("event") == event:
-                entries.append(entry)
-    return entries
+    # Beside the workdir: servers in sibling workdirs share it (a restart reads its programs).
+    return tier_config(workdir, models, xla_cache=workdir.parent / "xla-cache")
 
 
 def infer(

@@ -7,10 +7,11 @@ import signal
 import time
 from pathlib import Path
 
-from tests.conftest import model_table, server_config, tensor_table
 from tests.lifecycle.test_startup_notify import NotifySocket, notify_socket  # noqa: F401
-from tests.reliability.fault_models import Doubles, ReturnsAnotherName, ReturnsANumber
-from tests.reliability.helpers import call, json_infer
+from tests.support.bodies import json_infer
+from tests.support.config import model_table, server_config, tensor_table
+from tests.support.fault_models import Doubles, ReturnsAnotherName, ReturnsANumber
+from tests.support.http import call
 from tests.support.models import script_pt
 from tests.support.server import start_server
 

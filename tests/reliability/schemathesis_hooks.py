@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import schemathesis
 from schemathesis import Case, CheckContext, Response
 
-from tests.reliability.helpers import LEAK_MARKERS
+from tests.support.leaks import LEAK_MARKERS
 
 
 def _record(response: Response, note: str) -> None:

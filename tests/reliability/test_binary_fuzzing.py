@@ -22,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.helpers import assert_no_leak, binary_body
+from tests.support.bodies import binary_body
 from tests.support.config import model_table, server_config
 from tests.support.http import Reply, call
+from tests.support.leaks import assert_no_leak
 from tests.support.server import ServerProcess, running_server
 
 MAX_EXAMPLES = 500

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.lifecycle.server import KEEP_ALIVE_S
-from tests.conftest import model_table, server_config
-from tests.reliability.helpers import call
+from tests.support.config import model_table, server_config
+from tests.support.http import call
 from tests.support.server import ServerProcess, running_server
 
 BURST = 1500

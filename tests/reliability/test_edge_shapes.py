@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import model_table, server_config, tensor_table
-from tests.reliability.fault_models import Doubles
-from tests.reliability.helpers import binary_body, call
+from tests.support.bodies import binary_body
+from tests.support.config import model_table, server_config, tensor_table
+from tests.support.fault_models import Doubles
+from tests.support.http import call
 from tests.support.models import script_pt
 from tests.support.server import ServerProcess, running_server
 

@@ -12,9 +12,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import ServerFactory, model_table, tensor_table
-from tests.reliability.fault_models import Doubles
-from tests.reliability.helpers import call, json_infer
+from tests.conftest import ServerFactory
+from tests.support.bodies import json_infer
+from tests.support.config import model_table, tensor_table
+from tests.support.fault_models import Doubles
+from tests.support.http import call
 from tests.support.models import script_pt
 from tests.support.server import ServerProcess
 

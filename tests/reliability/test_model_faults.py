@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.reliability.fault_models import declared_table, nonfinite_table
-from tests.reliability.helpers import ONE_THREAD, assert_no_leak, binary_body, json_infer
+from tests.support.bodies import binary_body, json_infer
 from tests.support.config import model_table, server_config
+from tests.support.fault_models import declared_table, nonfinite_table
 from tests.support.http import Reply, call
+from tests.support.leaks import assert_no_leak
+from tests.support.load import ONE_THREAD
 from tests.support.server import ServerProcess, running_server
 
 MLP_ROW = [0.25] * 8

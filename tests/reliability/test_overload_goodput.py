@@ -14,8 +14,10 @@ import statistics
 import time
 from pathlib import Path
 
-from tests.conftest import model_table, server_config
-from tests.reliability.helpers import ONE_THREAD, call, json_infer
+from tests.support.bodies import json_infer
+from tests.support.config import model_table, server_config
+from tests.support.http import call
+from tests.support.load import ONE_THREAD
 from tests.support.server import running_server
 
 QUEUE = 16

@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.reliability.fault_models import declared_table
-from tests.reliability.helpers import ONE_THREAD, peak_rss_mib, rounds_for, slow_body
 from tests.support.config import server_config
+from tests.support.fault_models import declared_table
 from tests.support.http import call
+from tests.support.load import ONE_THREAD, peak_rss_mib, rounds_for, slow_body
 from tests.support.server import running_server
 
 WINDOW_S = 30.0

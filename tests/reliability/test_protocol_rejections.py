@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import model_table
-from tests.reliability.helpers import call
+from tests.support.config import model_table, server_config
+from tests.support.http import call
 from tests.support.server import ServerProcess
 
 HOST = b"Host: t\r\n"
@@ -55,7 +55,6 @@ HYPERCORN_ANSWERS = {
 def server(
     tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
 ) -> Iterator[ServerProcess]:
-    from tests.conftest import server_config
     from tests.support.server import running_server
 
     workdir = tmp_path_factory.mktemp("protocol")

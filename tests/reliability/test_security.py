@@ -7,10 +7,8 @@ shows a client a file-system path or a stack trace.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hmac
 import http.client
-import ipaddress
 import json
 import pickle
 import ssl
@@ -21,19 +19,17 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from appliance.errors import LoadFailed
 from appliance.rest.errors import failure_response
-from tests.reliability.fault_models import declared_table
-from tests.reliability.helpers import assert_no_leak, json_infer
 from tests.support.asgi import asgi_request
+from tests.support.bodies import json_infer
 from tests.support.config import model_table, server_config
+from tests.support.fault_models import declared_table
 from tests.support.http import call
+from tests.support.leaks import assert_no_leak
 from tests.support.server import ServerProcess, running_server, start_server
+from tests.support.tls import self_signed
 
 TOKEN = "s3cret-admin-token-0123456789"
 MLP = json_infer("x", "FP32", [1, 8], [0.5] * 8)
@@ -160,40 +156,6 @@ def test_secret_files_readable_by_others_are_refused_at_start(
     code, log = exit_of(tmp_path, server_config(tmp_path, models, server_toml))
     assert code != 0
     assert message in log and f"server.{key}" in log
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key (mode 600), made here with `cryptography`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aegis-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "cert.pem"
-    key_path = directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 def test_tls_with_a_self_signed_certificate(tmp_path: Path, artifacts: dict[str, Path]) -> None:

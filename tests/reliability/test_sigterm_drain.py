@@ -11,10 +11,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.reliability.fault_models import declared_table
-from tests.reliability.helpers import ONE_THREAD, json_infer, rounds_for, slow_body
+from tests.support.bodies import json_infer
 from tests.support.config import model_table, server_config
+from tests.support.fault_models import declared_table
 from tests.support.http import call
+from tests.support.load import ONE_THREAD, rounds_for, slow_body
 from tests.support.server import ServerProcess, running_server
 
 GRACE_S = 8.0  # room for the long request past the listeners' closing

@@ -10,8 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-from tests.conftest import model_table, server_config
-from tests.reliability.helpers import ONE_THREAD, call, json_infer
+from tests.support.bodies import json_infer
+from tests.support.config import model_table, server_config
+from tests.support.http import call
+from tests.support.load import ONE_THREAD
 from tests.support.server import ServerProcess, running_server
 
 CLIENTS = 6

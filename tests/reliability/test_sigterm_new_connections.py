@@ -15,8 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.reliability.helpers import ONE_THREAD, json_infer
+from tests.support.bodies import json_infer
 from tests.support.config import model_table, server_config
+from tests.support.load import ONE_THREAD
 from tests.support.server import ServerProcess, running_server
 
 GRACE_S = 5.0

@@ -17,10 +17,10 @@ from appliance.logs import configure_logging
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository, ServedModel
 from appliance.rest import AppContext, HttpSettings, create_app
-from tests.reliability.helpers import assert_no_leak
 from tests.support.asgi import asgi_request
 from tests.support.config import model_table, server_config
 from tests.support.http import call
+from tests.support.leaks import assert_no_leak
 from tests.support.server import ServerProcess, running_server
 
 GOOD = json.dumps(

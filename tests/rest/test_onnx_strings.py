@@ -6,8 +6,10 @@ import json
 import struct
 from pathlib import Path
 
-from tests.conftest import ServerFactory, model_table
-from tests.reliability.helpers import binary_body, call, json_infer
+from tests.conftest import ServerFactory
+from tests.support.bodies import binary_body, json_infer
+from tests.support.config import model_table
+from tests.support.http import call
 from tests.support.models import onnx_strings
 
 WORDS = ["hello", "été", ""]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import server_config
+from tests.support.config import server_config
 from tests.support.hf_zoo import HF_ZOO, SEQ_BUCKETS
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import get_json, infer

@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 
-from tests.conftest import model_table, server_config
+from tests.support.config import model_table, server_config
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import get_json, infer
 from tests.test_startup_failures import run_until_exit

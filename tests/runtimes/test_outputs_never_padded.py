@@ -15,7 +15,7 @@ from appliance.config import ModelConfig
 from appliance.runtimes import ArtifactError
 from appliance.runtimes.torch_runtime import TorchRuntime
 from appliance.tensors import TensorSpec
-from tests.conftest import model_table, server_config, tensor_table
+from tests.support.config import model_table, server_config, tensor_table
 from tests.support.models import script_pt
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer

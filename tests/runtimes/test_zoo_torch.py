@@ -12,7 +12,7 @@ import pytest
 
 from appliance.config import ModelConfig
 from appliance.runtimes.torch_runtime import TorchRuntime
-from tests.conftest import server_config
+from tests.support.config import server_config
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import get_json, infer
 from tests.support.zoo import ZOO, Tolerance, export_zoo, model_toml

@@ -19,3 +19,12 @@ def server_config(workdir: Path, models_toml: str, server_toml: str = "") -> str
         f"[server]\nshutdown_grace_s = 5\n{server_toml}\n"
         f'[storage]\ncache_dir = "{workdir / "cache"}"\n\n{models_toml}'
     )
+
+
+def tier_config(workdir: Path, models_toml: str, xla_cache: Path) -> str:
+    """A config for the XLA and JAX tiers: quick drain, the artifact cache in `workdir`, XLA's
+    persistent compilation cache in `xla_cache`, the given models."""
+    return (
+        f'[server]\nshutdown_grace_s = 5\n[storage]\ncache_dir = "{workdir / "models"}"\n'
+        f'[xla]\ncompilation_cache_dir = "{xla_cache}"\n{models_toml}'
+    )

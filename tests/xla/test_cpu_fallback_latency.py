@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from appliance.demo import DEMO_INPUTS
+from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE, TOLERANCE
-from tests.xla.test_xla_serving import config_toml, infer, model_toml, post_infer, scrape
+from tests.xla.test_xla_serving import config_toml, infer, model_toml, post_infer
 from tests.xla.wide import export_wide, wide_eager
 
 pytestmark = pytest.mark.xla

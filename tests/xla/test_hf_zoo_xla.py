@@ -17,12 +17,13 @@ import pytest
 from appliance.repository import warmup_shapes
 from tests.support.frontends import serve_through_front_ends
 from tests.support.hf_zoo import HF_ZOO, SEQ_BUCKETS, export_with_main_venv
+from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
 from tests.support.zoo import Tolerance, model_toml
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE
 from tests.xla.device import TOLERANCE as DEVICE_TOLERANCE
-from tests.xla.test_xla_serving import config_toml, scrape
+from tests.xla.test_xla_serving import config_toml
 
 pytestmark = pytest.mark.xla
 

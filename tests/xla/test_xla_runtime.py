@@ -23,8 +23,9 @@ from structlog.testing import capture_logs
 from appliance.config import ModelConfig
 from appliance.demo import DEMO_INPUTS
 from appliance.runtimes.xla_runtime import XlaRuntime
+from tests.support.padding import pad
 from tests.xla.device import DEVICE_LABEL, ON_TPU, PJRT_DEVICE, TOLERANCE, without_tpu
-from tests.xla.xla_models import SIGNATURE, eager, pad
+from tests.xla.xla_models import SIGNATURE, eager
 
 pytestmark = pytest.mark.xla
 

@@ -11,10 +11,12 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.demo import DEMO_INPUTS
-from tests.support.http import call, get_json, get_text
+from tests.support.config import tier_config
+from tests.support.http import call, get_json
+from tests.support.logs import log_events
+from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server, start_server
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE, TOLERANCE, without_tpu
 from tests.xla.xla_models import SIGNATURE, eager
@@ -38,10 +40,7 @@ def model_toml(name: str, path: Path, **fields: object) -> str:
 
 
 def config_toml(workdir: Path, models: str) -> str:
-    return (
-        f'[server]\nshutdown_grace_s = 5\n[storage]\ncache_dir = "{workdir / "models"}"\n'
-        f'[xla]\ncompilation_cache_dir = "{workdir / "xla-cache"}"\n{models}'
-    )
+    return tier_config(workdir, models, xla_cache=workdir / "xla-cache")
 
 
 def post_infer(server: ServerProcess, model: str, rows: np.ndarray) -> tuple[int, dict[str, Any]]:
@@ -68,35 +67,6 @@ def infer(server: ServerProcess, model: str, rows: np.ndarray) -> np.ndarray:
     status, payload = post_infer(server, model, rows)
     assert status == 200, payload
     return answer(payload)
-
-
-def scrape(server: ServerProcess) -> Callable[..., float]:
-    """The /metrics page now, as a lookup: value(metric sample name, **labels)."""
-    text = get_text(server, "/metrics")
-    samples = [
-        sample for family in text_string_to_metric_families(text) for sample in family.samples
-    ]
-
-    def value(name: str, **labels: str) -> float:
-        found = [
-            sample.value
-            for sample in samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        ]
-        assert len(found) == 1, f"{name}{labels}: {len(found)} samples"
-        return found[0]
-
-    return value
-
-
-def log_events(server: ServerProcess, event: str) -> list[dict[str, Any]]:
-    entries = []
-    for line in server.log().splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("event") == event:
-                entries.append(entry)
-    return entries
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,14 @@ from appliance.repository import warm_up, warmup_shapes
 from appliance.runtimes import ArtifactError, Runtime
 from appliance.runtimes.torch_runtime import TorchRuntime
 from appliance.runtimes.xla_runtime import XlaRuntime
+from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import get_json, infer
 from tests.support.zoo import ZOO, Tolerance, model_toml
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE
 from tests.xla.device import TOLERANCE as DEVICE_TOLERANCE
 from tests.xla.test_xla_runtime import uncached_compiles
-from tests.xla.test_xla_serving import config_toml, scrape
+from tests.xla.test_xla_serving import config_toml
 
 pytestmark = pytest.mark.xla
 

@@ -65,9 +65,3 @@ def build_artifacts(root: Path) -> dict[str, Path]:
 def eager(artifact: str, rows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return cast(np.ndarray, REFERENCES[artifact]()(torch.from_numpy(rows)).numpy())
-
-
-def pad(rows: np.ndarray, bucket: int) -> np.ndarray:
-    """`rows` padded with zero rows up to `bucket` rows, as the batcher does."""
-    padding = np.zeros((bucket - rows.shape[0], *rows.shape[1:]), dtype=rows.dtype)
-    return np.concatenate([rows, padding])
