@@ -134,5 +134,5 @@ def test_a_zoo_model_serves_on_tpu_through_two_front_ends_and_one_engine(
 ) -> None:
     reference = HF_ZOO["bert"].eager_reference(hf_zoo["bert"])
     serve_through_front_ends(
-        front_ends_server, "bert", HF_ZOO["bert"], reference, TOLERANCE, "torch_xla", BUCKETS[-1]
+        front_ends_server, "bert", HF_ZOO["bert"], reference, TOLERANCE, "_XLAC", BUCKETS[-1]
     )
