@@ -245,9 +245,7 @@ class EngineModel(ServedModel):
             raise QueueFull(f"queue full ({self.config.max_queue_size} requests waiting)")
 
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float) -> BatchResult:
-        model: ServedModel = self
-        while model.state is ModelState.UNLOADING and model.successor is not None:
-            model = model.successor
+        model = self.current()
         if model is not self:
             return await model.infer(inputs, rows, deadline)
         link = self._route()

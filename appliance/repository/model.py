@@ -142,6 +142,14 @@ class ServedModel(abc.ABC):
     def ready(self) -> bool:
         return self.state is ModelState.READY
 
+    def current(self) -> ServedModel:
+        """The version that takes a request looked up as this one: this, or, once it was swapped
+        out after the caller looked it up, the version that replaced it."""
+        model: ServedModel = self
+        while model.state is ModelState.UNLOADING and model.successor is not None:
+            model = model.successor
+        return model
+
     def view(self) -> ModelView:
         return ModelView(
             self.name,
@@ -315,10 +323,7 @@ class LocalModel(ServedModel):
         """Queue the request on the primary replica, or on the CPU replica: when the primary's
         queue is full (`overflow`, `latency`), or when the CPU is predicted to answer it first
         (`latency`)."""
-        model: ServedModel = self
-        while model.state is ModelState.UNLOADING and model.successor is not None:
-            # Swapped out after the caller looked it up: the new version takes the request.
-            model = model.successor
+        model = self.current()
         if model is not self:
             return await model.infer(inputs, rows, deadline)
         if self.state is not ModelState.READY:
