@@ -5,6 +5,7 @@ from appliance.batching.batcher import (
     BatchObserver,
     BatchResult,
     DynamicBatcher,
+    Progress,
 )
 from appliance.batching.padding import NamedDims, assemble
 
@@ -14,5 +15,6 @@ __all__ = [
     "BatchingPolicy",
     "DynamicBatcher",
     "NamedDims",
+    "Progress",
     "assemble",
 ]

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import structlog
@@ -71,6 +72,17 @@ class BatchResult:
     batch: int = 0
 
 
+class Progress(Protocol):
+    """Told what becomes of one request's inputs: for a caller that must know whether a batch
+    ran them, or that lends them from memory it wants back (an engine's front-end arena)."""
+
+    def started(self) -> None:
+        """Its batch starts: the model may now see its inputs."""
+
+    def released(self) -> None:
+        """The batch that started it has ended, reruns included: its inputs are not read again."""
+
+
 @dataclass(eq=False, slots=True)
 class _Pending:
     inputs: Tensors
@@ -80,6 +92,7 @@ class _Pending:
     padded: dict[str, int]  # the buckets of those lengths
     enqueued: float
     future: asyncio.Future[BatchResult]
+    progress: Progress | None
     state: _State = _State.QUEUED
     timer: asyncio.TimerHandle | None = None
 
@@ -219,11 +232,14 @@ class DynamicBatcher:
                     pending.future.set_exception(ModelFailed("internal error: the batcher stopped"))
         self._queue.clear()
 
-    async def submit(self, inputs: Tensors, rows: int, deadline: float) -> BatchResult:
+    async def submit(
+        self, inputs: Tensors, rows: int, deadline: float, progress: Progress | None = None
+    ) -> BatchResult:
         """Queue `inputs` (`rows` rows each) and wait for their outputs until `deadline`.
 
         `deadline` is on the event loop's clock. Cancelling the awaiting task (a client that went
-        away) withdraws the request if its batch has not started.
+        away) withdraws the request if its batch has not started. `progress` hears when its batch
+        starts and ends; a request that never starts is never told.
         """
         if self._closed:
             raise ModelNotReady("the model is being unloaded")
@@ -237,7 +253,9 @@ class DynamicBatcher:
             raise InvalidInput(str(error)) from None
         loop = asyncio.get_running_loop()
         key = _shape_key(inputs, dims, padded)
-        pending = _Pending(inputs, rows, key, lengths, padded, loop.time(), loop.create_future())
+        pending = _Pending(
+            inputs, rows, key, lengths, padded, loop.time(), loop.create_future(), progress
+        )
         pending.timer = loop.call_at(deadline, self._expire, pending)
         self._queue.append(pending)
         self._queued_rows += rows
@@ -357,10 +375,17 @@ class DynamicBatcher:
                 pending.state = _State.RUNNING
                 self._queued_rows -= pending.rows
                 self._observer.on_dequeue(started - pending.enqueued)
+                if pending.progress is not None:
+                    pending.progress.started()
             self._set_waiting(self._waiting - len(live))
-            error = await self._attempt(live, started)
-            if error is not None:
-                await self._isolate(live, error, started)
+            try:
+                error = await self._attempt(live, started)
+                if error is not None:
+                    await self._isolate(live, error, started)
+            finally:
+                for pending in live:
+                    if pending.progress is not None:
+                        pending.progress.released()
         finally:
             self._batches_running -= 1
             self._slot_freed_at = asyncio.get_running_loop().time()

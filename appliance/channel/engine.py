@@ -16,11 +16,13 @@ import structlog
 
 from appliance.channel.arena import MappedArena
 from appliance.channel.wire import (
+    CANCEL,
     DONE,
     FAILED,
     HELLO,
     INFER,
     MODELS,
+    STARTED,
     FrameProtocol,
     Infer,
     Message,
@@ -35,6 +37,39 @@ log = structlog.get_logger("aegis.channel")
 HELLO_TIMEOUT_S = 5.0
 
 
+class _Request:
+    """One request of a front end here, told by the batcher what becomes of it (`Progress`).
+
+    The front end hears when its batch starts. Its inputs are in the front end's arena, which
+    frees them when the reply arrives, so a reply that comes before its batch has let go of them
+    (a deadline passed, or its client left, while the batch ran) waits until it has.
+    """
+
+    __slots__ = ("_ended", "_peer", "_waiter", "id", "running", "task")
+
+    def __init__(self, peer: _FrontendPeer, request_id: int) -> None:
+        self._peer = peer
+        self.id = request_id
+        self.task: asyncio.Task[None] | None = None
+        self.running = False
+        self._ended = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def started(self) -> None:
+        self.running = True
+        self._peer.protocol.queue((STARTED, self.id))
+
+    def released(self) -> None:
+        self._ended = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def inputs_released(self) -> None:
+        if self.running and not self._ended:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
 class _FrontendPeer:
     """One connected front end: its arena, and the requests it has in flight here."""
 
@@ -43,28 +78,39 @@ class _FrontendPeer:
         self.frontend = frontend
         self.arena = arena
         self.protocol = FrameProtocol(self._on_messages, self._on_lost)
-        self.in_flight = 0
+        self.in_flight: dict[int, _Request] = {}
         self.closed = asyncio.Event()
 
     def _on_messages(self, messages: list[Message]) -> None:
         for message in messages:
             if message[0] == INFER:
-                self.in_flight += 1
-                self.server.spawn(self._infer(Infer._make(message)))
+                infer = Infer._make(message)
+                request = _Request(self, infer.id)
+                self.in_flight[infer.id] = request
+                request.task = self.server.spawn(self._infer(infer, request))
+            elif message[0] == CANCEL:
+                leaving = self.in_flight.get(message[1])
+                # A running batch keeps it: cancelling would not stop the model.
+                if leaving is not None and leaving.task is not None and not leaving.running:
+                    leaving.task.cancel()
 
     def _on_lost(self, _error: Exception | None) -> None:
         self.server.peers.discard(self)
         self.closed.set()
-        if self.in_flight == 0:
+        if not self.in_flight:
             self.arena.close()
 
-    async def _infer(self, request: Infer) -> None:
+    async def _infer(self, infer: Infer, request: _Request) -> None:
         try:
-            reply = await self.server.answer(request, self.arena)
+            reply = await self.server.answer(infer, self.arena, request)
+        except asyncio.CancelledError:
+            # Its batch may have taken it in the same turn as the cancel arrived.
+            await request.inputs_released()
+            reply = (FAILED, infer.id, InferenceError.__name__, "withdrawn: the client left")
         finally:
-            self.in_flight -= 1
+            del self.in_flight[infer.id]
         if self.closed.is_set():
-            if self.in_flight == 0:
+            if not self.in_flight:
                 self.arena.close()
             return
         self.protocol.queue(reply)
@@ -91,10 +137,11 @@ class EngineServer:
         self._listener = listener
         self.spawn(self._accept())
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
@@ -146,8 +193,15 @@ class EngineServer:
         for peer in self.peers:
             peer.protocol.queue(message)
 
-    async def answer(self, request: Infer, arena: MappedArena) -> Message:
-        """Run one request; the reply message, an error one included."""
+    async def answer(self, request: Infer, arena: MappedArena, progress: _Request) -> Message:
+        """Run one request; the reply message, an error one included, once the batch that ran
+        it no longer reads its inputs from `arena`."""
+        reply = await self._run(request, arena, progress)
+        if reply[0] == FAILED:
+            await progress.inputs_released()
+        return reply
+
+    async def _run(self, request: Infer, arena: MappedArena, progress: _Request) -> Message:
         try:
             model = self.repository.get(request.model, request.version)
             inputs: dict[str, np.ndarray] = {
@@ -161,7 +215,7 @@ class EngineServer:
                 for name in request.wanted:
                     model.output_spec(name)
             deadline = asyncio.get_running_loop().time() + request.timeout_s
-            result = await model.infer(inputs, rows, deadline)
+            result = await model.infer(inputs, rows, deadline, progress)
             outputs = {name: pack(result.outputs[name]) for name in request.wanted}
         except InferenceError as error:
             return (FAILED, request.id, type(error).__name__, str(error))

@@ -3,8 +3,11 @@
 `EngineLinks` keeps this process's repository equal to what the engines publish: each model
 version an engine serves is an `EngineModel` here, which checks requests like a local model and
 sends them to the engine serving it with the fewest requests outstanding. An engine that goes
-away fails what it held at once (503: the client may retry) and keeps its models "loading" here
-until it is back, so the host stays ready while another engine serves them.
+away fails what it held at once and keeps its models "loading" here until it is back, so the
+host stays ready while another engine serves them. Of what it held, a request whose batch had
+not started is sent once more, to another engine serving its model if there is one; a request
+whose batch was running is answered 503 (the client may retry): it may be what killed the engine,
+and would take the next one down with it.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ import numpy as np
 import structlog
 
 from appliance import errors
-from appliance.batching import BatchResult
+from appliance.batching import BatchResult, Progress
 from appliance.channel.arena import Arena
 from appliance.channel.wire import (
+    CANCEL,
     DONE,
     HELLO,
     INFER,
     MODELS,
+    STARTED,
     FrameProtocol,
     Message,
     Placed,
@@ -48,11 +53,20 @@ _ERRORS: dict[str, type[InferenceError]] = {
 }
 
 
-@dataclass(eq=False)
+class EngineLost(ModelNotReady):
+    """The engine holding the request exited before answering it."""
+
+    def __init__(self, message: str, started: bool) -> None:
+        super().__init__(message)
+        self.started = started  # its batch had started there
+
+
+@dataclass(eq=False, slots=True)
 class _Waiting:
     future: asyncio.Future[BatchResult]
     offsets: list[int]
     key: tuple[str, str]
+    started: bool = False
 
 
 class EngineLink:
@@ -114,6 +128,10 @@ class EngineLink:
                     arrays = {name: unpack(packed) for name, packed in outputs.items()}
                     result = BatchResult(arrays, batch_size, queue_s, compute_s, fallback, batch)
                     waiting.future.set_result(result)
+            elif kind == STARTED:
+                waiting = self._waiting.get(message[1])
+                if waiting is not None:
+                    waiting.started = True
             elif kind == MODELS:
                 self.views = {(view.name, view.version): view for view in message[1]}
                 self.expected = list(message[2])
@@ -134,28 +152,35 @@ class EngineLink:
         return waiting
 
     def _on_lost(self, _error: Exception | None) -> None:
+        waiting, self._waiting = self._waiting, {}
         if self.links.closing:
             log.info("engine_link_closed", engine=self.index)
         else:
-            log.error("engine_lost", engine=self.index, in_flight=len(self._waiting))
+            running = sum(each.started for each in waiting.values())
+            log.error(
+                "engine_lost",
+                engine=self.index,
+                in_flight=len(waiting),
+                running=running,
+                not_started=len(waiting) - running,
+            )
         self.protocol = None
         self.published.clear()
         self.views = {}  # its expected versions stay: "loading" here until it is back
-        waiting, self._waiting = self._waiting, {}
         self.outstanding = {}
         for each in waiting.values():
             for offset in each.offsets:
                 self.links.arena.free(offset)
             if not each.future.done():
-                each.future.set_exception(
-                    ModelNotReady(f"engine {self.index} exited with the request; retry it")
-                )
+                when = "while running" if each.started else "before starting"
+                message = f"engine {self.index} exited {when} the request's batch"
+                each.future.set_exception(EngineLost(message, each.started))
         self._lost.set()
         self.links.rebuild()
 
-    def infer(
+    async def infer(
         self, model: EngineModel, inputs: dict[str, np.ndarray], rows: int, deadline: float
-    ) -> asyncio.Future[BatchResult]:
+    ) -> BatchResult:
         protocol = self.protocol
         if protocol is None:
             raise ModelNotReady(f"engine {self.index} is restarting")
@@ -189,7 +214,14 @@ class EngineLink:
                 model.wanted,
             )
         )
-        return future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Its client left: the engine withdraws it unless its batch runs. Its arena space
+            # stays taken until the engine answers.
+            if request_id in self._waiting and self.protocol is protocol:
+                protocol.queue((CANCEL, request_id))
+            raise
 
     def close(self) -> None:
         if self.protocol is not None and self.protocol.transport is not None:
@@ -244,16 +276,28 @@ class EngineModel(ServedModel):
         if link is not None and link.outstanding.get((self.name, self.version), 0) >= self._room:
             raise QueueFull(f"queue full ({self.config.max_queue_size} requests waiting)")
 
-    async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float) -> BatchResult:
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        deadline: float,
+        progress: Progress | None = None,
+    ) -> BatchResult:
+        """Send the request to an engine (`progress` is for models whose batches run here)."""
         model = self.current()
         if model is not self:
             return await model.infer(inputs, rows, deadline)
         link = self._route()
         if link is None:
             raise ModelNotReady(f"model {self.name!r} version {self.version!r} is not ready")
-        # A client that leaves cancels the future; the engine answers all the same, and the
-        # arena space is freed with that answer.
-        return await link.infer(self, inputs, rows, deadline)
+        try:
+            return await link.infer(self, inputs, rows, deadline)
+        except EngineLost as lost:
+            # Not started there, it cannot be what killed that engine: once more elsewhere.
+            retry = None if lost.started else self._route()
+            if retry is None:
+                raise ModelNotReady(f"{lost}; retry the request") from None
+            return await retry.infer(self, inputs, rows, deadline)
 
     async def retire(self, grace_s: float) -> None:
         self.state = ModelState.UNLOADING

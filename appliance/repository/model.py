@@ -15,7 +15,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from appliance.batching import BatchingPolicy, BatchObserver, BatchResult, DynamicBatcher, NamedDims
+from appliance.batching import (
+    BatchingPolicy,
+    BatchObserver,
+    BatchResult,
+    DynamicBatcher,
+    NamedDims,
+    Progress,
+)
 from appliance.config import ModelConfig
 from appliance.errors import InvalidInput, ModelNotReady, QueueFull
 from appliance.metrics import ModelMetrics
@@ -261,8 +268,15 @@ class ServedModel(abc.ABC):
         overload the refusal is the common answer, so it must cost little."""
 
     @abc.abstractmethod
-    async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float) -> BatchResult:
-        """Run the checked request (`rows` rows) and return its outputs by `deadline`."""
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        deadline: float,
+        progress: Progress | None = None,
+    ) -> BatchResult:
+        """Run the checked request (`rows` rows) and return its outputs by `deadline`;
+        `progress` hears when the batch that runs it starts and ends."""
 
     @abc.abstractmethod
     async def retire(self, grace_s: float) -> None:
@@ -319,26 +333,32 @@ class LocalModel(ServedModel):
             return
         raise QueueFull(f"queue full ({self.config.max_queue_size} requests waiting)")
 
-    async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float) -> BatchResult:
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        deadline: float,
+        progress: Progress | None = None,
+    ) -> BatchResult:
         """Queue the request on the primary replica, or on the CPU replica: when the primary's
         queue is full (`overflow`, `latency`), or when the CPU is predicted to answer it first
         (`latency`)."""
         model = self.current()
         if model is not self:
-            return await model.infer(inputs, rows, deadline)
+            return await model.infer(inputs, rows, deadline, progress)
         if self.state is not ModelState.READY:
             raise ModelNotReady(f"model {self.name!r} version {self.version!r} is not ready")
         if self._route_by_latency and self._cpu_answers_first(rows):
             try:
-                return await self._on_cpu(inputs, rows, deadline, "latency")
+                return await self._on_cpu(inputs, rows, deadline, "latency", progress)
             except QueueFull:
                 pass  # the CPU's own bounded queue is full: the device queues it after all
         try:
-            result = await self.primary.batcher.submit(inputs, rows, deadline)
+            result = await self.primary.batcher.submit(inputs, rows, deadline, progress)
         except QueueFull:
             if self.overflow is None:
                 raise
-            return await self._on_cpu(inputs, rows, deadline, "overflow")
+            return await self._on_cpu(inputs, rows, deadline, "overflow", progress)
         if self.stand_in:
             self.metrics.count_fallback("unavailable")
             return replace(result, fallback="unavailable")
@@ -361,10 +381,15 @@ class LocalModel(ServedModel):
         return cpu_s is not None and device_s is not None and cpu_s < device_s
 
     async def _on_cpu(
-        self, inputs: dict[str, np.ndarray], rows: int, deadline: float, reason: str
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        deadline: float,
+        reason: str,
+        progress: Progress | None,
     ) -> BatchResult:
         assert self.overflow is not None
-        result = await self.overflow.batcher.submit(inputs, rows, deadline)
+        result = await self.overflow.batcher.submit(inputs, rows, deadline, progress)
         # Counted once served: a request the CPU replica also refuses was not served by it.
         self.metrics.count_fallback(reason)
         return replace(result, fallback=reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,11 +16,11 @@ import torch
 from appliance.channel import Arena, EngineLinks, EngineServer
 from appliance.channel.frontend import EngineModel
 from appliance.config import parse_config
-from appliance.errors import InvalidInput, ModelNotReady
+from appliance.errors import DeadlineExceeded, InvalidInput, ModelNotReady
 from appliance.lifecycle.models import ModelLifecycle
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.metrics import Metrics
-from appliance.repository import ModelRepository
+from appliance.repository import LocalModel, ModelRepository
 from tests.support.config import model_table
 from tests.support.models import Mlp, mlp_pt2
 
@@ -42,12 +43,12 @@ def expected(x: np.ndarray) -> np.ndarray:
     return result
 
 
-Body = Callable[[EngineModel, EngineLinks, ModelLifecycle], Awaitable[None]]
+Body = Callable[[EngineModel, EngineLinks, ModelLifecycle, ModelRepository], Awaitable[None]]
 
 
 def through_the_channel(model: Path, tmp_path: Path, arena_bytes: int, body: Body) -> None:
     """An engine serving `model` and a front end linked to it; `body` gets the front end's
-    model, its links and the engine's lifecycle."""
+    model, its links, the engine's lifecycle and its repository."""
     text = f'[storage]\ncache_dir = "{tmp_path / "cache"}"\n\n' + model_table(
         "wide", model, "max_batch_size = 4\nmax_queue_delay_ms = 20"
     )
@@ -66,7 +67,7 @@ def through_the_channel(model: Path, tmp_path: Path, arena_bytes: int, body: Bod
             await asyncio.wait_for(links.start(), 30)
             served = links.repository.get("wide")
             assert isinstance(served, EngineModel)
-            await body(served, links, lifecycle)
+            await body(served, links, lifecycle, engine_repository)
         finally:
             await links.close()
             await server.close()
@@ -85,7 +86,7 @@ async def infer(model: EngineModel, x: np.ndarray) -> np.ndarray:
 def test_a_1_mib_input_crosses_in_shared_memory_not_in_the_control_message(
     wide_model: Path, tmp_path: Path
 ) -> None:
-    async def body(model: EngineModel, links: EngineLinks, _: ModelLifecycle) -> None:
+    async def body(model: EngineModel, links: EngineLinks, *_: object) -> None:
         link = links.links[0]
         assert link.protocol is not None
         x = np.random.default_rng(1).standard_normal((1, WIDE), dtype=np.float32)
@@ -102,7 +103,7 @@ def test_a_1_mib_input_crosses_in_shared_memory_not_in_the_control_message(
 def test_an_input_the_arena_cannot_hold_travels_in_the_message_and_is_answered_alike(
     wide_model: Path, tmp_path: Path
 ) -> None:
-    async def body(model: EngineModel, links: EngineLinks, _: ModelLifecycle) -> None:
+    async def body(model: EngineModel, links: EngineLinks, *_: object) -> None:
         link = links.links[0]
         assert link.protocol is not None
         x = np.random.default_rng(2).standard_normal((2, WIDE), dtype=np.float32)
@@ -117,7 +118,7 @@ def test_an_input_the_arena_cannot_hold_travels_in_the_message_and_is_answered_a
 def test_concurrent_requests_are_batched_by_the_engine_and_each_gets_its_own_rows(
     wide_model: Path, tmp_path: Path
 ) -> None:
-    async def body(model: EngineModel, links: EngineLinks, _: ModelLifecycle) -> None:
+    async def body(model: EngineModel, links: EngineLinks, *_: object) -> None:
         rng = np.random.default_rng(3)
         xs = [rng.standard_normal((1, WIDE), dtype=np.float32) for _ in range(8)]
         deadline = asyncio.get_running_loop().time() + 30
@@ -135,7 +136,9 @@ def test_concurrent_requests_are_batched_by_the_engine_and_each_gets_its_own_row
 def test_the_engines_errors_arrive_as_the_same_core_errors(
     wide_model: Path, tmp_path: Path
 ) -> None:
-    async def body(model: EngineModel, links: EngineLinks, lifecycle: ModelLifecycle) -> None:
+    async def body(
+        model: EngineModel, links: EngineLinks, lifecycle: ModelLifecycle, _: ModelRepository
+    ) -> None:
         x = np.zeros((1, WIDE), dtype=np.float32)
         # The front end's view says 1 row; an engine that re-checks (another artifact) refuses.
         link = links.links[0]
@@ -180,3 +183,75 @@ def test_the_arena_never_hands_out_overlapping_regions() -> None:
         assert arena.allocate(4096) == 0  # all of it is free again
     finally:
         arena.close()
+
+
+def engine_side(engine: ModelRepository) -> LocalModel:
+    model = engine.get("wide")
+    assert isinstance(model, LocalModel)
+    return model
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_reply_waits_until_the_running_batch_no_longer_reads_the_requests_arena_space(
+    wide_model: Path, tmp_path: Path
+) -> None:
+    async def body(
+        model: EngineModel, links: EngineLinks, _: ModelLifecycle, engine: ModelRepository
+    ) -> None:
+        # The engine's one model thread is held, so the batch has started but not yet read
+        # its inputs when the request's deadline passes.
+        hold = threading.Event()
+        engine_side(engine).primary.executor.submit(hold.wait, 30)
+        x = np.ones((1, WIDE), dtype=np.float32)
+        deadline = asyncio.get_running_loop().time() + 0.2
+        request = asyncio.ensure_future(model.infer({"x": x}, 1, deadline))
+        waiting = links.links[0]._waiting
+        await until(lambda: any(each.started for each in waiting.values()), "the batch to start")
+        await asyncio.sleep(max(deadline - asyncio.get_running_loop().time(), 0) + 0.3)
+        # The deadline has passed; the region must stay taken while the batch may read it.
+        assert not request.done()
+        assert links.arena.in_use > 0
+        hold.set()
+        with pytest.raises(DeadlineExceeded, match="while its batch was running"):
+            await request
+        assert links.arena.in_use == 0
+
+    through_the_channel(wide_model, tmp_path, 16 << 20, body)
+
+
+def test_a_request_whose_client_leaves_is_withdrawn_from_the_engines_queue(
+    wide_model: Path, tmp_path: Path
+) -> None:
+    async def body(
+        model: EngineModel, links: EngineLinks, _: ModelLifecycle, engine: ModelRepository
+    ) -> None:
+        hold = threading.Event()
+        batcher = engine_side(engine).primary.batcher
+        engine_side(engine).primary.executor.submit(hold.wait, 30)
+        deadline = asyncio.get_running_loop().time() + 30
+        first = np.full((1, WIDE), 0.5, dtype=np.float32)
+        running = asyncio.ensure_future(model.infer({"x": first}, 1, deadline))
+        waiting = links.links[0]._waiting
+        await until(lambda: any(each.started for each in waiting.values()), "the batch to start")
+        leaving = asyncio.ensure_future(model.infer({"x": np.zeros_like(first)}, 1, deadline))
+        await until(lambda: batcher.queue_depth == 1, "the second request to queue")
+        held = links.arena.in_use
+        leaving.cancel()
+        await until(lambda: batcher.queue_depth == 0, "the engine to withdraw it")
+        await until(lambda: links.arena.in_use < held, "its arena space to be freed")
+        hold.set()
+        result = await running
+        np.testing.assert_allclose(
+            result.outputs["output__0"], expected(first), rtol=1e-4, atol=1e-4
+        )
+        assert result.batch_size == 1  # the withdrawn request never ran beside it
+        assert links.arena.in_use == 0
+
+    through_the_channel(wide_model, tmp_path, 16 << 20, body)

@@ -103,6 +103,38 @@ def test_a_killed_engine_answers_what_it_held_with_503_and_serves_again(
     assert sample(text, "aegis_replica_restarts_total", "replica", 0) == 1
 
 
+def test_requests_a_dead_engine_held_but_had_not_started_are_answered_by_another_engine(
+    serve: ServerFactory, model_file: Path
+) -> None:
+    server = serve(
+        model_table("m", model_file, "max_batch_size = 2"), "replicas = 2\nfrontends = 1"
+    )
+    engine = pids(server, "replica")[0]
+    clients = [Load(server) for _ in range(8)]
+
+    def stop_then_kill() -> None:
+        # Stopped, engine 0 starts no batch: what the front end sends it from now on waits there
+        # unstarted, while engine 1 keeps serving.
+        os.kill(engine, signal.SIGSTOP)
+        served = len(answered_by(server))
+        wait_for(lambda: len(answered_by(server)) > served + 50, 60, "engine 1 not serving")
+        os.kill(engine, signal.SIGKILL)
+        wait_for(lambda: events(server, "engine_lost"), 30, "engine loss not seen")
+        served = len(answered_by(server))
+        wait_for(lambda: len(answered_by(server)) > served + 20, 30, "not serving after it")
+
+    run_load(clients, stop_then_kill)
+    results = [r for client in clients for r in client.results]
+    # Only the requests of the batch it was running (2 rows, one batch at a time) fail, with 503;
+    # those it held unstarted are answered by engine 1.
+    failed = [r for r in results if r[1] != 200]
+    assert len(failed) <= 2 and {r[1] for r in failed} <= {503}, failed
+    [lost] = events(server, "engine_lost")
+    assert lost["not_started"] >= 1 and lost["running"] == len(failed), lost
+    good = [r[2] for r in results if r[1] == 200]
+    assert all(np.allclose(data, expected(X, 1).ravel(), atol=1e-5) for data in good)
+
+
 def test_a_killed_front_end_loses_at_most_its_connections_and_is_restarted(
     serve: ServerFactory, model_file: Path
 ) -> None:
