@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv proto demo dist image bench test test-unit test-xla test-tpu test-jax test-e2e test-k8s test-host-requirements host-requirements lint clean
+.PHONY: venv venv-kserve proto demo dist image bench test test-unit test-xla test-tpu test-jax test-e2e test-k8s test-host-requirements host-requirements lint clean
 
 venv: $(STAMP)
 
@@ -13,6 +13,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,onnx]'
+	touch $@
+
+# The KServe SDK, for the test of its gRPC client: a venv of its own, as kserve needs protobuf<7
+# and .venv holds protobuf 7. uv installs the pinned set, from its download cache (~/.cache/uv,
+# shared with the XLA and JAX tiers) once warm; an older venv is updated in place.
+KSERVE_VENV := .venv-kserve
+KSERVE_SET := tests/grpc/requirements-kserve.txt
+
+venv-kserve: $(KSERVE_VENV)/.installed
+
+$(KSERVE_VENV)/.installed: $(KSERVE_SET)
+	[[ -x $(KSERVE_VENV)/bin/python ]] || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet uv==0.13.9
+	$(KSERVE_VENV)/bin/uv pip install --quiet --python $(KSERVE_VENV)/bin/python -r $(KSERVE_SET)
 	touch $@
 
 # The Python modules of appliance/grpc/proto/inference.proto (committed; run after editing it).
@@ -47,7 +61,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check appliance tests bench ansible
 	$(VENV)/bin/mypy
 
-test-unit: venv
+test-unit: venv venv-kserve
 	$(PY) -m pytest -q tests
 
 # The XLA tier: its own venv with the pinned torch/torch-xla pair, PJRT_DEVICE=CPU.
@@ -82,4 +96,4 @@ test-k8s: venv
 test: lint test-host-requirements test-unit test-xla test-jax test-e2e test-k8s
 
 clean:
-	rm -rf $(VENV) .venv-xla .venv-jax .venv-deploy .venv-uv .venv-k8s .cache/e2e .cache/image .cache/k8s dist build
+	rm -rf $(VENV) $(KSERVE_VENV) .venv-xla .venv-jax .venv-deploy .venv-uv .venv-k8s .cache/e2e .cache/image .cache/k8s dist build

@@ -157,13 +157,23 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
         if tensor.datatype not in DATATYPE_TO_NUMPY:
             raise InvalidInput(f"{where}: unknown datatype {tensor.datatype!r}")
         given = _parameters(tensor.parameters, where)
+        # KServe's SDK marks each raw input with its size, as for HTTP's binary extension: like
+        # the HTTP codec, this one takes the key out, once it agrees with the tensor's bytes.
+        size = given.pop("binary_data_size", None)
         if given:
             input_parameters[tensor.name] = given
         shape = _shape(tensor.shape, where)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"{where}: has both contents and raw_input_contents")
+            if size is not None and (type(size) is not int or size != len(raw[index])):
+                raise InvalidInput(
+                    f"{where}: binary_data_size is {size!r}, its raw_input_contents entry has "
+                    f"{len(raw[index])} bytes"
+                )
             array = _raw_tensor(raw[index], tensor.datatype, shape, where)
+        elif size is not None:
+            raise InvalidInput(f"{where}: binary_data_size without raw_input_contents")
         else:
             array = _typed_tensor(tensor.contents, tensor.datatype, shape, where)
         inputs[tensor.name] = array

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -22,11 +23,18 @@ class Readiness(Protocol):
 class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     def __init__(self, readiness: Readiness) -> None:
         self.readiness = readiness
+        self._stopping = asyncio.Event()
+
+    def enter_graceful_shutdown(self) -> None:
+        """NOT_SERVING from now on, and every Watch ends: the server stops waiting for the calls
+        in flight, and a Watch, which never ends by itself, would hold it to the end of its
+        grace period."""
+        self._stopping.set()
 
     def _status(self, service: str) -> Any:
         if service not in SERVICES:
             return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-        if self.readiness.is_ready():
+        if self.readiness.is_ready() and not self._stopping.is_set():
             return health_pb2.HealthCheckResponse.SERVING
         return health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -42,4 +50,7 @@ class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
-            await asyncio.sleep(WATCH_PERIOD_S)
+            if self._stopping.is_set():
+                return
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), WATCH_PERIOD_S)

@@ -27,7 +27,8 @@ def _credentials(certfile: str, keyfile: str) -> grpc.ServerCredentials:
 
 class GrpcServer:
     """Started with the app, stopped with it: `stop` refuses new calls at once and gives the
-    ones in flight `grace_s` to finish, as Hypercorn does for HTTP requests."""
+    ones in flight `grace_s` to finish, as Hypercorn does for HTTP requests; health Watch
+    streams end at once, having said NOT_SERVING."""
 
     def __init__(
         self,
@@ -48,7 +49,8 @@ class GrpcServer:
         ]
         self.server = grpc.aio.server(options=options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(context), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(Health(readiness), self.server)
+        self.health = Health(readiness)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         credentials = _credentials(*tls) if tls else None
         for bind in self.binds:
             try:
@@ -66,4 +68,5 @@ class GrpcServer:
         log.info("grpc_serving", binds=list(self.binds))
 
     async def stop(self, grace_s: float) -> None:
+        self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)

@@ -110,6 +110,23 @@ def test_grpc_health_v1_reports_serving_when_ready(server: ServerProcess) -> Non
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_grpc_health_v1_watch_answers_at_once_serving_or_service_unknown(
+    server: ServerProcess,
+) -> None:
+    expected = {
+        "": health_pb2.HealthCheckResponse.SERVING,
+        "inference.GRPCInferenceService": health_pb2.HealthCheckResponse.SERVING,
+        # Where Check answers NOT_FOUND: the spec keeps such a Watch open, the service may come.
+        "nope": health_pb2.HealthCheckResponse.SERVICE_UNKNOWN,
+    }
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service, status in expected.items():
+            stream = health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert next(stream).status == status
+            stream.cancel()
+
+
 def test_model_metadata_and_config_match_http(
     client: grpcclient.InferenceServerClient, server: ServerProcess
 ) -> None:

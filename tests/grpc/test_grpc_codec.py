@@ -41,6 +41,29 @@ def test_raw_tensors_decode_as_views_with_every_parameter_kind() -> None:
     assert request.outputs is not None and request.outputs[0].parameters == {"k": 3}
 
 
+def test_binary_data_size_on_a_raw_input_is_checked_and_taken_out() -> None:
+    """KServe's SDK sends it on each raw input (HTTP's binary extension key)."""
+    message = raw_request("FP32", [1, 2], b"\0" * 8)
+    size = message.inputs[0].parameters["binary_data_size"]
+    size.int64_param = 8
+    request = decode_request(message)
+    assert request.input_parameters == {}
+    np.testing.assert_array_equal(request.inputs["x"], np.zeros((1, 2), np.float32))
+    size.int64_param = 4
+    with pytest.raises(
+        InvalidInput, match="input 'x': binary_data_size is 4, its raw_input_contents"
+    ):
+        decode_request(message)
+    typed = pb.ModelInferRequest(model_name="m")
+    tensor = typed.inputs.add(name="x", datatype="FP32", shape=[1])
+    tensor.contents.fp32_contents.append(1.0)
+    tensor.parameters["binary_data_size"].int64_param = 4
+    with pytest.raises(
+        InvalidInput, match="input 'x': binary_data_size without raw_input_contents"
+    ):
+        decode_request(typed)
+
+
 def length_prefixed(*elements: bytes) -> bytes:
     return b"".join(len(e).to_bytes(4, "little") + e for e in elements)
 

@@ -1,5 +1,5 @@
 """A small HTTP proxy in front of a storage emulator (fake-gcs-server, moto) that can answer
-errors, slow responses down or flip bytes of what it forwards.
+errors, slow responses down, hold them back or flip bytes of what it forwards.
 
 The proxy is a fault injector between the real client and the emulator, not a stand-in for either.
 """
@@ -30,6 +30,8 @@ class FaultyProxy:
         self.status = 503
         self.chunk_delay_s = 0.0
         self.corrupt_bodies = False
+        self.answering = threading.Event()
+        self.answering.set()
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, Range header
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -45,6 +47,7 @@ class FaultyProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.answering.set()  # no handler is left waiting
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(STOP_TIMEOUT_S)
@@ -66,6 +69,7 @@ class FaultyProxy:
                 pass
 
             def _forward(self) -> None:
+                proxy.answering.wait()
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path, self.headers.get("Range")))
                 length: int | str | None  # later the upstream's Content-Length header, as it came
