@@ -65,27 +65,34 @@ def roles(server: Server) -> dict[int, str]:
     return found
 
 
-def cpu_by_role(pids: dict[int, str]) -> dict[str, float]:
+def cpu_by_role(pids: dict[int, str]) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU seconds by role: of whole processes, and of their main threads alone (the event
+    loop's: the rest is the model's threads, torch's own included, and the log writer)."""
     totals: dict[str, float] = {}
+    loops: dict[str, float] = {}
     for pid, role in pids.items():
         try:
-            times = psutil.Process(pid).cpu_times()
+            process = psutil.Process(pid)
+            times = process.cpu_times()
+            main = next(thread for thread in process.threads() if thread.id == pid)
         except psutil.NoSuchProcess:
             continue
         totals[role] = totals.get(role, 0.0) + times.user + times.system
-    return totals
+        loops[role] = loops.get(role, 0.0) + main.user_time + main.system_time
+    return totals, loops
 
 
 def load_round(server: Server, layout: str, args: argparse.Namespace, model: str) -> dict[str, Any]:
     target = server.targets[0]
     run_wrk(server.port, target, CONCURRENCY, args.warmup, args.work, args.client_core)
     pids = roles(server)
-    before = cpu_by_role(pids)
+    before, loops_before = cpu_by_role(pids)
     result = run_wrk(server.port, target, CONCURRENCY, args.window, args.work, args.client_core)
-    after = cpu_by_role(pids)
+    after, loops_after = cpu_by_role(pids)
     replies = result["requests"] - result["non2xx"]
     seconds = result["duration_us"] / 1e6
     cpu = {role: after[role] - before.get(role, 0.0) for role in after}
+    loops = {role: loops_after[role] - loops_before.get(role, 0.0) for role in loops_after}
     row = {
         "model": model,
         "layout": layout,
@@ -98,9 +105,14 @@ def load_round(server: Server, layout: str, args: argparse.Namespace, model: str
             role: 1e6 * value / replies if replies else None for role, value in cpu.items()
         },
         "cpu_us_per_request_total": 1e6 * sum(cpu.values()) / replies if replies else None,
+        "loop_cpu_us_per_request": {
+            role: 1e6 * value / replies if replies else None for role, value in loops.items()
+        },
     }
     per_role = "  ".join(
-        f"{role} {value:.0f}" for role, value in sorted(row["cpu_us_per_request"].items()) if value
+        f"{role} {value:.0f} (loop {row['loop_cpu_us_per_request'][role]:.0f})"
+        for role, value in sorted(row["cpu_us_per_request"].items())
+        if value
     )
     log(
         f"{model:8s} {layout:12s} {row['rps']:8.1f} req/s  p50 {row['p50_ms']:6.2f}"
