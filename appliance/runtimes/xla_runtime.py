@@ -9,19 +9,15 @@ after `finish_warmup` is logged with the shapes that caused it and counted. Comp
 times and the ops that fell back to the CPU come from `torch_xla.debug.metrics`, attributed to the
 runtime that ran.
 
-torch_xla is imported only here, and only in `load`: a host without it can import this module, and
-a missing or mismatched torch_xla surfaces as `DeviceUnavailable` for the CPU-fallback policy.
-
-The PJRT device type is process-wide: PJRT_DEVICE from the environment when set (the XLA test tier
-runs PJRT_DEVICE=CPU), otherwise TPU. It is set explicitly because torch_xla would otherwise quietly
-pick XLA:CPU on a host without a TPU, and a `tpu` model would run there as if nothing were wrong.
+`load` gets the XLA device from `xla_process`, which sets it up once for the whole process (device
+type, device lock, cache). torch_xla is imported only there, so a host without it imports this
+module unchanged, and a missing or mismatched torch_xla fails `load` with `DeviceUnavailable`, for
+the CPU-fallback policy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,11 +31,11 @@ import structlog
 import torch
 
 from appliance.config import ModelConfig
+from appliance.runtimes import xla_process
 from appliance.runtimes.base import (
     NO_DIMS,
     ArtifactError,
     CompileLedger,
-    DeviceUnavailable,
     ModelExecutionError,
     RuntimeStats,
 )
@@ -54,124 +50,6 @@ from appliance.runtimes.xla_replay import Program, trace_program
 from appliance.tensors import Signature
 
 log = structlog.get_logger(__name__)
-
-# One lock for the process's XLA device, shared by every XlaRuntime, held while a batch is traced,
-# compiled and executed lazily, and while a compiled program is launched. Why:
-# - `torch_xla.sync()` materialises every pending lazy tensor of the device, not just the caller's,
-#   and a trace clears every pending tensor when it is done: two threads tracing at once would cut
-#   each other's graphs at arbitrary points, giving programs that warmup never compiled
-#   (recompiles while serving) and outputs computed in a foreign graph.
-# - torch_xla's metrics are process-wide; holding the lock makes a counter delta taken around one
-#   trace belong to that trace and model.
-# A replayed batch holds the lock only to launch its program: its inputs are copied to the device
-# before, and its outputs copied back after, so with max_concurrency > 1 one batch's host work
-# (decoding, padding, copies) overlaps another's device work.
-_DEVICE_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class _XlaDevice:
-    """The opened XLA device of this process, and the torch_xla modules that drive it."""
-
-    torch_xla: ModuleType
-    xr: ModuleType  # torch_xla.runtime
-    metrics: ModuleType
-    bridge: ModuleType | None  # torch_xla._dynamo.dynamo_bridge: compile once, replay
-    device: torch.device
-    label: str  # what `Runtime.device` reports, e.g. "xla:tpu:0" or "xla:cpu:0"
-
-
-_opened: _XlaDevice | None = None
-_cache_configured = False
-
-
-def _pjrt_device() -> str:
-    # The config only allows device = "tpu" with runtime = "tpu"; PJRT_DEVICE=CPU runs XLA:CPU.
-    return os.environ.get("PJRT_DEVICE", "TPU").upper()
-
-
-def _open_device(pjrt_device: str) -> _XlaDevice:
-    """Import torch_xla and open the process's XLA device; call with `_DEVICE_LOCK` held."""
-    global _opened
-    if _opened is not None:
-        return _opened
-    # torch_xla picks its device type at import: name it first.
-    os.environ.setdefault("PJRT_DEVICE", pjrt_device)
-    try:
-        import torch_xla
-        import torch_xla.debug.metrics
-        import torch_xla.runtime
-        from torch_xla._internal import tpu
-    except Exception as error:  # ImportError, or an undefined symbol against the wrong torch
-        raise DeviceUnavailable(
-            f"torch_xla cannot be imported ({type(error).__name__}: {error}); install the matching "
-            "torch, torch-xla and libtpu of the aegis_tpu_runtime role (requirements-tpu.txt)"
-        ) from None
-    if pjrt_device == "TPU":
-        # Without a TPU, libtpu retries the GCE metadata server for many minutes before it gives
-        # up (seen: over 5 min): check for the chips first, the way torch_xla does to pick a device.
-        if not torch_xla._found_libtpu:
-            raise DeviceUnavailable("PJRT_DEVICE=TPU, but libtpu is not installed")
-        if tpu.num_available_chips() == 0:
-            raise DeviceUnavailable("PJRT_DEVICE=TPU, but this host has no TPU chip on its PCI bus")
-    try:
-        device = torch_xla.device()
-        real = torch_xla.real_devices()[0]
-    except Exception as error:  # PJRT client creation: busy TPU, wrong topology, missing plugin
-        raise DeviceUnavailable(f"the XLA device {pjrt_device} cannot be opened: {error}") from None
-    try:
-        from torch_xla._dynamo import dynamo_bridge
-    except ImportError as error:  # a private module: a later torch_xla may move it
-        log.warning(
-            "xla_replay_unavailable", consequence="every batch is traced", reason=str(error)
-        )
-        dynamo_bridge = None
-    _opened = _XlaDevice(
-        torch_xla,
-        torch_xla.runtime,
-        torch_xla.debug.metrics,
-        dynamo_bridge,
-        device,
-        f"xla:{real.lower()}",
-    )
-    log.info(
-        "xla_device_opened",
-        device=_opened.label,
-        pjrt_device=pjrt_device,
-        torch_xla=torch_xla.__version__,
-    )
-    return _opened
-
-
-def _configure_cache(xla: _XlaDevice, base: str | None) -> None:
-    """Point the persistent compilation cache at this process's folder; `_DEVICE_LOCK` held.
-
-    XLA reads the setting once, before its first compilation, so only the first call counts.
-    The folder is one per device type and ordinal (two processes never share one TPU chip) and per
-    torch_xla version (executables do not carry across versions), and stable across restarts,
-    which is what the cache is for. XLA:CPU writes entries but cannot read them back.
-    """
-    global _cache_configured
-    if _cache_configured or not base:
-        return
-    _cache_configured = True
-    if xla.torch_xla._XLAC._xla_computation_cache_is_initialized():
-        log.warning(
-            "xla_compilation_cache_not_configured",
-            reason="XLA compiled before the first tpu model",
-        )
-        return
-    folder = Path(base) / (
-        f"torch_xla-{xla.torch_xla.__version__}-"
-        f"{xla.xr.device_type().lower()}-{xla.xr.global_ordinal()}"
-    )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        log.warning("xla_compilation_cache_disabled", folder=str(folder), reason=str(error))
-        return
-    xla.xr.initialize_cache(str(folder), readonly=False)
-    log.info("xla_compilation_cache", folder=str(folder))
 
 
 @dataclass(frozen=True)
@@ -229,7 +107,7 @@ class XlaRuntime(TorchRuntime):
         super().__init__(
             config, artifact, device=device, compilation_cache_dir=compilation_cache_dir
         )
-        self._xla: _XlaDevice | None = None
+        self._xla: xla_process.XlaProcess | None = None
         self._ledger = CompileLedger()
         self._fallback_reported: set[str] = set()
         # Compiled programs by input shapes; a model whose trace cannot be replayed gets none.
@@ -237,9 +115,7 @@ class XlaRuntime(TorchRuntime):
         self._replayable = True
 
     def load(self) -> None:
-        with _DEVICE_LOCK:
-            self._xla = _open_device(_pjrt_device())
-            _configure_cache(self._xla, self.compilation_cache_dir)
+        self._xla = xla_process.configure(self.compilation_cache_dir)
         # The artifact is read on the CPU by the torch runtime's rules; only the move to the device
         # holds the device lock, so a reload stalls the models being served as little as it can.
         super().load()
@@ -317,7 +193,7 @@ class XlaRuntime(TorchRuntime):
         """Hold the device while weights move, then sync: nothing the move left pending may join
         another batch's graph. Anything it compiled is counted, like any compilation."""
         assert self._xla is not None
-        with _DEVICE_LOCK, self._measured({}):
+        with self._xla.lock, self._measured({}):
             yield
             self._xla.torch_xla.sync()
 
@@ -337,7 +213,7 @@ class XlaRuntime(TorchRuntime):
                 # cost a deep model's batch on XLA:CPU half a millisecond more.
                 devices = [str(self._torch_device)] * len(host)
                 device_inputs = xlac._xla_tensors_from_aten(host, devices, None)
-                with _DEVICE_LOCK:
+                with self._xla.lock:
                     outputs = program(*device_inputs)
                 # Waits for the device, outside the lock.
                 named = self._name_outputs(xlac._xla_get_cpu_tensors(outputs))
@@ -353,7 +229,7 @@ class XlaRuntime(TorchRuntime):
         shapes = {
             spec.name: tuple(t.shape) for spec, t in zip(self.signature.inputs, host, strict=True)
         }
-        with _DEVICE_LOCK, torch.no_grad():
+        with self._xla.lock, torch.no_grad():
             try:
                 device_inputs = [tensor.to(self._torch_device) for tensor in host]
                 program = self._compile(shapes, device_inputs) if self._replayable else None
@@ -374,7 +250,7 @@ class XlaRuntime(TorchRuntime):
     def _compile(
         self, shapes: dict[str, tuple[int, ...]], device_inputs: list[torch.Tensor]
     ) -> Program | None:
-        """Trace and compile the program for these shapes; `_DEVICE_LOCK` held. None, and the
+        """Trace and compile the program for these shapes; the device lock held. None, and the
         model served lazily from now on, when the trace had to execute on its way."""
         assert self._xla is not None and self._xla.bridge is not None
         assert self.signature is not None and self._forward is not None
@@ -429,10 +305,10 @@ class XlaRuntime(TorchRuntime):
     ) -> Iterator[_Window]:
         """Attribute what XLA compiled, executed and fell back on inside the block to this runtime.
 
-        Call with `_DEVICE_LOCK` held. Accounts even when the block fails: a compilation is never
-        silent. Execute time is the block's wall time less its compile time: upload, run, download.
-        Ops that fell back are not counted when `count_fallbacks` is false (a trace whose batch is
-        then run again, and counted, lazily).
+        Call with the device lock (`XlaProcess.lock`) held. Accounts even when the block fails: a
+        compilation is never silent. Execute time is the block's wall time less its compile time:
+        upload, run, download. Ops that fell back are not counted when `count_fallbacks` is false
+        (a trace whose batch is then run again, and counted, lazily).
         """
         assert self._xla is not None
         metrics = self._xla.metrics
