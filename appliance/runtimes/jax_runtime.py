@@ -43,7 +43,7 @@ from appliance.runtimes.base import (
     RuntimeStats,
     check_buckets_fit,
 )
-from appliance.runtimes.signature import merge_signature
+from appliance.runtimes.signature import check_batch_dims, merge_signature
 from appliance.tensors import Signature, TensorSpec, numpy_dtype
 
 log = structlog.get_logger("aegis.runtimes")
@@ -132,7 +132,9 @@ class JaxRuntime(Runtime):
 
     def settle_signature(self, found: Signature, artifact: str) -> Signature:
         signature = merge_signature(found, self.config, artifact)
-        self._check_batch_dims(signature, artifact)
+        check_batch_dims(
+            signature, self.config, artifact, remedy="export with a symbolic first dimension"
+        )
         self._check_dims_bucketed(signature, artifact)
         check_buckets_fit(signature, self.config, artifact)
         return signature
@@ -199,14 +201,6 @@ class JaxRuntime(Runtime):
             return outputs
 
         return _Program(call, signature, weights)
-
-    def _check_batch_dims(self, signature: Signature, artifact: str) -> None:
-        for spec in (*signature.inputs, *signature.outputs):
-            if spec.shape and spec.shape[0] != -1 and self.config.max_batch_size > 1:
-                raise ArtifactError(
-                    f"{artifact}: {spec.name!r} has a fixed batch dimension {spec.shape[0]}; "
-                    "export with a symbolic first dimension"
-                )
 
     def _check_dims_bucketed(self, signature: Signature, artifact: str) -> None:
         """XLA compiles one program per shape: every dynamic input dimension past the batch must

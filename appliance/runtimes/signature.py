@@ -58,6 +58,19 @@ def merge_signature(found: Signature, config: ModelConfig, artifact: str) -> Sig
     return Signature(resolved_inputs, resolved_outputs, limits)
 
 
+def check_batch_dims(
+    signature: Signature, config: ModelConfig, artifact: str, *, remedy: str
+) -> None:
+    """Every input and output takes the batch on its first axis as a dynamic dimension: an export
+    that fixed it cannot serve batches of other sizes. `remedy` says how to export it instead, in
+    the terms of the runtime's export tool."""
+    for spec in (*signature.inputs, *signature.outputs):
+        if spec.shape and spec.shape[0] != -1 and config.max_batch_size > 1:
+            raise ArtifactError(
+                f"{artifact}: {spec.name!r} has a fixed batch dimension {spec.shape[0]}; {remedy}"
+            )
+
+
 def output_order(found: Signature, config: ModelConfig) -> tuple[int, ...] | None:
     """Where each declared output sits among the graph's outputs, when the declaration names
     the keys of a dict the model returns (in any order); None: by position."""

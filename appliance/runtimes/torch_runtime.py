@@ -30,7 +30,7 @@ from appliance.runtimes.exported import (
     exported_signature_as_declared,
     load_exported,
 )
-from appliance.runtimes.signature import merge_signature
+from appliance.runtimes.signature import check_batch_dims, merge_signature
 from appliance.runtimes.torch_tensors import to_numpy, to_tensor
 from appliance.tensors import Signature
 
@@ -71,7 +71,12 @@ class TorchRuntime(Runtime):
 
     def settle_signature(self, found: Signature, artifact: str) -> Signature:
         signature = merge_signature(found, self.config, artifact)
-        self._check_batch_dims(signature, artifact)
+        check_batch_dims(
+            signature,
+            self.config,
+            artifact,
+            remedy="export with a dynamic first dimension (torch.export.Dim)",
+        )
         check_buckets_fit(signature, self.config, artifact)
         self._check_no_bytes(signature, artifact)
         return signature
@@ -101,14 +106,6 @@ class TorchRuntime(Runtime):
                 "plain pickles are never loaded - save with torch.export (.pt2) or torch.jit.save"
             ) from None
         return module.eval()
-
-    def _check_batch_dims(self, signature: Signature, artifact: str) -> None:
-        for spec in (*signature.inputs, *signature.outputs):
-            if spec.shape and spec.shape[0] != -1 and self.config.max_batch_size > 1:
-                raise ArtifactError(
-                    f"{artifact}: {spec.name!r} has a fixed batch dimension {spec.shape[0]}; "
-                    "export with a dynamic first dimension (torch.export.Dim)"
-                )
 
     def _check_no_bytes(self, signature: Signature, artifact: str) -> None:
         # A PyTorch model takes and returns tensors: caught here, a BYTES declaration is a load
