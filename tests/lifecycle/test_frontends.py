@@ -14,9 +14,10 @@ import pytest
 
 from tests.conftest import ServerFactory
 from tests.lifecycle.test_reload import admin, expected, infer, replace_model, token_file
-from tests.lifecycle.test_replicas import Load, events, run_load, scrape, wait_for
+from tests.lifecycle.test_replicas import Load, run_load, scrape, wait_for
 from tests.support.config import model_table
 from tests.support.frontends import maps, pids
+from tests.support.logs import log_events
 from tests.support.models import mlp_pt2
 from tests.support.server import ServerProcess
 
@@ -32,7 +33,7 @@ def model_file(tmp_path: Path) -> Path:
 
 
 def answered_by(server: ServerProcess) -> list[dict[str, Any]]:
-    return [event for event in events(server, "infer") if event.get("status") == 200]
+    return [event for event in log_events(server, "infer") if event.get("status") == 200]
 
 
 def sample(text: str, name: str, label: str, index: int) -> float:
@@ -82,7 +83,7 @@ def test_a_killed_engine_answers_what_it_held_with_503_and_serves_again(
         wait_for(
             lambda: any(
                 e["pid"] == pids(server, "replica")[0] and e["pid"] != engine
-                for e in events(server, "replica_warm")
+                for e in log_events(server, "replica_warm")
             ),
             120,
             "engine not warm again",
@@ -119,7 +120,7 @@ def test_requests_a_dead_engine_held_but_had_not_started_are_answered_by_another
         served = len(answered_by(server))
         wait_for(lambda: len(answered_by(server)) > served + 50, 60, "engine 1 not serving")
         os.kill(engine, signal.SIGKILL)
-        wait_for(lambda: events(server, "engine_lost"), 30, "engine loss not seen")
+        wait_for(lambda: log_events(server, "engine_lost"), 30, "engine loss not seen")
         served = len(answered_by(server))
         wait_for(lambda: len(answered_by(server)) > served + 20, 30, "not serving after it")
 
@@ -129,7 +130,7 @@ def test_requests_a_dead_engine_held_but_had_not_started_are_answered_by_another
     # those it held unstarted are answered by engine 1.
     failed = [r for r in results if r[1] != 200]
     assert len(failed) <= 2 and {r[1] for r in failed} <= {503}, failed
-    [lost] = events(server, "engine_lost")
+    [lost] = log_events(server, "engine_lost")
     assert lost["not_started"] >= 1 and lost["running"] == len(failed), lost
     good = [r[2] for r in results if r[1] == 200]
     assert all(np.allclose(data, expected(X, 1).ravel(), atol=1e-5) for data in good)
@@ -149,7 +150,7 @@ def test_a_killed_front_end_loses_at_most_its_connections_and_is_restarted(
         wait_for(
             lambda: any(
                 e.get("frontend") == 1 and e["pid"] != victim
-                for e in events(server, "replica_warm")
+                for e in log_events(server, "replica_warm")
             ),
             60,
             "front end not back",
@@ -183,7 +184,7 @@ def test_reload_and_admin_changes_reach_the_engine_and_lose_nothing_under_load(
     def reload() -> None:
         replace_model(model_file, seed=2)
         os.kill(server.process.pid, signal.SIGHUP)
-        wait_for(lambda: len(events(server, "replica_reloaded")) == 1, 120, "no reload")
+        wait_for(lambda: len(log_events(server, "replica_reloaded")) == 1, 120, "no reload")
 
     run_load(clients, reload)
     results = [r for client in clients for r in client.results]
@@ -212,6 +213,6 @@ def test_sigterm_stops_front_ends_then_engines_leaving_no_process_or_shared_memo
     assert server.stop(timeout_s=30) == 0, server.log()
     assert not [pid for pid in frontends + engines if Path(f"/proc/{pid}").exists()]
     assert set(os.listdir("/dev/shm")) <= shm_before
-    exited = events(server, "replica_exited")
+    exited = log_events(server, "replica_exited")
     order = ["frontend" if "frontend" in e else "engine" for e in exited]
     assert order == ["frontend", "frontend", "engine"], exited

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import pytest
@@ -21,6 +21,7 @@ from tests.conftest import ServerFactory
 from tests.lifecycle.test_reload import admin, expected, infer, replace_model, token_file
 from tests.lifecycle.test_startup_notify import NotifySocket
 from tests.support.config import model_table, server_config
+from tests.support.logs import log_events
 from tests.support.models import mlp_pt2
 from tests.support.server import ServerProcess, start_server
 
@@ -43,22 +44,9 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
-def events(server: ServerProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in server.log().splitlines():
-        if f'"{name}"' in line:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == name:
-                found.append(event)
-    return found
-
-
 def replica_pids(server: ServerProcess) -> dict[int, int]:
     """The latest process of each replica, from the supervisor's log."""
-    return {event["replica"]: event["pid"] for event in events(server, "replica_started")}
+    return {event["replica"]: event["pid"] for event in log_events(server, "replica_started")}
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
@@ -208,7 +196,9 @@ def test_a_killed_replica_loses_at_most_its_requests_and_serves_again(
         wait_for(
             lambda: (
                 replica_pids(server)[1] != victim
-                and any(e["pid"] == replica_pids(server)[1] for e in events(server, "replica_warm"))
+                and any(
+                    e["pid"] == replica_pids(server)[1] for e in log_events(server, "replica_warm")
+                )
             ),
             120,
             "replica 1 not warm again",
@@ -243,12 +233,12 @@ def test_sighup_rolls_a_reload_through_the_replicas_under_load(
     def reload() -> None:
         replace_model(model_file, seed=2)
         os.kill(server.process.pid, signal.SIGHUP)
-        wait_for(lambda: len(events(server, "replica_reloaded")) == 2, 120, "no rolling reload")
+        wait_for(lambda: len(log_events(server, "replica_reloaded")) == 2, 120, "no rolling reload")
 
     run_load(clients, reload)
     results = [r for client in clients for r in client.results]
     assert {status for _, status, _ in results} == {200}, [r for r in results if r[1] != 200][:3]
-    reloaded = [event["replica"] for event in events(server, "replica_reloaded")]
+    reloaded = [event["replica"] for event in log_events(server, "replica_reloaded")]
     assert reloaded == [0, 1]
     # Both replicas now answer with the new version, over fresh connections.
     new = expected(X, 2).ravel()
@@ -285,7 +275,7 @@ def test_sigterm_stops_every_replica_and_leaves_no_process(
     assert len(pids) == 3 and all(Path(f"/proc/{pid}").exists() for pid in pids)
     assert server.stop(timeout_s=30) == 0, server.log()
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-    assert len(events(server, "replica_exited")) == 3
+    assert len(log_events(server, "replica_exited")) == 3
 
 
 def test_systemd_hears_ready_once_when_every_replica_is_warm(
@@ -301,7 +291,7 @@ def test_systemd_hears_ready_once_when_every_replica_is_warm(
     try:
         server.wait_ready(180)
         wait_for(lambda: any("READY=1" in m for m, _ in systemd.messages), 10, "no READY=1")
-        warm = events(server, "replica_warm")
+        warm = log_events(server, "replica_warm")
         time.sleep(1.5)  # a watchdog period
     finally:
         code = server.stop(timeout_s=30)
@@ -330,7 +320,7 @@ def test_a_replica_that_keeps_failing_is_reported_while_the_others_serve(
     run_load(
         clients,
         lambda: wait_for(
-            lambda: events(server, "replica_failing"), 180, "replica 1 never reported"
+            lambda: log_events(server, "replica_failing"), 180, "replica 1 never reported"
         ),
         settle_s=0,
     )
@@ -342,5 +332,5 @@ def test_a_replica_that_keeps_failing_is_reported_while_the_others_serve(
     assert sample(text, "aegis_replica_failing", "1") == 1
     assert sample(text, "aegis_replica_up", "1") == 0
     assert sample(text, "aegis_replica_up", "0") == 1
-    assert events(server, "replica_failing")[0]["replica"] == 1
+    assert log_events(server, "replica_failing")[0]["replica"] == 1
     assert server.status("/v2/health/ready") == 200

@@ -3,31 +3,17 @@ supervisor's log, and which front end answered each request, from the access lin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 
+from tests.support.logs import log_events
 from tests.support.server import ServerProcess
 from tests.support.v2 import infer
 from tests.support.zoo import Tolerance, ZooModel
-
-
-def log_events(server: ServerProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in server.log().splitlines():
-        if f'"{name}"' not in line:
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("event") == name:
-            found.append(event)
-    return found
 
 
 def pids(server: ServerProcess, label: str) -> dict[int, int]:
