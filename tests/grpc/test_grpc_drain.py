@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import ServerFactory
-from tests.rest.test_overload import rounds_for, slow_model
+from tests.support.load import rounds_under_load, slow_model
 
 
 def test_sigterm_drains_calls_in_flight(serve: ServerFactory, artifacts: dict[str, Path]) -> None:
@@ -20,7 +20,7 @@ def test_sigterm_drains_calls_in_flight(serve: ServerFactory, artifacts: dict[st
         slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]),
         "unready_window_s = 1.0",  # of shutdown_grace_s = 5: about 3 s to drain
     )
-    rounds = rounds_for(1.5, server)
+    rounds = rounds_under_load(server, 1.5)
     client = grpcclient.InferenceServerClient(server.grpc_address)
     answers: queue.Queue[tuple[grpcclient.InferResult, object]] = queue.Queue()
     x = grpcclient.InferInput("x", [1, 1], "FP32")

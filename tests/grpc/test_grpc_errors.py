@@ -18,9 +18,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.rest.test_overload import rounds_for, slow_model
 from tests.support.config import model_table, server_config, tensor_table
 from tests.support.http import get_text
+from tests.support.load import rounds_under_load, slow_model
 from tests.support.models import Mlp
 from tests.support.server import ServerProcess, running_server
 
@@ -193,7 +193,7 @@ CANCELLED = (
 
 def test_a_1ms_deadline_is_deadline_exceeded(clients: Clients, server: ServerProcess) -> None:
     grpc_client, _ = clients
-    rounds = rounds_for(1.0, server)
+    rounds = rounds_under_load(server, 1.0)
     with pytest.raises(InferenceServerException) as raised:
         grpc_client.infer("slow", [slow_input(rounds)], client_timeout=0.001)
     assert raised.value.status() == "StatusCode.DEADLINE_EXCEEDED"
@@ -205,7 +205,7 @@ def test_the_timeout_parameter_is_the_servers_deadline(
     """A request still queued when its `timeout` passes gets HTTP's 504 message, as
     DEADLINE_EXCEEDED."""
     grpc_client, _ = clients
-    rounds = rounds_for(1.0, server)
+    rounds = rounds_under_load(server, 1.0)
     answers: Answers = queue.Queue()
     for request_id in ("busy", "next"):
         grpc_client.async_infer("slow", [slow_input(rounds)], collect_by_id(answers, request_id))
@@ -222,7 +222,7 @@ def test_the_timeout_parameter_is_the_servers_deadline(
 
 def test_a_cancelled_stream_leaves_nothing_queued(clients: Clients, server: ServerProcess) -> None:
     grpc_client, _ = clients
-    rounds = rounds_for(3.0, server)
+    rounds = rounds_under_load(server, 3.0)
     batches = metric(server, BATCHES)
     computed = metric(server, COMPUTED)
     cancelled = metric(server, CANCELLED)

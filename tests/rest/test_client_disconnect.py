@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from tests.conftest import ServerFactory
-from tests.rest.test_overload import in_background, rounds_for, slow_model, slow_request
 from tests.support.http import get_text
+from tests.support.load import in_background, rounds_under_load, slow_body, slow_model
 from tests.support.server import ServerProcess
 
 # The 499s of this model over HTTP.
@@ -28,11 +28,11 @@ def test_disconnected_request_is_not_computed(
     serve: ServerFactory, artifacts: dict[str, Path]
 ) -> None:
     server = serve(slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]))
-    rounds = rounds_for(2.0, server)
+    rounds = rounds_under_load(server, 2.0)
     batches_before = metric(server, r'aegis_batch_size_count\{model="slow",version="1"\} (\S+)')
-    running, result = in_background(server, slow_request(rounds))
+    running, result = in_background(server, slow_body(rounds))
     time.sleep(0.3)
-    body = slow_request(rounds)
+    body = slow_body(rounds)
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.sendall(
             b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\n"

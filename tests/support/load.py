@@ -1,12 +1,14 @@
-"""For tests that load a server: one torch thread, Slow-model requests of a chosen length, and
-the process's peak memory."""
+"""For tests that load a server: one torch thread, the Slow model's table and requests of a chosen
+length, sent in the foreground or the background, and the process's peak memory."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 
-from tests.support.bodies import json_infer
+from tests.support.config import model_table, tensor_table
 from tests.support.http import call
 from tests.support.server import ServerProcess
 
@@ -23,9 +25,42 @@ def peak_rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
-def slow_body(rounds: int) -> bytes:
-    """A request for the Slow test model (x FP32 [-1, 1]): `rounds` 256x256 matmuls."""
-    return json_infer("x", "FP32", [1, 1], [rounds])
+def slow_model(extra: str) -> str:
+    """The Slow model's table, one request a batch, no warmup; `{slow}` stands for its path."""
+    return (
+        model_table("slow", "{slow}", "max_batch_size = 1\nwarmup_iters = 0\n" + extra)
+        + tensor_table("inputs", "x", "FP32", [-1, 1])
+        + tensor_table("outputs", "y", "FP32", [-1, 1])
+    )
+
+
+def slow_body(rounds: int, timeout_us: int | None = None) -> bytes:
+    """A request for the Slow test model (x FP32 [-1, 1]): `rounds` 256x256 matmuls, within the
+    protocol's `timeout` parameter (microseconds) where given."""
+    document: dict[str, object] = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [rounds]}]
+    }
+    if timeout_us is not None:
+        document["parameters"] = {"timeout": timeout_us}
+    return json.dumps(document).encode()
+
+
+def post_slow(
+    server: ServerProcess, body: bytes, timeout_s: float = 60
+) -> tuple[int, dict[str, str], bytes]:
+    """The Slow model's answer to `body`: status, headers (names in lower case), body."""
+    reply = call(server, "POST", "/v2/models/slow/infer", body, timeout_s=timeout_s)
+    return reply.status, reply.headers, reply.body
+
+
+def in_background(
+    server: ServerProcess, body: bytes
+) -> tuple[threading.Thread, list[tuple[int, dict[str, str], bytes]]]:
+    """`post_slow` on a thread of its own; its answer lands in the list once the thread ends."""
+    results: list[tuple[int, dict[str, str], bytes]] = []
+    thread = threading.Thread(target=lambda: results.append(post_slow(server, body)), daemon=True)
+    thread.start()
+    return thread, results
 
 
 def rounds_for(server: ServerProcess, seconds: float, model: str = "slow") -> int:
@@ -43,3 +78,17 @@ def rounds_for(server: ServerProcess, seconds: float, model: str = "slow") -> in
     fastest(1)  # the first call pays for warming up
     per_round = max((fastest(51) - fastest(1)) / 50, 1e-5)
     return max(int(seconds / per_round), 1)
+
+
+def rounds_under_load(server: ServerProcess, seconds: float) -> int:
+    """Matmul rounds of the Slow model that take about `seconds` under the machine's present load:
+    the second of two 300-round requests, HTTP included (the first pays for TorchScript's
+    optimizing runs), and at least 300. `rounds_for` times the best of several runs instead, so
+    its requests err long on a busy machine: a test whose request must also end within a bound
+    (a drain) uses this one."""
+    for _ in range(2):
+        started = time.perf_counter()
+        status, _, _ = post_slow(server, slow_body(300))
+        assert status == 200
+        per_round = (time.perf_counter() - started) / 300
+    return max(300, int(seconds / max(per_round, 1e-6)))
