@@ -7,12 +7,12 @@ import signal
 import time
 from pathlib import Path
 
-from tests.lifecycle.test_startup_notify import NotifySocket, notify_socket  # noqa: F401
 from tests.support.bodies import json_infer
 from tests.support.config import model_table, server_config, tensor_table
 from tests.support.fault_models import Doubles, ReturnsAnotherName, ReturnsANumber
 from tests.support.http import call
 from tests.support.models import script_pt
+from tests.support.notify import NotifySocket
 from tests.support.server import start_server
 
 EXIT_BOUND_S = 60.0  # the load itself takes seconds; systemd's start timeout is 30 minutes
@@ -48,7 +48,7 @@ def test_an_unexpected_failure_in_warmup_ends_the_start(tmp_path: Path) -> None:
 
 def test_a_failed_reload_keeps_the_old_version_and_tells_systemd_ready(
     tmp_path: Path,
-    notify_socket: NotifySocket,  # noqa: F811
+    notify_socket: NotifySocket,
 ) -> None:
     artifact = tmp_path / "m.pt"
     script_pt(Doubles(), artifact)

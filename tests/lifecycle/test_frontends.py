@@ -10,26 +10,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import pytest
 
 from tests.conftest import ServerFactory
-from tests.lifecycle.test_reload import admin, expected, infer, replace_model, token_file
-from tests.lifecycle.test_replicas import Load, run_load, scrape, wait_for
+from tests.support.admin import admin, token_file
 from tests.support.config import model_table
 from tests.support.frontends import maps, pids
 from tests.support.logs import log_events
-from tests.support.models import mlp_pt2
+from tests.support.metrics import metrics_page
+from tests.support.served_mlp import Load, X, expected, infer, replace_model, run_load
 from tests.support.server import ServerProcess
-
-X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
-
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "m.pt2"
-    path.parent.mkdir()
-    mlp_pt2(path, seed=1)
-    return path
+from tests.support.waiting import wait_for
 
 
 def answered_by(server: ServerProcess) -> list[dict[str, Any]]:
@@ -60,7 +50,7 @@ def test_both_front_ends_answer_and_one_engine_batch_holds_requests_from_both(
         frontends_of.setdefault(line["batch"], set()).add(line["frontend"])
     assert {frontend for seen in frontends_of.values() for frontend in seen} == {0, 1}
     assert any(seen == {0, 1} for seen in frontends_of.values()), frontends_of
-    text = scrape(server)
+    text = metrics_page(server)
     counted = re.findall(
         r'^aegis_inference_requests_total\{code="200",frontend="(\d)",[^}]*\} (\S+)$',
         text,
@@ -99,7 +89,7 @@ def test_a_killed_engine_answers_what_it_held_with_503_and_serves_again(
     assert any(status == 503 for _, status, _ in results)
     good = [r[2] for r in results if r[1] == 200]
     assert all(np.allclose(data, expected(X, 1).ravel(), atol=1e-5) for data in good)
-    text = scrape(server)
+    text = metrics_page(server)
     assert sample(text, "aegis_replica_up", "replica", 0) == 1
     assert sample(text, "aegis_replica_restarts_total", "replica", 0) == 1
 
@@ -167,7 +157,7 @@ def test_a_killed_front_end_loses_at_most_its_connections_and_is_restarted(
     failed = [r for r in results if r[1] != 200]
     assert len(failed) <= len(clients), failed
     assert all(r[1] == 0 and abs(r[0] - killed_at[0]) < 5 for r in failed), failed
-    text = scrape(server)
+    text = metrics_page(server)
     assert sample(text, "aegis_frontend_up", "frontend", 1) == 1
     assert sample(text, "aegis_frontend_restarts_total", "frontend", 1) == 1
 

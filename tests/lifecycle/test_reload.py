@@ -2,69 +2,20 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
-import pytest
-import torch
 
 from tests.conftest import ServerFactory
+from tests.support.admin import admin, token_file
 from tests.support.config import model_table
-from tests.support.models import Mlp, mlp_pt2
+from tests.support.served_mlp import expected, infer, replace_model
 from tests.support.server import ServerProcess
-
-TOKEN = "s3cret-token-for-tests-only"
-
-
-def infer(server: ServerProcess, x: np.ndarray, model: str = "m") -> tuple[int, dict[str, Any]]:
-    body = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "datatype": "FP32",
-                    "shape": list(x.shape),
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
-    )
-    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
-    try:
-        connection.request("POST", f"/v2/models/{model}/infer", body=body)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
-
-
-def admin(server: ServerProcess, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
-    connection = http.client.HTTPConnection(server.host, server.port, timeout=120)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        connection.request("POST", path, body=b"", headers=headers)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
-
-
-def expected(x: np.ndarray, seed: int) -> np.ndarray:
-    with torch.no_grad():
-        return cast(np.ndarray, Mlp(seed=seed)(torch.from_numpy(x)).numpy())
-
-
-def replace_model(path: Path, seed: int) -> None:
-    staging = path.with_name("staging.pt2")
-    mlp_pt2(staging, seed=seed)
-    staging.replace(path)
 
 
 class Client(threading.Thread):
@@ -98,14 +49,6 @@ def wait_for_output(client: Client, wanted: np.ndarray, timeout_s: float) -> Non
             return
         time.sleep(0.05)
     raise TimeoutError(f"the new version's outputs never arrived; last: {client.results[-1:]}")
-
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "m.pt2"
-    path.parent.mkdir()
-    mlp_pt2(path, seed=1)
-    return path
 
 
 def test_sighup_swaps_a_changed_model_without_failed_requests(
@@ -146,13 +89,6 @@ def test_failed_reload_keeps_the_serving_version(serve: ServerFactory, model_fil
     assert status == 200
     np.testing.assert_allclose(body["outputs"][0]["data"], expected(x, 1).ravel(), atol=1e-5)
     assert server.status("/v2/health/ready") == 200
-
-
-def token_file(tmp_path: Path, mode: int = 0o600) -> Path:
-    path = tmp_path / "admin.token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(mode)
-    return path
 
 
 def test_repository_endpoints_need_the_token(

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.lifecycle.test_replica_plan import tpu_host
-from tests.lifecycle.test_replicas import replica_pids, wait_for
+from tests.support.frontends import pids
 from tests.support.http import free_port
+from tests.support.pci import tpu_host
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 
 def environment(pid: int) -> dict[str, str]:
@@ -76,9 +77,9 @@ def test_each_replica_owns_one_chip(tmp_path: Path, artifacts: dict[str, Path], 
         )
     server = ServerProcess(process, "127.0.0.1", port, log_path)
     try:
-        wait_for(lambda: len(replica_pids(server)) == chips, 60, "replicas not started")
-        pids = replica_pids(server)
-        envs = {index: environment(pid) for index, pid in pids.items()}
+        wait_for(lambda: len(pids(server, "replica")) == chips, 60, "replicas not started")
+        processes = pids(server, "replica")
+        envs = {index: environment(pid) for index, pid in processes.items()}
         assert server.stop(timeout_s=30) == 0, server.log()
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -100,4 +101,4 @@ def test_each_replica_owns_one_chip(tmp_path: Path, artifacts: dict[str, Path], 
     started = [line for line in server.log().splitlines() if '"replica_started"' in line]
     assert all(f'"chip":"0000:00:{4 + i:02x}.0"' in started[i] for i in range(chips)), started
     time.sleep(0.2)
-    assert not [pid for pid in pids.values() if Path(f"/proc/{pid}").exists()]
+    assert not [pid for pid in processes.values() if Path(f"/proc/{pid}").exists()]

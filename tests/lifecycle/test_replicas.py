@@ -9,8 +9,6 @@ import re
 import signal
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -18,55 +16,21 @@ import numpy as np
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.lifecycle.test_reload import admin, expected, infer, replace_model, token_file
-from tests.lifecycle.test_startup_notify import NotifySocket
+from tests.support.admin import admin, token_file
 from tests.support.config import model_table, server_config
+from tests.support.frontends import pids
 from tests.support.logs import log_events
-from tests.support.models import mlp_pt2
+from tests.support.metrics import metrics_page
+from tests.support.notify import NotifySocket
+from tests.support.served_mlp import Load, X, expected, infer, replace_model, run_load
 from tests.support.server import ServerProcess, start_server
-
-X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
-
-
-@pytest.fixture
-def systemd(tmp_path: Path) -> Iterator[NotifySocket]:
-    listener = NotifySocket(tmp_path / "notify.sock")
-    listener.start()
-    yield listener
-    listener.close()
-
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "m.pt2"
-    path.parent.mkdir()
-    mlp_pt2(path, seed=1)
-    return path
-
-
-def replica_pids(server: ServerProcess) -> dict[int, int]:
-    """The latest process of each replica, from the supervisor's log."""
-    return {event["replica"]: event["pid"] for event in log_events(server, "replica_started")}
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} after {timeout_s} s")
-
-
-def scrape(server: ServerProcess) -> str:
-    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
-        return cast(str, response.read().decode())
+from tests.support.waiting import wait_for
 
 
 def served_counts(server: ServerProcess, total: int) -> dict[str, float]:
     """200s by replica once all `total` are counted: a request is counted just after its reply."""
     end = time.monotonic() + 10
-    while sum((counts := served_by_replica(scrape(server))).values()) < total:
+    while sum((counts := served_by_replica(metrics_page(server))).values()) < total:
         assert time.monotonic() < end, f"{total} requests not counted: {counts}"
         time.sleep(0.05)
     return counts
@@ -90,50 +54,12 @@ def sample(text: str, name: str, replica: str) -> float:
     return float(match.group(1))
 
 
-class Load(threading.Thread):
-    """Back-to-back requests, each over a fresh connection, bounded in count and time."""
-
-    def __init__(self, server: ServerProcess, limit_s: float = 120, limit_count: int = 5000):
-        super().__init__(daemon=True)
-        self.server = server
-        self.limit_s, self.limit_count = limit_s, limit_count
-        self.results: list[tuple[float, int, list[float] | str]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        end = time.monotonic() + self.limit_s
-        while (
-            not self.stop.is_set()
-            and time.monotonic() < end
-            and len(self.results) < self.limit_count
-        ):
-            try:
-                status, body = infer(self.server, X)
-                data = body["outputs"][0]["data"] if status == 200 else str(body.get("error"))
-            except (OSError, http.client.HTTPException) as error:
-                status, data = 0, repr(error)
-            self.results.append((time.monotonic(), status, data))
-
-
-def run_load(clients: list[Load], action: Callable[[], object], settle_s: float = 0.5) -> None:
-    for client in clients:
-        client.start()
-    try:
-        time.sleep(settle_s)
-        action()
-    finally:
-        for client in clients:
-            client.stop.set()
-        for client in clients:
-            client.join(30)
-
-
 @pytest.mark.parametrize("replicas", [2, 3])
 def test_fresh_connections_reach_every_replica_and_one_scrape_counts_them_all(
     serve: ServerFactory, model_file: Path, replicas: int
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), f"replicas = {replicas}")
-    assert len(replica_pids(server)) == replicas
+    assert len(pids(server, "replica")) == replicas
     clients = [Load(server, limit_count=40) for _ in range(4)]
     # cast: mypy refuses to use join()'s None, which this list only collects to join them all.
     run_load(clients, lambda: [cast(object, client.join(120)) for client in clients], settle_s=0)
@@ -186,7 +112,7 @@ def test_a_killed_replica_loses_at_most_its_requests_and_serves_again(
     serve: ServerFactory, model_file: Path
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
-    victim = replica_pids(server)[1]
+    victim = pids(server, "replica")[1]
     clients = [Load(server) for _ in range(4)]
     killed_at: list[float] = []
 
@@ -195,17 +121,18 @@ def test_a_killed_replica_loses_at_most_its_requests_and_serves_again(
         os.kill(victim, signal.SIGKILL)
         wait_for(
             lambda: (
-                replica_pids(server)[1] != victim
+                pids(server, "replica")[1] != victim
                 and any(
-                    e["pid"] == replica_pids(server)[1] for e in log_events(server, "replica_warm")
+                    e["pid"] == pids(server, "replica")[1]
+                    for e in log_events(server, "replica_warm")
                 )
             ),
             120,
             "replica 1 not warm again",
         )
-        before = served_by_replica(scrape(server)).get("1", 0)
+        before = served_by_replica(metrics_page(server)).get("1", 0)
         wait_for(
-            lambda: served_by_replica(scrape(server)).get("1", 0) > before,
+            lambda: served_by_replica(metrics_page(server)).get("1", 0) > before,
             30,
             "replica 1 not serving again",
         )
@@ -218,7 +145,7 @@ def test_a_killed_replica_loses_at_most_its_requests_and_serves_again(
     assert all(r[1] == 0 for r in failed), failed
     assert all(abs(r[0] - killed_at[0]) < 5 for r in failed), failed
     assert all(np.allclose(r[2], expected(X, 1).ravel(), atol=1e-5) for r in results if r[1] == 200)
-    text = scrape(server)
+    text = metrics_page(server)
     assert sample(text, "aegis_replica_up", "1") == 1
     assert sample(text, "aegis_replica_restarts_total", "1") == 1
     assert server.status("/v2/health/ready") == 200
@@ -271,15 +198,15 @@ def test_sigterm_stops_every_replica_and_leaves_no_process(
     serve: ServerFactory, model_file: Path
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 3")
-    pids = list(replica_pids(server).values())
-    assert len(pids) == 3 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+    started = list(pids(server, "replica").values())
+    assert len(started) == 3 and all(Path(f"/proc/{pid}").exists() for pid in started)
     assert server.stop(timeout_s=30) == 0, server.log()
-    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert not [pid for pid in started if Path(f"/proc/{pid}").exists()]
     assert len(log_events(server, "replica_exited")) == 3
 
 
 def test_systemd_hears_ready_once_when_every_replica_is_warm(
-    tmp_path: Path, artifacts: dict[str, Path], systemd: NotifySocket
+    tmp_path: Path, artifacts: dict[str, Path], notify_socket: NotifySocket
 ) -> None:
     config = tmp_path / "aegis.toml"
     config.write_text(
@@ -287,18 +214,18 @@ def test_systemd_hears_ready_once_when_every_replica_is_warm(
     )
     env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
     server = start_server(config, tmp_path / "server.log", env)
-    systemd.server = server
+    notify_socket.server = server
     try:
         server.wait_ready(180)
-        wait_for(lambda: any("READY=1" in m for m, _ in systemd.messages), 10, "no READY=1")
+        wait_for(lambda: any("READY=1" in m for m, _ in notify_socket.messages), 10, "no READY=1")
         warm = log_events(server, "replica_warm")
         time.sleep(1.5)  # a watchdog period
     finally:
         code = server.stop(timeout_s=30)
     time.sleep(0.3)
     assert code == 0, server.log()
-    texts = [message for message, _ in systemd.messages]
-    ready = [(t, r) for t, r in systemd.messages if "READY=1" in t]
+    texts = [message for message, _ in notify_socket.messages]
+    ready = [(t, r) for t, r in notify_socket.messages if "READY=1" in t]
     assert len(ready) == 1, texts
     assert ready[0][1] == 200, "READY=1 arrived while readiness still said 503"
     assert "on 3 replicas" in ready[0][0]
@@ -313,9 +240,9 @@ def test_a_replica_that_keeps_failing_is_reported_while_the_others_serve(
     serve: ServerFactory, model_file: Path
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"), "replicas = 2")
-    pids = replica_pids(server)
+    started = pids(server, "replica")
     model_file.write_bytes(b"not a model")  # replica 1 cannot start again from here on
-    os.kill(pids[1], signal.SIGKILL)
+    os.kill(started[1], signal.SIGKILL)
     clients = [Load(server) for _ in range(2)]
     run_load(
         clients,
@@ -328,7 +255,7 @@ def test_a_replica_that_keeps_failing_is_reported_while_the_others_serve(
     # Replica 0 served throughout (a request replica 1 held when it was killed may be lost).
     assert len([r for r in results if r[1] != 200]) <= len(clients)
     assert len(results) > 50
-    text = scrape(server)
+    text = metrics_page(server)
     assert sample(text, "aegis_replica_failing", "1") == 1
     assert sample(text, "aegis_replica_up", "1") == 0
     assert sample(text, "aegis_replica_up", "0") == 1

@@ -3,53 +3,12 @@ once readiness answers 200, watchdog pings, STOPPING=1 on SIGTERM."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.support.config import model_table, server_config
-from tests.support.server import ServerProcess, start_server
-
-
-class NotifySocket(threading.Thread):
-    """A datagram socket like systemd's; records each message with whether the server was ready."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.server: ServerProcess | None = None
-        self.messages: list[tuple[str, int | None]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                data = self.sock.recv(4096).decode()
-            except TimeoutError:
-                continue
-            ready = None
-            if "READY=1" in data and self.server is not None:
-                ready = self.server.status("/v2/health/ready")
-            self.messages.append((data, ready))
-
-    def close(self) -> None:
-        self.done.set()
-        self.join(5)
-        self.sock.close()
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    listener = NotifySocket(tmp_path / "notify.sock")
-    listener.start()
-    yield listener
-    listener.close()
+from tests.support.notify import NotifySocket
+from tests.support.server import start_server
 
 
 def test_ready_is_sent_only_when_warm_and_stopping_on_sigterm(

@@ -1,4 +1,4 @@
-"""A server's /metrics page as a lookup, for tests that check counters and gauges by label."""
+"""A server's /metrics page, as text or as a lookup, for tests that check counters and gauges."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from collections.abc import Callable
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.http import Address, get_text
+
+
+def metrics_page(server: Address) -> str:
+    """The /metrics page now, as the server writes it."""
+    return get_text(server, "/metrics", timeout_s=10)
 
 
 def scrape(server: Address) -> Callable[..., float]:
