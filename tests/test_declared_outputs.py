@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.support.config import model_table, tensor_table
 from tests.support.fault_models import Doubles
 from tests.support.models import script_pt
-from tests.test_startup_failures import run_until_exit
+from tests.support.server import run_until_exit
 
 
 def test_a_torchscript_output_declared_with_another_datatype_refuses_the_start(

@@ -5,8 +5,6 @@ command."""
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,30 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from tests.runtimes.test_hugging_face_outputs import bert, example
+from tests.support.bert import bert, bert_example
+from tests.support.command import aegis, printed_table
 from tests.support.config import server_config
 from tests.support.models import Mlp, onnx_mlp, script_pt
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
 from tests.support.zoo import ZOO, export_zoo
 
-TABLE_HEADER = "# A [[models]] table for it"
-
-
-def aegis(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
 
 def table_of(artifact: Path) -> str:
     result = aegis("inspect", str(artifact))
     assert result.returncode == 0, result.stderr
-    return result.stdout.split(TABLE_HEADER, 1)[1].split("\n", 1)[1]
+    return printed_table(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +33,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = export_zoo(root, ("encoder",))
     batch = torch.export.Dim("batch", min=1, max=16)
     seq = torch.export.Dim("seq", min=2, max=64)
-    inputs = {name: torch.from_numpy(array) for name, array in example(3, 7, 0).items()}
+    inputs = {name: torch.from_numpy(array) for name, array in bert_example(3, 7, 0).items()}
     program = torch.export.export(
         bert(), (), inputs, dynamic_shapes={name: {0: batch, 1: seq} for name in inputs}
     )
@@ -97,7 +84,7 @@ def test_the_printed_tables_pass_check_config_and_serve_equal_to_eager(
     for name, want in ZOO["encoder"].eager(encoder_inputs).items():
         np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
 
-    bert_inputs = example(2, 5, 3)
+    bert_inputs = bert_example(2, 5, 3)
     status, outputs = infer(served.url, "bert", bert_inputs)
     assert status == 200, outputs
     assert isinstance(outputs, dict)

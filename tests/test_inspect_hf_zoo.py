@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from tests.support.command import aegis, printed_table
 from tests.support.config import server_config
 from tests.support.hf_zoo import HF_ZOO
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer
 from tests.support.zoo import Tolerance, export_zoo
-from tests.test_inspect import TABLE_HEADER, aegis
 
 TOLERANCE: Tolerance = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -51,9 +51,7 @@ def served(
 ) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("hf-served")
     config = workdir / "aegis.toml"
-    tables = "\n".join(
-        report.split(TABLE_HEADER, 1)[1].split("\n", 1)[1] for report in reports.values()
-    )
+    tables = "\n".join(printed_table(report) for report in reports.values())
     config.write_text(server_config(workdir, tables))
     checked = aegis("check-config", str(config))
     assert checked.returncode == 0, checked.stderr

@@ -6,18 +6,7 @@ import pickle
 from pathlib import Path
 
 from tests.support.config import model_table
-from tests.support.server import start_server
-
-
-def run_until_exit(tmp_path: Path, models: str) -> tuple[int, str]:
-    config = tmp_path / "aegis.toml"
-    config.write_text(f'[storage]\ncache_dir = "{tmp_path / "cache"}"\n' + models)
-    server = start_server(config, tmp_path / "server.log")
-    try:
-        code = server.process.wait(120)
-    finally:
-        server.stop()
-    return code, server.log()
+from tests.support.server import run_until_exit
 
 
 def test_missing_artifact_fails_the_start(tmp_path: Path) -> None:

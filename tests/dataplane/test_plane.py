@@ -20,27 +20,12 @@ from appliance.metrics import Metrics
 from appliance.repository import LocalModel, ModelRepository
 from tests.support.config import model_table, tensor_table
 from tests.support.models import Mlp
+from tests.support.readiness import RepositoryReadiness
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-
-
-class RepositoryReadiness:
-    """Ready once every declared model serves, as the server's own readiness starts out."""
-
-    def __init__(self, repository: ModelRepository) -> None:
-        self.repository = repository
-
-    def is_ready(self) -> bool:
-        return self.repository.ready
-
-    def not_ready_reason(self) -> str:
-        return "loading"
-
-    def is_draining(self) -> bool:
-        return False
 
 
 def models_toml(artifacts: dict[str, Path]) -> str:

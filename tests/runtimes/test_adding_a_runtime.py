@@ -15,7 +15,7 @@ from appliance.lifecycle.models import ModelLifecycle
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
-from tests.dataplane.test_plane import RepositoryReadiness
+from tests.support.readiness import RepositoryReadiness
 
 NPZ = RuntimeRow(
     "npz",

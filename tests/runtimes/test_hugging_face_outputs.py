@@ -9,46 +9,24 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import pytest
 import torch
-import transformers
 
+from tests.support.bert import bert, bert_example
 from tests.support.config import model_table, server_config
-from tests.support.server import ServerProcess, running_server
+from tests.support.server import ServerProcess, run_until_exit, running_server
 from tests.support.v2 import get_json, infer
-from tests.test_startup_failures import run_until_exit
 
 SEQ = 7
-
-
-def bert() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return cast(torch.nn.Module, transformers.BertModel(config).eval())
-
-
-def example(rows: int, length: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    mask = np.ones((rows, length), dtype=np.int64)
-    mask[0, length // 2 :] = 0
-    return {"input_ids": rng.integers(1, 100, (rows, length)), "attention_mask": mask}
 
 
 @pytest.fixture(scope="module")
 def bert_pt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     batch = torch.export.Dim("batch", min=1, max=16)
     seq = torch.export.Dim("seq", min=2, max=64)
-    inputs = {name: torch.from_numpy(array) for name, array in example(3, SEQ, 0).items()}
+    inputs = {name: torch.from_numpy(array) for name, array in bert_example(3, SEQ, 0).items()}
     program = torch.export.export(
         bert(),
         (),
@@ -82,7 +60,7 @@ def test_a_hugging_face_model_output_is_served_by_its_keys_without_transformers(
         "last_hidden_state",
         "pooler_output",
     ]
-    inputs = example(2, 5, 1)
+    inputs = bert_example(2, 5, 1)
     status, outputs = infer(server.url, "bert", inputs)
     assert status == 200, outputs
     assert isinstance(outputs, dict)

@@ -134,3 +134,15 @@ def running_server(
         server.stop()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.process.pid, signal.SIGKILL)
+
+
+def run_until_exit(tmp_path: Path, models: str) -> tuple[int, str]:
+    """Start a server of `models` that is expected not to come up; its exit code and its log."""
+    config = tmp_path / "aegis.toml"
+    config.write_text(f'[storage]\ncache_dir = "{tmp_path / "cache"}"\n' + models)
+    server = start_server(config, tmp_path / "server.log")
+    try:
+        code = server.process.wait(120)
+    finally:
+        server.stop()
+    return code, server.log()
