@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from appliance.repository import warmup_shapes
-from tests.jax_tier.test_jax_serving import CPU, config_toml
+from tests.jax_tier.jax_serving import CPU, config_toml
 from tests.support.frontends import serve_through_front_ends
 from tests.support.hf_zoo import HF_ZOO, SEQ_BUCKETS, export_with_main_venv
 from tests.support.metrics import scrape

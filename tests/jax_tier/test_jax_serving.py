@@ -4,7 +4,6 @@ restart; the device a process is given; and the CPU-fallback modes on a host wit
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.jax_tier.jax_models import eager, example_inputs, masked_inputs, masked_reference
-from tests.support.config import tier_config
+from tests.jax_tier.jax_serving import BUCKETS, CPU, MAX_BATCH, config_toml, model_toml
 from tests.support.http import get_json
 from tests.support.logs import log_events
 from tests.support.metrics import scrape
@@ -21,28 +20,7 @@ from tests.support.server import ServerProcess, running_server, start_server
 
 pytestmark = pytest.mark.jax
 
-MAX_BATCH = 8
-BUCKETS = (1, 2, 4, 8)
 SERVED = {"scorer": "scorer.jax", "demo": "demo.pt2", "deep": "deep.pt2", "mixed": "mixed.pt2"}
-CPU = "jax:cpu:0"
-
-
-def model_toml(name: str, path: Path, **fields: object) -> str:
-    settings = {
-        "runtime": "jax",
-        "device": "cpu",
-        "max_batch_size": MAX_BATCH,
-        "batch_buckets": list(BUCKETS),
-        **fields,
-    }
-    lines = ["[[models]]", f'name = "{name}"', f'model_path = "{path}"']
-    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
-    return "\n".join(lines) + "\n"
-
-
-def config_toml(workdir: Path, models: str) -> str:
-    # Beside the workdir: servers in sibling workdirs share it (a restart reads its programs).
-    return tier_config(workdir, models, xla_cache=workdir.parent / "xla-cache")
 
 
 def infer(

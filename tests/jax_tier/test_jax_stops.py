@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.jax_tier.test_jax_serving import model_toml
+from tests.jax_tier.jax_serving import model_toml
 from tests.support.stops import assert_stopped_in_time, sigterm_when_logged
 
 pytestmark = pytest.mark.jax

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from appliance.repository import warmup_shapes
-from tests.jax_tier.test_jax_serving import CPU, config_toml
+from tests.jax_tier.jax_serving import CPU, config_toml
 from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import infer

@@ -19,8 +19,8 @@ from appliance.demo import DEMO_INPUTS
 from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE, TOLERANCE
-from tests.xla.test_xla_serving import config_toml, infer, model_toml, post_infer
 from tests.xla.wide import export_wide, wide_eager
+from tests.xla.xla_serving import config_toml, infer, model_toml, post_infer
 
 pytestmark = pytest.mark.xla
 

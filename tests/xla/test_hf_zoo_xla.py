@@ -23,7 +23,7 @@ from tests.support.v2 import infer
 from tests.support.zoo import Tolerance, model_toml
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE
 from tests.xla.device import TOLERANCE as DEVICE_TOLERANCE
-from tests.xla.test_xla_serving import config_toml
+from tests.xla.xla_serving import config_toml
 
 pytestmark = pytest.mark.xla
 

@@ -24,18 +24,19 @@ from appliance.config import ModelConfig
 from appliance.demo import DEMO_INPUTS
 from appliance.runtimes.xla_runtime import XlaRuntime
 from tests.support.padding import pad
-from tests.xla.device import DEVICE_LABEL, ON_TPU, PJRT_DEVICE, TOLERANCE, without_tpu
+from tests.xla.device import (
+    DEVICE_LABEL,
+    ON_TPU,
+    PJRT_DEVICE,
+    TOLERANCE,
+    uncached_compiles,
+    without_tpu,
+)
 from tests.xla.xla_models import SIGNATURE, eager
 
 pytestmark = pytest.mark.xla
 
 RuntimeFactory = Callable[..., XlaRuntime]
-
-
-def uncached_compiles() -> int:
-    import torch_xla.debug.metrics as metrics
-
-    return metrics.counter_value("UncachedCompile") or 0
 
 
 @pytest.fixture(scope="session")

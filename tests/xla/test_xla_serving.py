@@ -3,70 +3,26 @@ CPU-fallback modes where no XLA device can be opened (PJRT_DEVICE=TPU on a host 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from appliance.demo import DEMO_INPUTS
-from tests.support.config import tier_config
-from tests.support.http import call, get_json
+from tests.support.http import get_json
 from tests.support.logs import log_events
 from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server, start_server
 from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE, TOLERANCE, without_tpu
-from tests.xla.xla_models import SIGNATURE, eager
+from tests.xla.xla_models import eager
+from tests.xla.xla_serving import MAX_BATCH, answer, config_toml, infer, model_toml, post_infer
 
 pytestmark = pytest.mark.xla
 
-MAX_BATCH = 16
 BUCKETS = (1, 2, 4, 8, 16)
 SERVED = {"demo": "demo.pt2", "standardized": "standardized.pt"}
-
-
-def model_toml(name: str, path: Path, **fields: object) -> str:
-    settings = {"runtime": "tpu", "device": "tpu", "max_batch_size": MAX_BATCH, **fields}
-    lines = ["[[models]]", f'name = "{name}"', f'model_path = "{path}"']
-    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
-    for kind in ("inputs", "outputs"):
-        for spec in SIGNATURE[kind]:
-            lines += [f"[[models.{kind}]]"]
-            lines += [f"{key} = {json.dumps(value)}" for key, value in spec.items()]
-    return "\n".join(lines) + "\n"
-
-
-def config_toml(workdir: Path, models: str) -> str:
-    return tier_config(workdir, models, xla_cache=workdir / "xla-cache")
-
-
-def post_infer(server: ServerProcess, model: str, rows: np.ndarray) -> tuple[int, dict[str, Any]]:
-    body = {
-        "inputs": [
-            {
-                "name": "input__0",
-                "datatype": "FP32",
-                "shape": list(rows.shape),
-                "data": rows.ravel().tolist(),
-            }
-        ]
-    }
-    reply = call(server, "POST", f"/v2/models/{model}/infer", json.dumps(body).encode(), None, 60)
-    return reply.status, reply.json()
-
-
-def answer(payload: dict[str, Any]) -> np.ndarray:
-    [output] = payload["outputs"]
-    return cast(np.ndarray, np.asarray(output["data"], dtype=np.float32).reshape(output["shape"]))
-
-
-def infer(server: ServerProcess, model: str, rows: np.ndarray) -> np.ndarray:
-    status, payload = post_infer(server, model, rows)
-    assert status == 200, payload
-    return answer(payload)
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,9 @@ from tests.support.metrics import scrape
 from tests.support.server import ServerProcess, running_server
 from tests.support.v2 import get_json, infer
 from tests.support.zoo import ZOO, Tolerance, model_toml
-from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE
+from tests.xla.device import DEVICE_LABEL, PJRT_DEVICE, uncached_compiles
 from tests.xla.device import TOLERANCE as DEVICE_TOLERANCE
-from tests.xla.test_xla_runtime import uncached_compiles
-from tests.xla.test_xla_serving import config_toml
+from tests.xla.xla_serving import config_toml
 
 pytestmark = pytest.mark.xla
 
