@@ -4,48 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tests.conftest import ServerFactory
 from tests.support.admin import admin, token_file
 from tests.support.config import model_table
-from tests.support.served_mlp import expected, infer, replace_model
-from tests.support.server import ServerProcess
+from tests.support.served_mlp import Load, X, expected, infer, replace_model, run_load
 
 
-class Client(threading.Thread):
-    """Sends requests back to back, bounded in count and time, and records every answer."""
-
-    def __init__(
-        self, server: ServerProcess, x: np.ndarray, limit_s: float = 90, limit_count: int = 20000
-    ) -> None:
-        super().__init__(daemon=True)
-        self.server, self.x = server, x
-        self.limit_s, self.limit_count = limit_s, limit_count
-        self.results: list[tuple[int, list[Any]]] = []  # (status, outputs' data or [error])
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        end = time.monotonic() + self.limit_s
-        while (
-            not self.stop.is_set()
-            and time.monotonic() < end
-            and len(self.results) < self.limit_count
-        ):
-            status, body = infer(self.server, self.x)
-            data = body["outputs"][0]["data"] if status == 200 else [body.get("error")]
-            self.results.append((status, data))
-
-
-def wait_for_output(client: Client, wanted: np.ndarray, timeout_s: float) -> None:
+def wait_for_output(client: Load, wanted: np.ndarray, timeout_s: float) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        if client.results and np.allclose(client.results[-1][1], wanted.ravel(), atol=1e-5):
+        last = client.results[-1] if client.results else None
+        if last and last[1] == 200 and np.allclose(last[2], wanted.ravel(), atol=1e-5):
             return
         time.sleep(0.05)
     raise TimeoutError(f"the new version's outputs never arrived; last: {client.results[-1:]}")
@@ -55,22 +29,19 @@ def test_sighup_swaps_a_changed_model_without_failed_requests(
     serve: ServerFactory, model_file: Path
 ) -> None:
     server = serve(model_table("m", model_file, "max_batch_size = 8"))
-    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
-    client = Client(server, x)
-    client.start()
-    try:
-        time.sleep(0.5)
+    client = Load(server, limit_count=20000)
+
+    def reload() -> None:
         replace_model(model_file, seed=2)
         os.kill(server.process.pid, signal.SIGHUP)
-        wait_for_output(client, expected(x, seed=2), timeout_s=60)
+        wait_for_output(client, expected(X, seed=2), timeout_s=60)
         time.sleep(0.3)
-    finally:
-        client.stop.set()
-        client.join(30)
-    statuses = {status for status, _ in client.results}
-    assert statuses == {200}, [r for r in client.results if r[0] != 200][:3]
-    outputs = [np.asarray(data) for _, data in client.results]
-    old, new = expected(x, 1).ravel(), expected(x, 2).ravel()
+
+    run_load([client], reload)
+    statuses = {status for _, status, _ in client.results}
+    assert statuses == {200}, [r for r in client.results if r[1] != 200][:3]
+    outputs = [np.asarray(data) for _, _, data in client.results]
+    old, new = expected(X, 1).ravel(), expected(X, 2).ravel()
     # Every answer is one version's whole output, and the switch happens once.
     kinds = ["old" if np.allclose(o, old, atol=1e-5) else "new" for o in outputs]
     assert all(np.allclose(o, old, atol=1e-5) or np.allclose(o, new, atol=1e-5) for o in outputs)
