@@ -28,7 +28,7 @@ from tests.support.config import model_table, server_config
 from tests.support.fault_models import declared_table
 from tests.support.http import call
 from tests.support.leaks import assert_no_leak
-from tests.support.server import ServerProcess, running_server, start_server
+from tests.support.server import ServerProcess, exit_of, running_server, start_server
 from tests.support.tls import self_signed
 
 TOKEN = "s3cret-admin-token-0123456789"
@@ -49,18 +49,6 @@ def server(
     config = server_config(workdir, models, f'admin_token_file = "{token}"\n')
     with running_server(config, workdir) as served:
         yield served
-
-
-def exit_of(tmp_path: Path, config_text: str) -> tuple[int, str]:
-    """Start a server that is expected to refuse to start: its exit code and output."""
-    config = tmp_path / "aegis.toml"
-    config.write_text(config_text)
-    server = start_server(config, tmp_path / "server.log")
-    try:
-        code = server.process.wait(60)
-    finally:
-        server.stop()
-    return code, server.log()
 
 
 @pytest.mark.parametrize(

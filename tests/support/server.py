@@ -136,13 +136,18 @@ def running_server(
             os.killpg(server.process.pid, signal.SIGKILL)
 
 
-def run_until_exit(tmp_path: Path, models: str) -> tuple[int, str]:
-    """Start a server of `models` that is expected not to come up; its exit code and its log."""
+def exit_of(tmp_path: Path, config_text: str) -> tuple[int, str]:
+    """Start a server that is expected to refuse to start: its exit code and its log."""
     config = tmp_path / "aegis.toml"
-    config.write_text(f'[storage]\ncache_dir = "{tmp_path / "cache"}"\n' + models)
+    config.write_text(config_text)
     server = start_server(config, tmp_path / "server.log")
     try:
         code = server.process.wait(120)
     finally:
         server.stop()
     return code, server.log()
+
+
+def run_until_exit(tmp_path: Path, models: str) -> tuple[int, str]:
+    """`exit_of` a config of `models` alone: a model that cannot come up stops the start."""
+    return exit_of(tmp_path, f'[storage]\ncache_dir = "{tmp_path / "cache"}"\n' + models)
