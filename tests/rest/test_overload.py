@@ -8,19 +8,33 @@ from pathlib import Path
 
 from tests.conftest import ServerFactory
 from tests.support.load import in_background, post_slow, rounds_under_load, slow_body, slow_model
+from tests.support.metrics import scrape
+from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
+
+
+def depth(server: ServerProcess) -> float:
+    return scrape(server)("aegis_queue_depth", model="slow", version="1")
+
+
+def computing(server: ServerProcess) -> bool:
+    """The model's one batch slot is taken: a request was dequeued and has not been answered."""
+    value = scrape(server)
+    dequeued = value("aegis_queue_duration_seconds_count", model="slow", version="1")
+    return dequeued > value("aegis_compute_duration_seconds_count", model="slow", version="1")
 
 
 def test_full_queue_is_refused_at_once_with_retry_after(
     serve: ServerFactory, artifacts: dict[str, Path]
 ) -> None:
     server = serve(
-        slow_model("max_queue_size = 1\ntimeout_ms = 60000").format(slow=artifacts["slow.pt"])
+        slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"])
     )
     rounds = rounds_under_load(server, 4.0)
     running, _ = in_background(server, slow_body(rounds))
-    time.sleep(0.3)
+    wait_for(lambda: computing(server), 30, "the long batch to start")
     queued, queued_result = in_background(server, slow_body(1))
-    time.sleep(0.3)
+    wait_for(lambda: depth(server) == 1 or not running.is_alive(), 30, "a request to queue")
     assert running.is_alive(), "the long batch ended before the queue could fill"
     started = time.perf_counter()
     status, headers, payload = post_slow(server, slow_body(1))
@@ -29,18 +43,18 @@ def test_full_queue_is_refused_at_once_with_retry_after(
     assert headers["retry-after"] == "1"
     assert "queue full" in json.loads(payload)["error"]
     assert elapsed < 0.5, elapsed
-    running.join(60)
-    queued.join(60)
+    running.join(120)
+    queued.join(120)
     assert queued_result[0][0] == 200
 
 
 def test_deadline_gives_504_while_a_long_batch_still_runs(
     serve: ServerFactory, artifacts: dict[str, Path]
 ) -> None:
-    server = serve(slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]))
+    server = serve(slow_model("timeout_ms = 120000").format(slow=artifacts["slow.pt"]))
     rounds = rounds_under_load(server, 3.0)
     running, running_result = in_background(server, slow_body(rounds))
-    time.sleep(0.3)
+    wait_for(lambda: computing(server), 30, "the long batch to start")
     started = time.perf_counter()
     status, _, payload = post_slow(server, slow_body(1, timeout_us=300_000))
     elapsed = time.perf_counter() - started
@@ -48,5 +62,5 @@ def test_deadline_gives_504_while_a_long_batch_still_runs(
     assert "deadline passed before its batch started" in json.loads(payload)["error"]
     assert 0.25 <= elapsed < 1.5, elapsed
     assert running.is_alive(), "the long batch should still be running"
-    running.join(60)
+    running.join(120)
     assert running_result[0][0] == 200
