@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from appliance.batching import BatchResult
 from appliance.channel import Arena, EngineLinks, EngineServer
 from appliance.channel.frontend import EngineModel
 from appliance.config import parse_config
@@ -199,23 +200,30 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def start_a_held_batch(
+    model: EngineModel, links: EngineLinks, engine: ModelRepository, x: np.ndarray, timeout_s: float
+) -> tuple[threading.Event, asyncio.Future[BatchResult]]:
+    """Send `x` and return once its batch has started on the engine, whose one model thread is
+    held until the event is set: the batch has taken the request but not read its inputs."""
+    hold = threading.Event()
+    engine_side(engine).primary.executor.submit(hold.wait, 30)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    request = asyncio.ensure_future(model.infer({"x": x}, 1, deadline))
+    waiting = links.links[0]._waiting
+    await until(lambda: any(each.started for each in waiting.values()), "the batch to start")
+    return hold, request
+
+
 def test_a_reply_waits_until_the_running_batch_no_longer_reads_the_requests_arena_space(
     wide_model: Path, tmp_path: Path
 ) -> None:
     async def body(
         model: EngineModel, links: EngineLinks, _: ModelLifecycle, engine: ModelRepository
     ) -> None:
-        # The engine's one model thread is held, so the batch has started but not yet read
-        # its inputs when the request's deadline passes.
-        hold = threading.Event()
-        engine_side(engine).primary.executor.submit(hold.wait, 30)
         x = np.ones((1, WIDE), dtype=np.float32)
-        deadline = asyncio.get_running_loop().time() + 0.2
-        request = asyncio.ensure_future(model.infer({"x": x}, 1, deadline))
-        waiting = links.links[0]._waiting
-        await until(lambda: any(each.started for each in waiting.values()), "the batch to start")
-        await asyncio.sleep(max(deadline - asyncio.get_running_loop().time(), 0) + 0.3)
-        # The deadline has passed; the region must stay taken while the batch may read it.
+        hold, request = await start_a_held_batch(model, links, engine, x, 0.2)
+        await asyncio.sleep(0.5)
+        # Its deadline has passed; the region must stay taken while the batch may read it.
         assert not request.done()
         assert links.arena.in_use > 0
         hold.set()
@@ -232,14 +240,10 @@ def test_a_request_whose_client_leaves_is_withdrawn_from_the_engines_queue(
     async def body(
         model: EngineModel, links: EngineLinks, _: ModelLifecycle, engine: ModelRepository
     ) -> None:
-        hold = threading.Event()
         batcher = engine_side(engine).primary.batcher
-        engine_side(engine).primary.executor.submit(hold.wait, 30)
-        deadline = asyncio.get_running_loop().time() + 30
         first = np.full((1, WIDE), 0.5, dtype=np.float32)
-        running = asyncio.ensure_future(model.infer({"x": first}, 1, deadline))
-        waiting = links.links[0]._waiting
-        await until(lambda: any(each.started for each in waiting.values()), "the batch to start")
+        hold, running = await start_a_held_batch(model, links, engine, first, 30)
+        deadline = asyncio.get_running_loop().time() + 30
         leaving = asyncio.ensure_future(model.infer({"x": np.zeros_like(first)}, 1, deadline))
         await until(lambda: batcher.queue_depth == 1, "the second request to queue")
         held = links.arena.in_use
