@@ -152,6 +152,7 @@ class Appliance:
         sampler = AccessLogSampler(access_log_rate(config.server.access_log))
         context = AppContext(self.repository, self.metrics, settings, self, control, sampler)
         self.plane = context.plane
+        self._pacing = context.pacing
         self.app: ASGIApp = create_app(
             context, lifespan=self._lifespan, extra_routes=self._vertex_routes(sampler)
         )
@@ -307,6 +308,7 @@ class Appliance:
         log.info("shutting_down", grace_s=grace_s, unready_window_s=window)
         self.notifier.stopping()
         self._draining = True
+        self._pacing.release()  # connections held under overload get their end now
         self._stop_deadline = loop.time() + grace_s
         loop.call_later(window, self._close_listeners)
 

@@ -49,6 +49,7 @@ class Outcome:
     status: int = 200
     fields: dict[str, object] = field(default_factory=dict)
     refused: bool = False  # turned away because the model's queue was full
+    hold_s: float = 0.0  # how long its keep-alive connection is held, when refused
 
 
 class AccessLogSampler:

@@ -15,6 +15,7 @@ from appliance.dataplane import DataPlane, Readiness
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest.access import AccessLogSampler
+from appliance.rest.pacing import OverloadPacing
 from appliance.units import MiB
 
 
@@ -42,6 +43,7 @@ class AppContext:
     readiness: Readiness
     control: RepositoryControl | None
     access_log: AccessLogSampler = field(default_factory=AccessLogSampler)
+    pacing: OverloadPacing = field(default_factory=OverloadPacing)
     plane: DataPlane = field(init=False)
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ from appliance.rest.access import Outcome, record, request_id_of
 from appliance.rest.codec import decode_request, encode_response
 from appliance.rest.context import AppContext, app_context, request_context
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
+from appliance.rest.pacing import OverloadPacing
 from appliance.rest.responses import json_response
 
 log = structlog.get_logger("aegis.rest")
@@ -34,7 +35,6 @@ _HEADER_LENGTH = re.compile(r"[0-9]{1,18}")
 CLIENT_CLOSED = 499
 # How long a connection refused for overload waits before its next request is read: the
 # Retry-After that the refusal carries.
-OVERLOAD_HOLD_S = 1.0
 
 
 def _plane(request: Request) -> DataPlane:
@@ -148,8 +148,9 @@ def _keeps_alive(scope: Scope, headers: dict[bytes, bytes], context: AppContext)
     return b"close" not in headers.get(b"connection", b"").lower()
 
 
-async def _hold_connection(send: Send) -> None:
-    """Under overload, hold a keep-alive connection's next request for Retry-After.
+async def _hold_connection(send: Send, seconds: float, pacing: OverloadPacing) -> None:
+    """Under overload, hold a keep-alive connection's next request for Retry-After (`seconds`,
+    from `pacing`, which also ends every hold when the server stops).
 
     The 503 itself has gone out whole (its Content-Length is known, so the client has its answer
     at once); the response is only ended after the hold, and until then the connection reads no
@@ -160,7 +161,7 @@ async def _hold_connection(send: Send) -> None:
     try:
         # Spread around Retry-After: connections refused together must not all come back
         # together (a burst the queue cannot take, then an idle model until the next one).
-        await asyncio.sleep(OVERLOAD_HOLD_S * random.uniform(0.8, 1.2))
+        await pacing.hold(seconds * random.uniform(0.8, 1.2))
     finally:
         await send({"type": "http.response.body", "body": b""})
 
@@ -207,7 +208,7 @@ class InferEndpoint:
             # After the reply: the client does not wait for the log line and the metrics.
             record(scope, outcome, request_id, elapsed, context.access_log)
         if hold:
-            await _hold_connection(send)
+            await _hold_connection(send, outcome.hold_s, context.pacing)
 
 
 infer = InferEndpoint()
@@ -231,9 +232,10 @@ async def _serve(
             # At the door: under overload the refusal is the common answer, and it must not
             # cost an inflate or a decode.
             model.check_room()
-        except QueueFull:
+        except QueueFull as error:
             # Read, not decoded: a body left unread would close the keep-alive connection.
             await read_raw_body(receive, headers, limit)
+            error.retry_after_s = context.pacing.refused()
             raise
         body = await read_body(receive, headers, limit)
         request = decode_request(
@@ -281,7 +283,9 @@ async def _serve(
 
 def _failure(error: InferenceError | HTTPFailure, request_id: str, outcome: Outcome) -> Reply:
     outcome.status = error.status if isinstance(error, HTTPFailure) else status_of(error)
-    outcome.refused = isinstance(error, QueueFull)
+    if isinstance(error, QueueFull):
+        outcome.refused = True
+        outcome.hold_s = error.retry_after_s
     outcome.fields["error"] = str(error)
     response = failure_response(error)
     return (

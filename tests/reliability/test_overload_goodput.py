@@ -1,6 +1,7 @@
 """Under 16x overload the server keeps serving: closed-loop keep-alive clients that retry at once
 on a 503 (ignoring Retry-After) are refused fast, but each connection's next request waits out
-the Retry-After, so refusing takes little of the loop and goodput stays near capacity.
+the Retry-After (longer as the overload goes on), so refusing takes little of the loop and
+goodput stays near capacity.
 
 Capacity: 200s a second with as many clients as the queue holds. Overload: 16 times as many.
 The figure for the record is bench/overload_goodput.py's (wrk, pinned cores); this test bounds
@@ -53,9 +54,12 @@ async def client(
                     closing = "close" in value.lower()
             await reader.readexactly(length)
             status = int(status_line.split()[1])
+            answered = time.monotonic()
+            if answered > end:
+                break  # a request held past the window's end is not the window's
             counts[status] = counts.get(status, 0) + 1
             if status == 503 and not held:
-                refusals.append(time.monotonic() - sent)
+                refusals.append(answered - sent)
             if closing:
                 # Hypercorn ends a keep-alive connection after its request limit, as real
                 # servers do; a real client follows and reconnects.
@@ -65,15 +69,13 @@ async def client(
         writer.close()
 
 
-async def closed_loop(
-    host: str, port: int, clients: int
-) -> tuple[dict[int, int], list[float], float]:
+async def closed_loop(host: str, port: int, clients: int) -> tuple[dict[int, int], list[float]]:
+    """Statuses and refusal times of the answers that arrived within WINDOW_S."""
     counts: dict[int, int] = {}
     refusals: list[float] = []
-    started = time.monotonic()
-    end = started + WINDOW_S
+    end = time.monotonic() + WINDOW_S
     await asyncio.gather(*(client(host, port, end, counts, refusals) for _ in range(clients)))
-    return counts, refusals, time.monotonic() - started
+    return counts, refusals
 
 
 def test_goodput_under_16x_overload_stays_near_capacity(
@@ -83,13 +85,11 @@ def test_goodput_under_16x_overload_stays_near_capacity(
     config = server_config(tmp_path, model_table("mlp", artifacts["mlp.pt2"], extra))
     with running_server(config, tmp_path, ONE_THREAD) as server:
         assert call(server, "POST", "/v2/models/mlp/infer", BODY).status == 200
-        base, _, base_s = asyncio.run(closed_loop(server.host, server.port, QUEUE))
-        over, refusals, over_s = asyncio.run(
-            closed_loop(server.host, server.port, QUEUE * OVERLOAD)
-        )
-    capacity = base.get(200, 0) / base_s
-    goodput = over.get(200, 0) / over_s
-    refused = over.get(503, 0) / over_s
+        base, _ = asyncio.run(closed_loop(server.host, server.port, QUEUE))
+        over, refusals = asyncio.run(closed_loop(server.host, server.port, QUEUE * OVERLOAD))
+    capacity = base.get(200, 0) / WINDOW_S
+    goodput = over.get(200, 0) / WINDOW_S
+    refused = over.get(503, 0) / WINDOW_S
     print(
         f"\nFIGURES goodput: capacity {capacity:.0f}/s ({QUEUE} clients); {OVERLOAD}x "
         f"({QUEUE * OVERLOAD} clients): {goodput:.0f} ok/s = {goodput / capacity:.2f}x capacity, "
@@ -98,7 +98,7 @@ def test_goodput_under_16x_overload_stays_near_capacity(
     )
     assert set(over) <= {200, 503}, over
     assert goodput >= GOODPUT_BOUND * capacity, (goodput, capacity)
-    # At most about one refusal per connection per Retry-After (1 s), with slack for timing.
+    # At most about one refusal per connection per Retry-After (1 s at first), with slack.
     assert refused <= 1.5 * QUEUE * OVERLOAD, refused
     # The refusal is sent at once; only the next request on the connection waits.
     assert refusals and statistics.median(refusals) < REFUSAL_MEDIAN_S, sorted(refusals)[:10]

@@ -119,7 +119,9 @@ def test_ten_times_the_sustainable_rate(tmp_path: Path, artifacts: dict[str, Pat
     assert {o.status for o in admitted} <= {200, 504}, {o.status for o in admitted}
     assert all(o.latency_s < TIMEOUT_MS / 1000 + LATE_S for o in admitted)
     assert len(served) >= len(admitted) // 2, (len(served), len(admitted))
-    assert all(o.retry_after == "1" for o in refused)
+    # Told to come back in a second at first, and later for longer as the refusals go on.
+    assert {o.retry_after for o in refused} <= {"1", "2", "4", "8"}, refused[:5]
+    assert "1" in {o.retry_after for o in refused}
     assert statistics.median(refusal_latencies) < REFUSAL_MEDIAN_S
     assert peak - warm_peak <= RSS_BOUND_MIB, (warm_peak, peak)
     assert (ready, served_after) == (200, 200)

@@ -64,3 +64,26 @@ def test_deadline_gives_504_while_a_long_batch_still_runs(
     assert running.is_alive(), "the long batch should still be running"
     running.join(120)
     assert running_result[0][0] == 200
+
+
+def test_refusals_that_go_on_announce_a_longer_retry_after(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
+    server = serve(
+        slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"])
+    )
+    rounds = rounds_under_load(server, 6.0)
+    running, _ = in_background(server, slow_body(rounds))
+    wait_for(lambda: computing(server), 30, "the long batch to start")
+    queued, _ = in_background(server, slow_body(1))
+    wait_for(lambda: depth(server) == 1, 30, "a request to queue")
+    announced: list[str] = []
+    while running.is_alive() and len(announced) < 200 and "2" not in announced:
+        status, headers, _ = post_slow(server, slow_body(1))
+        assert status == 503
+        announced.append(headers["retry-after"])
+        time.sleep(0.05)
+    assert running.is_alive(), "the long batch ended before the refusals went on for a second"
+    assert announced[0] == "1" and announced[-1] == "2", announced
+    running.join(120)
+    queued.join(120)
