@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from appliance.rest.pacing import OverloadPacing
 
 
@@ -37,3 +39,21 @@ def test_a_pause_in_the_refusals_starts_over_at_one_second() -> None:
     assert holds_every(pacing, clock, 0.5, 3.0)[-1] == 4
     clock.now += 1.5
     assert pacing.refused() == 1
+
+
+def test_release_ends_every_hold_at_once_and_holds_nothing_after() -> None:
+    async def run() -> tuple[float, float]:
+        pacing = OverloadPacing()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        held = asyncio.ensure_future(pacing.hold(30))
+        await asyncio.sleep(0)
+        pacing.release()
+        await held
+        ended = loop.time() - started
+        again = loop.time()
+        await pacing.hold(30)
+        return ended, loop.time() - again
+
+    ended, after = asyncio.run(run())
+    assert ended < 5 and after < 5  # far below the 30 s asked for
