@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -24,18 +25,30 @@ def computing(server: ServerProcess) -> bool:
     return dequeued > value("aegis_compute_duration_seconds_count", model="slow", version="1")
 
 
-def test_full_queue_is_refused_at_once_with_retry_after(
-    serve: ServerFactory, artifacts: dict[str, Path]
-) -> None:
+Background = tuple[threading.Thread, list[tuple[int, dict[str, str], bytes]]]
+
+
+def a_full_queue(
+    serve: ServerFactory, artifacts: dict[str, Path], batch_s: float
+) -> tuple[ServerProcess, Background, Background]:
+    """A server whose Slow model runs a batch of about `batch_s` with one more request queued
+    behind it (`max_queue_size = 1`): the next request finds the queue full."""
     server = serve(
         slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"])
     )
-    rounds = rounds_under_load(server, 4.0)
-    running, _ = in_background(server, slow_body(rounds))
+    rounds = rounds_under_load(server, batch_s)
+    running = in_background(server, slow_body(rounds))
     wait_for(lambda: computing(server), 30, "the long batch to start")
-    queued, queued_result = in_background(server, slow_body(1))
-    wait_for(lambda: depth(server) == 1 or not running.is_alive(), 30, "a request to queue")
-    assert running.is_alive(), "the long batch ended before the queue could fill"
+    queued = in_background(server, slow_body(1))
+    wait_for(lambda: depth(server) == 1 or not running[0].is_alive(), 30, "a request to queue")
+    assert running[0].is_alive(), "the long batch ended before the queue could fill"
+    return server, running, queued
+
+
+def test_full_queue_is_refused_at_once_with_retry_after(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
+    server, (running, _), (queued, queued_result) = a_full_queue(serve, artifacts, 4.0)
     started = time.perf_counter()
     status, headers, payload = post_slow(server, slow_body(1))
     elapsed = time.perf_counter() - started
@@ -69,14 +82,7 @@ def test_deadline_gives_504_while_a_long_batch_still_runs(
 def test_refusals_that_go_on_announce_a_longer_retry_after(
     serve: ServerFactory, artifacts: dict[str, Path]
 ) -> None:
-    server = serve(
-        slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"])
-    )
-    rounds = rounds_under_load(server, 6.0)
-    running, _ = in_background(server, slow_body(rounds))
-    wait_for(lambda: computing(server), 30, "the long batch to start")
-    queued, _ = in_background(server, slow_body(1))
-    wait_for(lambda: depth(server) == 1, 30, "a request to queue")
+    server, (running, _), (queued, _) = a_full_queue(serve, artifacts, 6.0)
     announced: list[str] = []
     while running.is_alive() and len(announced) < 200 and "2" not in announced:
         status, headers, _ = post_slow(server, slow_body(1))
