@@ -102,7 +102,9 @@ class BatchObserver:
     """Where the batcher reports what it did; the default discards everything."""
 
     on_batch: Callable[[int, int, float], None] = lambda rows, bucket, compute_s: None
-    on_dequeue: Callable[[float], None] = lambda queue_s: None
+    # The seconds each request of a batch waited, once per batch as it starts.
+    on_dequeue: Callable[[list[float]], None] = lambda queue_s: None
+    # The queue's depth, once per event-loop turn in which it changed.
     on_depth: Callable[[int], None] = lambda depth: None
     # (requests that failed on their own, requests answered by reruns, requests failed because
     # the model failed on every part tried), once per failed batch.
@@ -131,6 +133,8 @@ def _shape_key(
     inputs: Tensors, dims: NamedDims, padded: dict[str, int]
 ) -> tuple[tuple[str, tuple[int, ...], str], ...]:
     """What requests must share to be batched: each input's inner shape once padded, and dtype."""
+    if not dims.inputs:  # no named dimension: the inner shape is the shape less its rows
+        return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
     return tuple(
         (name, dims.inner_shape(name, array.shape, padded), array.dtype.str)
         for name, array in inputs.items()
@@ -169,6 +173,7 @@ class DynamicBatcher:
         # Made by `drain`, set once nothing is queued or running.
         self._idle: asyncio.Event | None = None
         self._batch_numbers = itertools.count(1)
+        self._depth_reported = True
 
     @property
     def queue_depth(self) -> int:
@@ -269,9 +274,17 @@ class DynamicBatcher:
 
     def _set_waiting(self, value: int) -> None:
         self._waiting = value
-        self._observer.on_depth(value)
+        if self._depth_reported:
+            # Once per loop turn, not per request: a turn that takes in a frame of requests
+            # would otherwise write the gauge for each (a locked file write in an engine).
+            self._depth_reported = False
+            asyncio.get_running_loop().call_soon(self._report_depth)
         if self._idle is not None:
             self._note_idle()
+
+    def _report_depth(self) -> None:
+        self._depth_reported = True
+        self._observer.on_depth(self._waiting)
 
     def _note_idle(self) -> None:
         if not self._waiting and not self._batches_running:
@@ -374,9 +387,9 @@ class DynamicBatcher:
             for pending in live:
                 pending.state = _State.RUNNING
                 self._queued_rows -= pending.rows
-                self._observer.on_dequeue(started - pending.enqueued)
                 if pending.progress is not None:
                     pending.progress.started()
+            self._observer.on_dequeue([started - pending.enqueued for pending in live])
             self._set_waiting(self._waiting - len(live))
             try:
                 error = await self._attempt(live, started)

@@ -68,7 +68,7 @@ def make_replica(
     executor = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix=f"aegis-{name}")
     observer = BatchObserver(
         on_batch=metrics.observe_batch,
-        on_dequeue=metrics.queue_duration.observe,
+        on_dequeue=metrics.observe_queue_times,
         on_depth=metrics.queue_depth.set,
         on_failure=metrics.observe_failure,
         on_average=metrics.batch_average(runtime.device),
