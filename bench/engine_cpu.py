@@ -38,7 +38,7 @@ from appliance.channel import Arena, EngineLinks, EngineServer
 from appliance.config import parse_config
 from appliance.lifecycle.models import ModelLifecycle
 from appliance.lifecycle.notify import SystemdNotifier
-from appliance.lifecycle.process import freeze_heap, shorten_switch_interval
+from appliance.lifecycle.process import freeze_heap, tune_for_serving
 from appliance.logs import configure_logging
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
@@ -74,7 +74,7 @@ def engine(config_path: str, socket_path: str, threads: int) -> None:
         repository = ModelRepository()
         lifecycle = ModelLifecycle(config, repository, Metrics(), SystemdNotifier(None))
         server = EngineServer(repository, socket_path)
-        shorten_switch_interval()
+        tune_for_serving()
         await server.start()
         await lifecycle.start()
         freeze_heap()

@@ -40,7 +40,7 @@ from appliance.config import AppConfig, DeclaredModel, load_config, with_grpc_bi
 from appliance.errors import ModelNotReady
 from appliance.lifecycle.link import Link, LinkClosed, Message, raise_for_reply
 from appliance.lifecycle.models import ModelLifecycle
-from appliance.lifecycle.process import shorten_switch_interval
+from appliance.lifecycle.process import tune_for_serving
 from appliance.lifecycle.replicas import Role
 from appliance.lifecycle.server import Appliance, run_appliance
 from appliance.logs import capture_native_output, configure_logging
@@ -199,7 +199,7 @@ class EngineAppliance(ReplicaAppliance):
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         server = EngineServer(self.repository, self.spec.channel_paths[0])
         try:
-            shorten_switch_interval()
+            tune_for_serving()
             await server.start()
             self._spawn(self._start_models(), "start")
             if self.notifier.watchdog_interval() is not None:

@@ -39,7 +39,7 @@ from appliance.lifecycle.listeners import empty_before_closing, own_listeners
 from appliance.lifecycle.models import ModelLifecycle, StartupFailed
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.preflight import preflight
-from appliance.lifecycle.process import shorten_switch_interval
+from appliance.lifecycle.process import tune_for_serving
 from appliance.lifecycle.steps import THREAD_PREFIX
 from appliance.logs import finish_output
 from appliance.metrics import Metrics
@@ -230,7 +230,7 @@ class Appliance:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        shorten_switch_interval()
+        tune_for_serving()
         grpc_stop = await self._start_grpc()
         if not self._started:
             self._spawn(self._start_models(), "start")
