@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import ServerFactory
-from tests.support.load import in_background, post_slow, rounds_under_load, slow_body, slow_model
+from tests.support.load import in_background, post_slow, rounds_for, slow_body, slow_model
 from tests.support.metrics import scrape
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
@@ -36,7 +36,7 @@ def a_full_queue(
     server = serve(
         slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"])
     )
-    rounds = rounds_under_load(server, batch_s)
+    rounds = rounds_for(server, batch_s)
     running = in_background(server, slow_body(rounds))
     wait_for(lambda: computing(server), 30, "the long batch to start")
     queued = in_background(server, slow_body(1))
@@ -65,7 +65,7 @@ def test_deadline_gives_504_while_a_long_batch_still_runs(
     serve: ServerFactory, artifacts: dict[str, Path]
 ) -> None:
     server = serve(slow_model("timeout_ms = 120000").format(slow=artifacts["slow.pt"]))
-    rounds = rounds_under_load(server, 3.0)
+    rounds = rounds_for(server, 3.0)
     running, running_result = in_background(server, slow_body(rounds))
     wait_for(lambda: computing(server), 30, "the long batch to start")
     started = time.perf_counter()
