@@ -89,9 +89,11 @@ test-e2e: venv
 	bash tests/e2e/run_tier.sh
 
 # The k8s tier: the Helm chart rendered by Helm's engine and validated offline, then its Deployment
-# run under podman kube play with the cpu image (root).
+# run under podman kube play with the cpu image (root). FLAVOR=jax runs the pod on the jax image,
+# which compiles, so its restart is checked against the compile cache (outside `make test`: the
+# image is several GB).
 test-k8s: venv
-	bash tests/k8s/run_tier.sh
+	FLAVOR=$(FLAVOR) bash tests/k8s/run_tier.sh
 
 test: lint test-host-requirements test-unit test-xla test-jax test-e2e test-k8s
 

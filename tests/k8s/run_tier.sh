@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The k8s tier (make test-k8s; root): the Helm chart rendered by Helm's engine and validated
 # offline against the Kubernetes schemas, then its Deployment run for real under podman with the
-# image `make image` builds (cpu flavor). Sets up what it needs: podman, runc and catatonit from
+# image `make image` builds (cpu flavor; FLAVOR=jax for the jax one). Sets up what it needs: podman, runc and catatonit from
 # apt, the tier's venv (.venv-k8s, tests/k8s/requirements.txt), the image.
 set -euo pipefail
 SCRIPT=$(realpath "$0")
@@ -28,11 +28,14 @@ if ! cmp -s "$lock" "$K8S_VENV/.installed" 2>/dev/null; then
     cp "$lock" "$K8S_VENV/.installed"
 fi
 
-phase "make image (cpu)"
-archive=$(PY=$PY AEGIS_IMAGE_UNCOMPRESSED=1 bash image/build.sh cpu | tail -1)
+# FLAVOR=jax (make test-k8s FLAVOR=jax): the same tests on the jax image, whose runtime compiles.
+flavor=${FLAVOR:-cpu}
+phase "make image ($flavor)"
+archive=$(PY=$PY AEGIS_IMAGE_UNCOMPRESSED=1 bash image/build.sh "$flavor" | tail -1)
 
 export AEGIS_K8S_PYTHON=$K8S_VENV/bin/python
 export AEGIS_K8S_IMAGE_ARCHIVE=$archive
+export AEGIS_K8S_FLAVOR=$flavor
 export AEGIS_K8S_PREFIX="aegis-k8s-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
 export AEGIS_K8S_LOGS=$REPO/.cache/k8s/logs/$AEGIS_K8S_PREFIX
 mkdir -p "$AEGIS_K8S_LOGS"

@@ -1,10 +1,13 @@
 """The chart's Deployment run for real: `podman kube play --network host` with the image from
-`make image` (cpu flavor), the model in a fake-gcs-server bucket. The pod syncs, is not ready until
-warm, answers V2 inference as a non-root user on a read-only root, drains on `podman kube down`
-within its grace period, and comes back with its compile-cache volume.
+`make image` (the cpu flavor in `make test`; `make test-k8s FLAVOR=jax` runs the jax one), the
+model in a fake-gcs-server bucket. The pod syncs, is not ready until warm, answers V2 inference as
+a non-root user on a read-only root, drains on `podman kube down` within its grace period, and
+comes back with its compile-cache volume.
 
-On the CPU the torch runtime compiles nothing: the cache volume is proven mounted, writable by the
-pod's user and kept across pods, and the cold and warm starts are recorded, not compared.
+The cpu flavor's torch runtime compiles nothing: there the cache volume is proven mounted, writable
+by the pod's user and kept across pods, and the cold and warm starts are recorded. The jax flavor
+serves the model on JAX's CPU backend, which compiles every bucket: its second pod must read them
+from the volume, and spend less time compiling than the first.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tests.k8s.pod import (
 )
 from tests.support.gcs import admin_client, emulator
 from tests.support.http import LOOPBACK, free_port, request
+from tests.support.metrics import scrape
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(900)]
 
@@ -44,6 +48,14 @@ SHUTDOWN_GRACE_S = 10
 START_TIMEOUT_S = 300
 # Enough warmup passes that the window between "listening" and "warm" is seen from outside.
 WARMUP_ITERS = 300
+BUCKETS = [1, 2, 4, 8]
+# What the model's table adds, by image flavor: runtimes that compile per shape show the cache.
+FLAVOR_MODEL: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    "jax": {"runtime": "jax", "device": "cpu", "batch_buckets": BUCKETS},
+}
+# The device label of flavors whose runtime compiles per shape (and so fills the cache).
+COMPILING_DEVICE = {"jax": "jax:cpu:0"}
 
 
 @dataclass
@@ -52,6 +64,13 @@ class Tier:
     image: str
     prefix: str
     logs: Path
+    flavor: str
+
+    @property
+    def labels(self) -> dict[str, str] | None:
+        """The model's metric labels where its runtime compiles; None where it does not."""
+        device = COMPILING_DEVICE.get(self.flavor)
+        return None if device is None else {"model": "mlp", "version": "1", "device": device}
 
     def record(self, line: str) -> None:
         with (self.logs / "results.txt").open("a") as results:
@@ -66,6 +85,10 @@ class Release:
     tier: Tier
     workdir: Path
 
+    @property
+    def host(self) -> str:
+        return LOOPBACK  # host networking, bound to loopback
+
     def deployment(self) -> dict[str, Any]:
         return find(self.objects, "Deployment")
 
@@ -75,16 +98,23 @@ class Release:
 
 @pytest.fixture(scope="module")
 def tier() -> Iterator[Tier]:
-    names = ("AEGIS_K8S_IMAGE_ARCHIVE", "AEGIS_K8S_PREFIX", "AEGIS_K8S_LOGS")
+    names = ("AEGIS_K8S_IMAGE_ARCHIVE", "AEGIS_K8S_PREFIX", "AEGIS_K8S_LOGS", "AEGIS_K8S_FLAVOR")
     missing = [name for name in names if not os.environ.get(name)]
     if missing:
         pytest.fail(f"run this tier with tests/k8s/run_tier.sh (unset: {', '.join(missing)})")
     archive = Path(os.environ["AEGIS_K8S_IMAGE_ARCHIVE"])
     loaded = podman("load", "--quiet", "--input", str(archive))
     image = loaded.strip().rsplit(" ", 1)[-1]  # "Loaded image: NAME"
+    flavor = os.environ["AEGIS_K8S_FLAVOR"]
+    if flavor not in FLAVOR_MODEL:
+        pytest.fail(f"AEGIS_K8S_FLAVOR={flavor}: this tier runs {', '.join(FLAVOR_MODEL)}")
     try:
         yield Tier(
-            archive, image, os.environ["AEGIS_K8S_PREFIX"], Path(os.environ["AEGIS_K8S_LOGS"])
+            archive,
+            image,
+            os.environ["AEGIS_K8S_PREFIX"],
+            Path(os.environ["AEGIS_K8S_LOGS"]),
+            flavor,
         )
     finally:
         podman("rmi", "--force", image, check=False)
@@ -123,6 +153,7 @@ def release(tier: Tier, bucket: str, tmp_path_factory: pytest.TempPathFactory) -
                 "model_path": f"gs://{BUCKET}/{OBJECT}",
                 "max_batch_size": 8,
                 "warmup_iters": WARMUP_ITERS,
+                **FLAVOR_MODEL[tier.flavor],
             }
         ],
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
@@ -140,6 +171,15 @@ def release(tier: Tier, bucket: str, tmp_path_factory: pytest.TempPathFactory) -
 class Started:
     pod: Pod
     start: Start
+    compile_s: float  # aegis_xla_compile_seconds_sum once ready (0 where nothing compiles)
+
+
+def compile_seconds(release: Release) -> float:
+    """The model's compile time so far, from the pod's own metrics; 0 where nothing compiles."""
+    labels = release.tier.labels
+    if labels is None:
+        return 0.0
+    return scrape(release)("aegis_xla_compile_seconds_sum", **labels)
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +192,12 @@ def first_pod(release: Release) -> Iterator[Started]:
         release.workdir / "first.log",
     ) as pod:
         start = watch_start(release.port, started, START_TIMEOUT_S)
-        release.tier.record(f"cold start (kube play to ready): {start.seconds_to_ready:.1f} s")
-        yield Started(pod, start)
+        compile_s = compile_seconds(release)
+        release.tier.record(
+            f"cold start (kube play to ready, {release.tier.flavor}): "
+            f"{start.seconds_to_ready:.1f} s, compiling {compile_s:.2f} s"
+        )
+        yield Started(pod, start, compile_s)
 
 
 def infer(port: int) -> dict[str, Any]:
@@ -226,12 +270,19 @@ def test_pod_comes_back_with_its_compile_cache_volume(first_pod: Started, releas
         release.workdir / "second.log",
     ) as pod:
         start = watch_start(release.port, started, START_TIMEOUT_S)
+        compile_s = compile_seconds(release)
         release.tier.record(
-            f"warm start (kube play to ready, claim kept): {start.seconds_to_ready:.1f} s"
-            f" (cold: {first_pod.start.seconds_to_ready:.1f} s; the CPU runtime compiles nothing)"
+            f"warm start (kube play to ready, claim kept, {release.tier.flavor}): "
+            f"{start.seconds_to_ready:.1f} s, compiling {compile_s:.2f} s"
+            f" (cold: {first_pod.start.seconds_to_ready:.1f} s, {first_pod.compile_s:.2f} s)"
         )
         assert pod.exec("cat", "/var/cache/aegis/xla/written-by-first-pod").strip() == "first-pod"
         assert infer(release.port)["outputs"]
+        labels = release.tier.labels
+        if labels is not None:
+            value = scrape(release)
+            assert value("aegis_xla_cached_compilations_total", **labels) >= len(BUCKETS)
+            assert compile_s < first_pod.compile_s
 
 
 def test_rendered_config_passes_check_config_in_the_image(release: Release, tier: Tier) -> None:
