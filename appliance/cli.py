@@ -70,6 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     serving = args.command in ("serve", "demo")
     configure_logging(args.log_level, capture_native_output() if serving else None)
+    code = _run(args)
+    if serving:
+        from appliance.lifecycle.process import exit_process
+
+        exit_process(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "check-config":
             from appliance.lifecycle.preflight import preflight

@@ -7,7 +7,11 @@ whole process for serving is decided once, by the process that serves.
 from __future__ import annotations
 
 import gc
+import os
 import sys
+from typing import NoReturn
+
+from appliance.logs import finish_output
 
 # The longest a worker thread waits for the GIL while the event loop holds it (CPython: 5 ms).
 SWITCH_INTERVAL_S = 0.001
@@ -57,3 +61,18 @@ def freeze_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a serving process that has stopped and closed what it owns, without the interpreter's
+    finalization.
+
+    Finalization runs the native runtimes' exit handlers and C++ static destructors while their
+    own threads (XLA's compile and dispatch pools, which no Python thread join waits for) may
+    still run; a destructor that meets such a thread calls std::terminate, and the process ends
+    in SIGABRT ("terminate called without an active exception"), reported of a SIGTERM during a
+    jax load. Nothing of the appliance's is left to finalization: the models are closed, the
+    listeners and shared memory released, and the log lines are passed on here.
+    """
+    finish_output()
+    os._exit(code)

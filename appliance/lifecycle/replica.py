@@ -40,7 +40,7 @@ from appliance.config import AppConfig, DeclaredModel, load_config, with_grpc_bi
 from appliance.errors import ModelNotReady
 from appliance.lifecycle.link import Link, LinkClosed, Message, raise_for_reply
 from appliance.lifecycle.models import ModelLifecycle
-from appliance.lifecycle.process import tune_for_serving
+from appliance.lifecycle.process import exit_process, tune_for_serving
 from appliance.lifecycle.replicas import Role
 from appliance.lifecycle.server import Appliance, run_appliance
 from appliance.logs import capture_native_output, configure_logging
@@ -240,10 +240,11 @@ def main() -> int:
         _set_threads(spec.threads)
     kind = EngineAppliance if spec.role == "engine" else ReplicaAppliance
     try:
-        return run_appliance(lambda: kind(spec), list(spec.binds))
+        code = run_appliance(lambda: kind(spec), list(spec.binds))
     except (OSError, ValueError) as error:  # as `aegis serve` says it: a key file, a token
         print(f"aegis: {label} {spec.index}: {error}", file=sys.stderr)
         return 1
+    exit_process(code)
 
 
 if __name__ == "__main__":
