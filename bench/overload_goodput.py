@@ -21,17 +21,15 @@ import json
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import models
-from prometheus_client.parser import text_string_to_metric_families
 from serving import aegis
-from serving.launch import HOST, Launch, Server
-from serving.load import run_wrk, wait_ready
+from serving.launch import Launch, Server
+from serving.load import model_samples, run_wrk, wait_ready
 from serving.payload import Target, make_payload
 from serving.procs import Fleet, log, tree_cpu_s
 from serving.run import REPO, ensure_wrk, machine
@@ -45,15 +43,10 @@ OVERLOAD = 16
 
 def answers(port: int, model: str) -> tuple[float, float]:
     """(200s, 503s) the server has counted for `model` so far, from its /metrics."""
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=30) as response:
-        text = response.read().decode()
     counted = {"200": 0.0, "503": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            ours = sample.name == "aegis_inference_requests_total" and labels["model"] == model
-            if ours and labels["code"] in counted:
-                counted[labels["code"]] += sample.value
+    for sample in model_samples(port, model, timeout_s=30):
+        if sample.name == "aegis_inference_requests_total" and sample.labels["code"] in counted:
+            counted[sample.labels["code"]] += sample.value
     return counted["200"], counted["503"]
 
 

@@ -8,12 +8,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from serving.launch import CLIENT_CORE, HOST, Server
 from serving.payload import Payload, Target, output_of
@@ -115,17 +117,22 @@ def run_wrk(
     raise RuntimeError(f"wrk gave no result: {done.stdout[-500:]} {done.stderr[-500:]}")
 
 
+def model_samples(port: int, model: str, timeout_s: float = 10.0) -> Iterator[Sample]:
+    """The samples of the server's /metrics that carry `model`, every replica's."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=timeout_s) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") == model:
+                yield sample
+
+
 def batch_histogram(port: int, model: str) -> tuple[float, float]:
     """(sum, count) of aegis_batch_size for `model`, over every replica."""
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
     found = {"aegis_batch_size_sum": 0.0, "aegis_batch_size_count": 0.0}
-    for family in text_string_to_metric_families(text):
-        if family.name != "aegis_batch_size":
-            continue
-        for sample in family.samples:
-            if sample.name in found and sample.labels.get("model") == model:
-                found[sample.name] += sample.value
+    for sample in model_samples(port, model):
+        if sample.name in found:
+            found[sample.name] += sample.value
     return found["aegis_batch_size_sum"], found["aegis_batch_size_count"]
 
 
