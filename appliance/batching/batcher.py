@@ -173,7 +173,7 @@ class DynamicBatcher:
         # Made by `drain`, set once nothing is queued or running.
         self._idle: asyncio.Event | None = None
         self._batch_numbers = itertools.count(1)
-        self._depth_reported = True
+        self._depth_report_scheduled = False
 
     @property
     def queue_depth(self) -> int:
@@ -274,16 +274,16 @@ class DynamicBatcher:
 
     def _set_waiting(self, value: int) -> None:
         self._waiting = value
-        if self._depth_reported:
+        if not self._depth_report_scheduled:
             # Once per loop turn, not per request: a turn that takes in a frame of requests
             # would otherwise write the gauge for each (a locked file write in an engine).
-            self._depth_reported = False
+            self._depth_report_scheduled = True
             asyncio.get_running_loop().call_soon(self._report_depth)
         if self._idle is not None:
             self._note_idle()
 
     def _report_depth(self) -> None:
-        self._depth_reported = True
+        self._depth_report_scheduled = False
         self._observer.on_depth(self._waiting)
 
     def _note_idle(self) -> None:

@@ -42,7 +42,7 @@ def collect_young_objects_less_often() -> None:
     open connections keep many young objects alive across collections, so that they age into the
     older generations and make each collection, and the full ones that follow, walk more: 16x
     overload of the tiny model spent about 12% of its event loop collecting (3% at capacity), and
-    the server's CPU per answered request fell from 740-870 us to 570-580 with this threshold
+    the server's CPU per answered request fell from 773-837 us to 558-586 with this threshold
     (bench/RESULTS.md, "Overload and the garbage collector"). The older generations keep their
     thresholds, so cyclic garbage is still freed on the same schedule relative to them.
     """

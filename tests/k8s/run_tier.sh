@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The k8s tier (make test-k8s; root): the Helm chart rendered by Helm's engine and validated
 # offline against the Kubernetes schemas, then its Deployment run for real under podman with the
-# image `make image` builds (cpu flavor; FLAVOR=jax for the jax one). Sets up what it needs: podman, runc and catatonit from
-# apt, the tier's venv (.venv-k8s, tests/k8s/requirements.txt), the image.
+# image `make image` builds (cpu flavor; FLAVOR=jax for the jax one). Sets up what it needs:
+# podman, runc and catatonit from apt, the tier's venv (.venv-k8s, tests/k8s/requirements.txt),
+# the image.
 set -euo pipefail
 SCRIPT=$(realpath "$0")
 cd "$(dirname "$SCRIPT")/../.."
