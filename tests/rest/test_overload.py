@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 
 from tests.conftest import ServerFactory
-from tests.support.load import in_background, post_slow, rounds_for, slow_body, slow_model
+from tests.support.load import (
+    ONE_THREAD,
+    in_background,
+    post_slow,
+    rounds_for,
+    slow_body,
+    slow_model,
+)
 from tests.support.metrics import scrape
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
@@ -34,7 +41,8 @@ def a_full_queue(
     """A server whose Slow model runs a batch of about `batch_s` with one more request queued
     behind it (`max_queue_size = 1`): the next request finds the queue full."""
     server = serve(
-        slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"])
+        slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"]),
+        env=ONE_THREAD,
     )
     rounds = rounds_for(server, batch_s)
     running = in_background(server, slow_body(rounds))
@@ -64,7 +72,9 @@ def test_full_queue_is_refused_at_once_with_retry_after(
 def test_deadline_gives_504_while_a_long_batch_still_runs(
     serve: ServerFactory, artifacts: dict[str, Path]
 ) -> None:
-    server = serve(slow_model("timeout_ms = 120000").format(slow=artifacts["slow.pt"]))
+    server = serve(
+        slow_model("timeout_ms = 120000").format(slow=artifacts["slow.pt"]), env=ONE_THREAD
+    )
     rounds = rounds_for(server, 3.0)
     running, running_result = in_background(server, slow_body(rounds))
     wait_for(lambda: computing(server), 30, "the long batch to start")

@@ -4,6 +4,7 @@ length, sent in the foreground or the background, and the process's peak memory.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from tests.support.server import ServerProcess
 # One torch thread per server: with two, a matmul on two shared cores stalls whenever the other
 # core is busy (field notes: batch-8 latency swung to 7.7 ms), and timing-bound tests flake.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CALIBRATION_CPU_S = 0.3
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -63,29 +66,46 @@ def in_background(
     return thread, results
 
 
+def server_cpu_s(server: ServerProcess) -> float:
+    """utime + stime of every process in the server's process group, all their threads."""
+    total_ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name, in parentheses, may hold spaces: fields are counted after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # it ended while the table was read
+            continue
+        if int(fields[2]) == server.process.pid:  # fields[2]: the process group
+            total_ticks += int(fields[11]) + int(fields[12])
+    return total_ticks / CLOCK_TICKS
+
+
 def rounds_for(server: ServerProcess, seconds: float, model: str = "slow") -> int:
-    """Matmul rounds of the Slow model that take about `seconds` here, now (HTTP cost aside)."""
+    """Matmul rounds of the Slow model that cost the server `seconds` of CPU, HTTP aside. With one
+    torch thread (ONE_THREAD) a request of these rounds takes at least `seconds` on the wall, and
+    about that on a quiet machine. CPU time, unlike wall time, barely moves when other processes
+    share the cores, so a busy moment while it is measured does not shorten the answer."""
 
-    def fastest(rounds: int) -> float:
-        timings = []
-        for _ in range(3):
-            started = time.monotonic()
-            reply = call(server, "POST", f"/v2/models/{model}/infer", slow_body(rounds))
-            assert reply.status == 200, reply
-            timings.append(time.monotonic() - started)
-        return min(timings)
+    def cpu_of(rounds: int) -> float:
+        before = server_cpu_s(server)
+        reply = call(server, "POST", f"/v2/models/{model}/infer", slow_body(rounds))
+        assert reply.status == 200, reply
+        return server_cpu_s(server) - before
 
-    fastest(1)  # the first call pays for warming up
-    per_round = max((fastest(51) - fastest(1)) / 50, 1e-5)
-    return max(int(seconds / per_round), 1)
+    cpu_of(1)  # the first calls pay for warming up (TorchScript optimizes on its second run)
+    cpu_of(1)
+    rounds = 64
+    # Long enough that the clock tick (10 ms) and the request's own cost are a few per cent.
+    while (spent := cpu_of(rounds) - cpu_of(1)) < CALIBRATION_CPU_S and rounds < 2**20:
+        rounds *= 4
+    return max(int(seconds * rounds / max(spent, 1e-3)), 1)
 
 
 def rounds_under_load(server: ServerProcess, seconds: float) -> int:
     """Matmul rounds of the Slow model that take about `seconds` under the machine's present load:
     the second of two 300-round requests, HTTP included (the first pays for TorchScript's
-    optimizing runs), and at least 300. `rounds_for` times the best of several runs instead, so
-    its requests err long on a busy machine: a test whose request must also end within a bound
-    (a drain) uses this one."""
+    optimizing runs), and at least 300. `rounds_for` counts CPU time instead, so its requests
+    err long on a busy machine."""
     for _ in range(2):
         started = time.perf_counter()
         status, _, _ = post_slow(server, slow_body(300))
