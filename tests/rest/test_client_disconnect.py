@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from pathlib import Path
 
 from tests.conftest import ServerFactory
 from tests.support.http import get_text
-from tests.support.load import in_background, rounds_under_load, slow_body, slow_model
+from tests.support.load import (
+    ONE_THREAD,
+    computing,
+    in_background,
+    queue_depth,
+    rounds_for,
+    slow_body,
+    slow_model,
+)
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 # The 499s of this model over HTTP.
 CLOSED = (
@@ -27,11 +35,13 @@ def metric(server: ServerProcess, pattern: str) -> float:
 def test_disconnected_request_is_not_computed(
     serve: ServerFactory, artifacts: dict[str, Path]
 ) -> None:
-    server = serve(slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]))
-    rounds = rounds_under_load(server, 2.0)
+    server = serve(
+        slow_model("timeout_ms = 60000").format(slow=artifacts["slow.pt"]), env=ONE_THREAD
+    )
+    rounds = rounds_for(server, 2.0)
     batches_before = metric(server, r'aegis_batch_size_count\{model="slow",version="1"\} (\S+)')
     running, result = in_background(server, slow_body(rounds))
-    time.sleep(0.3)
+    wait_for(lambda: computing(server), 30, "the long batch to start")
     body = slow_body(rounds)
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.sendall(
@@ -39,12 +49,14 @@ def test_disconnected_request_is_not_computed(
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        time.sleep(0.3)
+        wait_for(
+            lambda: queue_depth(server) == 1 or not running.is_alive(), 30, "the request to queue"
+        )
+        assert running.is_alive(), "the long batch ended before the request could queue"
+    # The client has gone while its request waits behind the long batch.
     running.join(60)
     assert result[0][0] == 200
-    end = time.monotonic() + 10
-    while time.monotonic() < end and metric(server, CLOSED) < 1:
-        time.sleep(0.1)
+    wait_for(lambda: metric(server, CLOSED) >= 1, 10, "the abandoned request's 499")
     assert metric(server, CLOSED) == 1
     batches = metric(server, r'aegis_batch_size_count\{model="slow",version="1"\} (\S+)')
     assert batches - batches_before == 1, "the abandoned request reached the model"

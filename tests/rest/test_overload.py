@@ -10,27 +10,16 @@ from pathlib import Path
 from tests.conftest import ServerFactory
 from tests.support.load import (
     ONE_THREAD,
+    computing,
     in_background,
     post_slow,
+    queue_depth,
     rounds_for,
     slow_body,
     slow_model,
 )
-from tests.support.metrics import scrape
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
-
-
-def depth(server: ServerProcess) -> float:
-    return scrape(server)("aegis_queue_depth", model="slow", version="1")
-
-
-def computing(server: ServerProcess) -> bool:
-    """The model's one batch slot is taken: a request was dequeued and has not been answered."""
-    value = scrape(server)
-    dequeued = value("aegis_queue_duration_seconds_count", model="slow", version="1")
-    return dequeued > value("aegis_compute_duration_seconds_count", model="slow", version="1")
-
 
 Background = tuple[threading.Thread, list[tuple[int, dict[str, str], bytes]]]
 
@@ -48,7 +37,9 @@ def a_full_queue(
     running = in_background(server, slow_body(rounds))
     wait_for(lambda: computing(server), 30, "the long batch to start")
     queued = in_background(server, slow_body(1))
-    wait_for(lambda: depth(server) == 1 or not running[0].is_alive(), 30, "a request to queue")
+    wait_for(
+        lambda: queue_depth(server) == 1 or not running[0].is_alive(), 30, "a request to queue"
+    )
     assert running[0].is_alive(), "the long batch ended before the queue could fill"
     return server, running, queued
 

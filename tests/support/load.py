@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.support.config import model_table, tensor_table
 from tests.support.http import call
+from tests.support.metrics import scrape
 from tests.support.server import ServerProcess
 
 # One torch thread per server: with two, a matmul on two shared cores stalls whenever the other
@@ -46,6 +47,18 @@ def slow_body(rounds: int, timeout_us: int | None = None) -> bytes:
     if timeout_us is not None:
         document["parameters"] = {"timeout": timeout_us}
     return json.dumps(document).encode()
+
+
+def queue_depth(server: ServerProcess, model: str = "slow") -> float:
+    """The requests waiting in the model's queue, by its gauge."""
+    return scrape(server)("aegis_queue_depth", model=model, version="1")
+
+
+def computing(server: ServerProcess, model: str = "slow") -> bool:
+    """A batch of the model runs: a request was dequeued and its batch has not ended."""
+    value = scrape(server)
+    dequeued = value("aegis_queue_duration_seconds_count", model=model, version="1")
+    return dequeued > value("aegis_compute_duration_seconds_count", model=model, version="1")
 
 
 def post_slow(
