@@ -6,6 +6,7 @@ from appliance.batching.batcher import (
     BatchResult,
     DynamicBatcher,
     Progress,
+    Queued,
 )
 from appliance.batching.padding import NamedDims, assemble
 
@@ -16,5 +17,6 @@ __all__ = [
     "DynamicBatcher",
     "NamedDims",
     "Progress",
+    "Queued",
     "assemble",
 ]

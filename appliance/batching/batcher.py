@@ -10,8 +10,10 @@ is padded to the nearest bucket (static shapes for XLA, fewer distinct shapes ev
 each named dimension (`padding`), and run on a worker thread; each caller gets exactly its own rows
 back, named output dimensions cut back to its own lengths.
 
-Deadlines are timers on the event loop, so a request whose deadline passes fails at that moment,
-not when a running batch ends; if it had not started it is dropped and never computed.
+Deadlines are kept by one event-loop timer per batcher, armed at the earliest deadline of the
+requests it holds (a timer per request cost more than the rest of its batching), so a request
+whose deadline passes fails at that moment, not when a running batch ends; if it had not started
+it is dropped and never computed.
 
 A batch that fails is taken apart so that the requests the model cannot take fail alone, however
 many there are: it is bisected (both halves rerun, a failing half split again) down to the requests
@@ -84,7 +86,10 @@ class Progress(Protocol):
 
 
 @dataclass(eq=False, slots=True)
-class _Pending:
+class Queued:
+    """A request taken by a batcher: the future of its answer, and its withdrawal while it has
+    not started."""
+
     inputs: Tensors
     rows: int
     shape_key: tuple[tuple[str, tuple[int, ...], str], ...]
@@ -93,8 +98,27 @@ class _Pending:
     enqueued: float
     future: asyncio.Future[BatchResult]
     progress: Progress | None
+    batcher: DynamicBatcher
+    fallback: str | None  # the answer's `fallback`: why this (CPU) replica serves it
+    deadline: float  # on the event loop's clock
     state: _State = _State.QUEUED
-    timer: asyncio.TimerHandle | None = None
+
+    async def result(self) -> BatchResult:
+        """Its answer; cancelling the awaiting task withdraws it if its batch has not started."""
+        try:
+            return await self.future
+        except asyncio.CancelledError:
+            self.batcher._withdraw(self)
+            raise
+
+    def cancel(self) -> bool:
+        """Withdraw it and cancel its future, unless its batch has started (the model would
+        not stop) or it has its answer; whether it was withdrawn."""
+        if self.state is not _State.QUEUED:
+            return False
+        self.batcher._withdraw(self)
+        self.future.cancel()
+        return True
 
 
 @dataclass(slots=True)
@@ -111,6 +135,8 @@ class BatchObserver:
     on_failure: Callable[[int, int], None] = lambda culprits, rescued: None
     # A bucket's moving average of batch time moved (seeded by warmup, then every batch).
     on_average: Callable[[int, float], None] = lambda bucket, seconds: None
+    # A request queued with a `fallback` reason was answered.
+    on_fallback: Callable[[str], None] = lambda reason: None
 
 
 @dataclass(slots=True)
@@ -155,7 +181,7 @@ class DynamicBatcher:
         self._policy = policy
         self._executor = executor
         self._observer = observer or BatchObserver()
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[Queued] = deque()
         self._waiting = 0
         self._queued_rows = 0
         self.times = BatchTimes()
@@ -174,6 +200,11 @@ class DynamicBatcher:
         self._idle: asyncio.Event | None = None
         self._batch_numbers = itertools.count(1)
         self._depth_report_scheduled = False
+        # The requests whose deadline may still pass (queued or running), and the timer armed at
+        # the earliest of those deadlines.
+        self._timed: set[Queued] = set()
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = math.inf
 
     @property
     def queue_depth(self) -> int:
@@ -246,6 +277,19 @@ class DynamicBatcher:
         away) withdraws the request if its batch has not started. `progress` hears when its batch
         starts and ends; a request that never starts is never told.
         """
+        return await self.enqueue(inputs, rows, deadline, progress).result()
+
+    def enqueue(
+        self,
+        inputs: Tensors,
+        rows: int,
+        deadline: float,
+        progress: Progress | None = None,
+        fallback: str | None = None,
+    ) -> Queued:
+        """`submit` without the wait: the queued request, whose future holds its answer. For a
+        caller that takes many requests in one turn (an engine reading a frame of them), where a
+        task per request would cost more than the batching does."""
         if self._closed:
             raise ModelNotReady("the model is being unloaded")
         if self._waiting >= self._policy.max_queue_size:
@@ -258,19 +302,27 @@ class DynamicBatcher:
             raise InvalidInput(str(error)) from None
         loop = asyncio.get_running_loop()
         key = _shape_key(inputs, dims, padded)
-        pending = _Pending(
-            inputs, rows, key, lengths, padded, loop.time(), loop.create_future(), progress
+        queued = Queued(
+            inputs,
+            rows,
+            key,
+            lengths,
+            padded,
+            loop.time(),
+            loop.create_future(),
+            progress,
+            self,
+            fallback,
+            deadline,
         )
-        pending.timer = loop.call_at(deadline, self._expire, pending)
-        self._queue.append(pending)
+        self._timed.add(queued)
+        if deadline < self._deadline_at:
+            self._arm_deadline_timer(deadline)
+        self._queue.append(queued)
         self._queued_rows += rows
         self._set_waiting(self._waiting + 1)
         self._wakeup.set()
-        try:
-            return await pending.future
-        except asyncio.CancelledError:
-            self._withdraw(pending)
-            raise
+        return queued
 
     def _set_waiting(self, value: int) -> None:
         self._waiting = value
@@ -291,15 +343,30 @@ class DynamicBatcher:
             assert self._idle is not None
             self._idle.set()
 
-    def _withdraw(self, pending: _Pending) -> None:
+    def _withdraw(self, pending: Queued) -> None:
         if pending.state is _State.QUEUED:
             pending.state = _State.DONE
             self._queued_rows -= pending.rows
             self._set_waiting(self._waiting - 1)
-        if pending.timer is not None:
-            pending.timer.cancel()
+        self._timed.discard(pending)
 
-    def _expire(self, pending: _Pending) -> None:
+    def _arm_deadline_timer(self, when: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = when
+        self._deadline_timer = asyncio.get_running_loop().call_at(when, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        """Fail the requests whose deadline has passed; arm the timer for the next deadline."""
+        self._deadline_timer = None
+        self._deadline_at = math.inf
+        now = asyncio.get_running_loop().time()
+        for pending in [pending for pending in self._timed if pending.deadline <= now]:
+            self._expire(pending)
+        if self._timed:
+            self._arm_deadline_timer(min(pending.deadline for pending in self._timed))
+
+    def _expire(self, pending: Queued) -> None:
         started = pending.state is _State.RUNNING
         self._withdraw(pending)
         if not pending.future.done():
@@ -314,19 +381,19 @@ class DynamicBatcher:
             self._running.add(task)
             task.add_done_callback(functools.partial(self._batch_ended, batch))
 
-    def _batch_ended(self, batch: list[_Pending], task: asyncio.Task[None]) -> None:
+    def _batch_ended(self, batch: list[Queued], task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         if task.cancelled() or task.exception() is None:
             return
         log.error("batcher_batch_failed", exc_info=task.exception())
         self._fail(batch, ModelFailed("internal error while running the batch"))
 
-    def _pop_live(self) -> _Pending | None:
+    def _pop_live(self) -> Queued | None:
         while self._queue and self._queue[0].state is not _State.QUEUED:
             self._queue.popleft()
         return self._queue[0] if self._queue else None
 
-    async def _collect(self) -> list[_Pending]:
+    async def _collect(self) -> list[Queued]:
         """Wait for the oldest request, then gather a batch for it. Holds an execution slot."""
         loop = asyncio.get_running_loop()
         head = self._pop_live()
@@ -343,7 +410,7 @@ class DynamicBatcher:
         expected = self._waiting + self._last_answered if backlog else 0
         policy = self._policy
         window_end = (loop.time() if backlog else head.enqueued) + policy.max_queue_delay_s
-        batch: list[_Pending] = []
+        batch: list[Queued] = []
         rows = 0
         while True:
             candidate = self._pop_live()
@@ -375,7 +442,7 @@ class DynamicBatcher:
                 timer.cancel()
         return batch
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _execute(self, batch: list[Queued]) -> None:
         self._batches_running += 1
         answered = 0
         try:
@@ -407,7 +474,7 @@ class DynamicBatcher:
             if self._idle is not None:
                 self._note_idle()
 
-    async def _attempt(self, part: list[_Pending], started: float) -> Exception | None:
+    async def _attempt(self, part: list[Queued], started: float) -> Exception | None:
         """Run `part` as one padded batch and answer it; the model's exception if it failed.
 
         Requests whose deadline passed meanwhile are left out (they have their answer).
@@ -435,23 +502,26 @@ class DynamicBatcher:
         self._observer.on_batch(rows, bucket, compute_s)
         offset = 0
         for pending in live:
-            if pending.timer is not None:
-                pending.timer.cancel()
+            self._timed.discard(pending)
             end = offset + pending.rows
             if not pending.future.done():
                 mine = self._policy.dims.slice_outputs(outputs, offset, end, pending.lengths)
                 queue_s = started - pending.enqueued
-                pending.future.set_result(BatchResult(mine, rows, queue_s, compute_s, batch=batch))
+                pending.future.set_result(
+                    BatchResult(mine, rows, queue_s, compute_s, pending.fallback, batch)
+                )
+                if pending.fallback is not None:
+                    self._observer.on_fallback(pending.fallback)
             pending.state = _State.DONE
             offset = end
         return None
 
-    async def _isolate(self, live: list[_Pending], error: Exception, started: float) -> None:
+    async def _isolate(self, live: list[Queued], error: Exception, started: float) -> None:
         """Answer every request of a failed batch that the model can take; fail the others."""
         culprits = await self._bisect(live, error, started)
         self._observer.on_failure(culprits, len(live) - culprits)
 
-    async def _bisect(self, part: list[_Pending], error: Exception, started: float) -> int:
+    async def _bisect(self, part: list[Queued], error: Exception, started: float) -> int:
         """`part` failed with `error`: rerun its halves, split the failing ones; the culprits."""
         if len(part) == 1:
             self._fail(part, _own_failure(part[0], error))
@@ -479,11 +549,9 @@ class DynamicBatcher:
                 )
         return outputs, compute_s
 
-    @staticmethod
-    def _fail(live: list[_Pending], error: Exception) -> None:
+    def _fail(self, live: list[Queued], error: Exception) -> None:
         for pending in live:
-            if pending.timer is not None:
-                pending.timer.cancel()
+            self._timed.discard(pending)
             pending.state = _State.DONE
             if not pending.future.done():
                 pending.future.set_exception(error)
@@ -513,9 +581,12 @@ class DynamicBatcher:
                 pending.future.set_exception(ModelNotReady("the model was unloaded"))
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        if self._deadline_timer is not None:  # every request has its answer now
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
 
 
-def _own_failure(pending: _Pending, error: Exception) -> ModelFailed:
+def _own_failure(pending: Queued, error: Exception) -> ModelFailed:
     """The error of a request that the model fails on by itself, naming its inputs."""
     names = ", ".join(repr(name) for name in pending.inputs)
     return ModelFailed(f"the model failed on this request's input {names}: {error}")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from appliance.batching import BatchResult, Queued
 from appliance.channel.arena import MappedArena
 from appliance.channel.wire import (
     CANCEL,
@@ -29,7 +30,7 @@ from appliance.channel.wire import (
     pack,
 )
 from appliance.errors import InferenceError, InvalidInput, ModelFailed
-from appliance.repository import ModelRepository
+from appliance.repository import LocalModel, ModelRepository
 
 log = structlog.get_logger("aegis.channel")
 
@@ -38,40 +39,82 @@ HELLO_TIMEOUT_S = 5.0
 
 
 class _Request:
-    """One request of a front end here, told by the batcher what becomes of it (`Progress`).
+    """One request of a front end here: its place in a batcher, told by the batcher what becomes
+    of it (`Progress`), and its reply once its future settles.
 
     The front end hears when its batch starts. Its inputs are in the front end's arena, which
-    frees them when the reply arrives, so a reply that comes before its batch has let go of them
-    (a deadline passed, or its client left, while the batch ran) waits until it has.
+    frees them when the reply arrives, so a failure that comes before its batch has let go of
+    them (a deadline passed while the batch ran) is held until it has.
     """
 
-    __slots__ = ("_ended", "_peer", "_waiter", "id", "running", "task")
+    __slots__ = ("_held", "_peer", "_released", "id", "queued", "running", "wanted")
 
-    def __init__(self, peer: _FrontendPeer, request_id: int) -> None:
+    def __init__(self, peer: _FrontendPeer, request_id: int, wanted: tuple[str, ...]) -> None:
         self._peer = peer
         self.id = request_id
-        self.task: asyncio.Task[None] | None = None
+        self.wanted = wanted
+        self.queued: Queued | None = None
         self.running = False
-        self._ended = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._released = False
+        self._held: Message | None = None
 
     def started(self) -> None:
         self.running = True
         self._peer.protocol.queue((STARTED, self.id))
 
     def released(self) -> None:
-        self._ended = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._released = True
+        if self._held is not None:
+            self._peer.send(self.id, self._held)
+            self._held = None
 
-    async def inputs_released(self) -> None:
-        if self.running and not self._ended:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+    def settled(self, future: asyncio.Future[BatchResult]) -> None:
+        reply = _reply(self.id, self.wanted, future)
+        if reply[0] == FAILED and self.running and not self._released:
+            self._held = reply
+        else:
+            self._peer.send(self.id, reply)
+
+
+def _reply(
+    request_id: int, wanted: tuple[str, ...], future: asyncio.Future[BatchResult]
+) -> Message:
+    """The message that answers a request whose future has settled."""
+    if future.cancelled():
+        return (FAILED, request_id, InferenceError.__name__, "withdrawn: the client left")
+    error = future.exception()
+    if error is not None:
+        return _failure(request_id, error)
+    result = future.result()
+    try:
+        outputs = {name: pack(result.outputs[name]) for name in wanted}
+    except KeyError as missing:
+        return _failure(request_id, InvalidInput(f"the model has no output {missing}"))
+    return (
+        DONE,
+        request_id,
+        outputs,
+        result.batch_size,
+        result.queue_s,
+        result.compute_s,
+        result.fallback,
+        result.batch,
+    )
+
+
+def _failure(request_id: int, error: BaseException) -> Message:
+    if isinstance(error, InferenceError):
+        return (FAILED, request_id, type(error).__name__, str(error))
+    log.error("engine_request_failed", exc_info=error)
+    return (FAILED, request_id, ModelFailed.__name__, "internal error in the engine")
 
 
 class _FrontendPeer:
-    """One connected front end: its arena, and the requests it has in flight here."""
+    """One connected front end: its arena, and the requests it has in flight here.
+
+    A frame's requests are taken in the turn that reads it, each queued on its model's batcher
+    with a callback for its answer: no task or coroutine per request.
+    """
 
     def __init__(self, server: EngineServer, frontend: int, arena: MappedArena) -> None:
         self.server = server
@@ -80,40 +123,55 @@ class _FrontendPeer:
         self.protocol = FrameProtocol(self._on_messages, self._on_lost)
         self.in_flight: dict[int, _Request] = {}
         self.closed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
 
     def _on_messages(self, messages: list[Message]) -> None:
         for message in messages:
             if message[0] == INFER:
-                infer = Infer._make(message)
-                request = _Request(self, infer.id)
-                self.in_flight[infer.id] = request
-                request.task = self.server.spawn(self._infer(infer, request))
+                self._take(Infer._make(message))
             elif message[0] == CANCEL:
                 leaving = self.in_flight.get(message[1])
-                # A running batch keeps it: cancelling would not stop the model.
-                if leaving is not None and leaving.task is not None and not leaving.running:
-                    leaving.task.cancel()
+                if leaving is not None and leaving.queued is not None:
+                    leaving.queued.cancel()  # a started batch keeps it: the model would not stop
+
+    def _take(self, infer: Infer) -> None:
+        """Queue one request on its model; a request refused here is answered at once (no
+        batch has read its inputs)."""
+        request = _Request(self, infer.id, infer.wanted)
+        try:
+            model = self.server.repository.get(infer.model, infer.version)
+            assert isinstance(model, LocalModel), "an engine serves the models it runs"
+            inputs: dict[str, np.ndarray] = {
+                name: self.arena.array(*given) if isinstance(given, tuple) else given
+                for name, given in infer.inputs.items()
+            }
+            rows = infer.rows
+            if model.fingerprint != infer.fingerprint:
+                # The front end checked it against another artifact (a reload raced it).
+                rows = model.check_inputs(inputs, infer.datatypes)
+                for name in infer.wanted:
+                    model.output_spec(name)
+            deadline = self._loop.time() + infer.timeout_s
+            request.queued = model.enqueue(inputs, rows, deadline, request)
+        except Exception as error:
+            self.protocol.queue(_failure(infer.id, error))
+            return
+        self.in_flight[infer.id] = request
+        request.queued.future.add_done_callback(request.settled)
+
+    def send(self, request_id: int, reply: Message) -> None:
+        del self.in_flight[request_id]
+        if self.closed.is_set():
+            if not self.in_flight:
+                self.arena.close()
+            return
+        self.protocol.queue(reply)
 
     def _on_lost(self, _error: Exception | None) -> None:
         self.server.peers.discard(self)
         self.closed.set()
         if not self.in_flight:
             self.arena.close()
-
-    async def _infer(self, infer: Infer, request: _Request) -> None:
-        try:
-            reply = await self.server.answer(infer, self.arena, request)
-        except asyncio.CancelledError:
-            # Its batch may have taken it in the same turn as the cancel arrived.
-            await request.inputs_released()
-            reply = (FAILED, infer.id, InferenceError.__name__, "withdrawn: the client left")
-        finally:
-            del self.in_flight[infer.id]
-        if self.closed.is_set():
-            if not self.in_flight:
-                self.arena.close()
-            return
-        self.protocol.queue(reply)
 
 
 class EngineServer:
@@ -192,49 +250,6 @@ class EngineServer:
         message = self._models_message()
         for peer in self.peers:
             peer.protocol.queue(message)
-
-    async def answer(self, request: Infer, arena: MappedArena, progress: _Request) -> Message:
-        """Run one request; the reply message, an error one included, once the batch that ran
-        it no longer reads its inputs from `arena`."""
-        reply = await self._run(request, arena, progress)
-        if reply[0] == FAILED:
-            await progress.inputs_released()
-        return reply
-
-    async def _run(self, request: Infer, arena: MappedArena, progress: _Request) -> Message:
-        try:
-            model = self.repository.get(request.model, request.version)
-            inputs: dict[str, np.ndarray] = {
-                name: arena.array(*given) if isinstance(given, tuple) else given
-                for name, given in request.inputs.items()
-            }
-            rows = request.rows
-            if model.fingerprint != request.fingerprint:
-                # The front end checked it against another artifact (a reload raced it).
-                rows = model.check_inputs(inputs, request.datatypes)
-                for name in request.wanted:
-                    model.output_spec(name)
-            deadline = asyncio.get_running_loop().time() + request.timeout_s
-            result = await model.infer(inputs, rows, deadline, progress)
-            outputs = {name: pack(result.outputs[name]) for name in request.wanted}
-        except InferenceError as error:
-            return (FAILED, request.id, type(error).__name__, str(error))
-        except KeyError as error:
-            failure = InvalidInput(f"the model has no output {error}")
-            return (FAILED, request.id, type(failure).__name__, str(failure))
-        except Exception as error:
-            log.error("engine_request_failed", model=request.model, exc_info=error)
-            return (FAILED, request.id, ModelFailed.__name__, "internal error in the engine")
-        return (
-            DONE,
-            request.id,
-            outputs,
-            result.batch_size,
-            result.queue_s,
-            result.compute_s,
-            result.fallback,
-            result.batch,
-        )
 
     async def drain(self, timeout_s: float) -> None:
         """Take no new front ends; wait until those connected have gone (front ends stop

@@ -11,7 +11,7 @@ import abc
 import asyncio
 import enum
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from appliance.batching import (
     DynamicBatcher,
     NamedDims,
     Progress,
+    Queued,
 )
 from appliance.config import ModelConfig
 from appliance.errors import InvalidInput, ModelNotReady, QueueFull
@@ -72,6 +73,8 @@ def make_replica(
         on_depth=metrics.queue_depth.set,
         on_failure=metrics.observe_failure,
         on_average=metrics.batch_average(runtime.device),
+        # Counted once served: a request the CPU replica also refuses was not served by it.
+        on_fallback=metrics.count_fallback,
     )
     assert runtime.signature is not None, "replicas hold loaded runtimes"
     policy = _policy(config, runtime.signature)
@@ -340,29 +343,38 @@ class LocalModel(ServedModel):
         deadline: float,
         progress: Progress | None = None,
     ) -> BatchResult:
-        """Queue the request on the primary replica, or on the CPU replica: when the primary's
-        queue is full (`overflow`, `latency`), or when the CPU is predicted to answer it first
-        (`latency`)."""
+        return await self.enqueue(inputs, rows, deadline, progress).result()
+
+    def enqueue(
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        deadline: float,
+        progress: Progress | None = None,
+    ) -> Queued:
+        """`infer` without the wait: queue the request on the primary replica, or on the CPU
+        replica: when the primary's queue is full (`overflow`, `latency`), or when the CPU is
+        predicted to answer it first (`latency`)."""
         model = self.current()
         if model is not self:
-            return await model.infer(inputs, rows, deadline, progress)
+            assert isinstance(model, LocalModel), "a local model is replaced by a local one"
+            return model.enqueue(inputs, rows, deadline, progress)
         if self.state is not ModelState.READY:
             raise ModelNotReady(f"model {self.name!r} version {self.version!r} is not ready")
         if self._route_by_latency and self._cpu_answers_first(rows):
+            assert self.overflow is not None
             try:
-                return await self._on_cpu(inputs, rows, deadline, "latency", progress)
+                return self.overflow.batcher.enqueue(inputs, rows, deadline, progress, "latency")
             except QueueFull:
                 pass  # the CPU's own bounded queue is full: the device queues it after all
         try:
-            result = await self.primary.batcher.submit(inputs, rows, deadline, progress)
+            return self.primary.batcher.enqueue(
+                inputs, rows, deadline, progress, "unavailable" if self.stand_in else None
+            )
         except QueueFull:
             if self.overflow is None:
                 raise
-            return await self._on_cpu(inputs, rows, deadline, "overflow", progress)
-        if self.stand_in:
-            self.metrics.count_fallback("unavailable")
-            return replace(result, fallback="unavailable")
-        return result
+            return self.overflow.batcher.enqueue(inputs, rows, deadline, progress, "overflow")
 
     def _cpu_answers_first(self, rows: int) -> bool:
         """Whether the CPU replica is predicted to answer `rows` rows sooner than the device.
@@ -379,20 +391,6 @@ class LocalModel(ServedModel):
         cpu_s = self.overflow.batcher.estimate_s(rows)
         device_s = device.estimate_s(rows)
         return cpu_s is not None and device_s is not None and cpu_s < device_s
-
-    async def _on_cpu(
-        self,
-        inputs: dict[str, np.ndarray],
-        rows: int,
-        deadline: float,
-        reason: str,
-        progress: Progress | None,
-    ) -> BatchResult:
-        assert self.overflow is not None
-        result = await self.overflow.batcher.submit(inputs, rows, deadline, progress)
-        # Counted once served: a request the CPU replica also refuses was not served by it.
-        self.metrics.count_fallback(reason)
-        return replace(result, fallback=reason)
 
     def replicas(self) -> list[Replica]:
         return [self.primary] + ([self.overflow] if self.overflow else [])

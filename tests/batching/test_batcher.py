@@ -159,6 +159,44 @@ def test_deadline_fails_a_waiting_request_while_a_long_batch_runs() -> None:
     assert recorder.shapes == [1]
 
 
+def test_each_deadline_fires_in_its_own_order_whatever_order_requests_came_in() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    failed: list[str] = []
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(recorder, policy(max_batch_size=1, buckets=(1,)), executor)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            x = {"x": np.zeros((1, 1), np.float32)}
+            now = loop.time()
+
+            async def request(name: str, after_s: float) -> None:
+                try:
+                    await batcher.submit(x, 1, now + after_s)
+                except DeadlineExceeded as error:
+                    failed.append(f"{name}: {error}")
+
+            # "running" takes the model, which the recorder holds until every deadline passed.
+            requests = [asyncio.ensure_future(request("running", 0.25))]
+            await asyncio.sleep(0)
+            for name, after_s in (("third", 0.3), ("first", 0.1), ("second", 0.2)):
+                requests.append(asyncio.ensure_future(request(name, after_s)))
+            await asyncio.gather(*requests)
+            recorder.release.set()
+            await batcher.close()
+
+    run(scenario())
+    assert failed == [
+        "first: deadline passed before its batch started",
+        "second: deadline passed before its batch started",
+        "running: deadline passed while its batch was running",
+        "third: deadline passed before its batch started",
+    ]
+    assert recorder.shapes == [1]
+
+
 def test_cancelled_request_is_dropped_before_its_batch_starts() -> None:
     recorder = Recorder()
     recorder.release.clear()
