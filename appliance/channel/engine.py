@@ -60,7 +60,7 @@ class _Request:
 
     def started(self) -> None:
         self.running = True
-        self._peer.protocol.queue((STARTED, self.id))
+        self._peer.note_started(self.id)
 
     def released(self) -> None:
         self._released = True
@@ -124,6 +124,9 @@ class _FrontendPeer:
         self.in_flight: dict[int, _Request] = {}
         self.closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        # The ids of the STARTED message that the next frame carries, and that frame's number.
+        self._started: list[int] | None = None
+        self._started_frame = -1
 
     def _on_messages(self, messages: list[Message]) -> None:
         for message in messages:
@@ -158,6 +161,15 @@ class _FrontendPeer:
             return
         self.in_flight[infer.id] = request
         request.queued.future.add_done_callback(request.settled)
+
+    def note_started(self, request_id: int) -> None:
+        """Tell the front end that the request's batch started: one STARTED message a frame,
+        for every request that started in the turn."""
+        if self._started is None or self._started_frame != self.protocol.sent_frames:
+            self._started = []
+            self._started_frame = self.protocol.sent_frames
+            self.protocol.queue((STARTED, self._started))
+        self._started.append(request_id)
 
     def send(self, request_id: int, reply: Message) -> None:
         del self.in_flight[request_id]

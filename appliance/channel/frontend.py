@@ -129,9 +129,10 @@ class EngineLink:
                     result = BatchResult(arrays, batch_size, queue_s, compute_s, fallback, batch)
                     waiting.future.set_result(result)
             elif kind == STARTED:
-                waiting = self._waiting.get(message[1])
-                if waiting is not None:
-                    waiting.started = True
+                for request_id in message[1]:
+                    waiting = self._waiting.get(request_id)
+                    if waiting is not None:
+                        waiting.started = True
             elif kind == MODELS:
                 self.views = {(view.name, view.version): view for view in message[1]}
                 self.expected = list(message[2])

@@ -27,8 +27,8 @@ INFER = "infer"  # front end -> engine: see `Infer`
 # batch number)
 DONE = "done"
 FAILED = "failed"  # engine -> front end: (FAILED, id, error class name, message)
-# engine -> front end: (STARTED, id): its batch started, so it is not retried elsewhere should
-# the engine die (it may be what killed it)
+# engine -> front end: (STARTED, [id, ...]): their batches started, so they are not retried
+# elsewhere should the engine die (they may be what killed it); one message a frame
 STARTED = "started"
 # front end -> engine: (CANCEL, id): its client left; withdrawn if its batch has not started
 CANCEL = "cancel"
