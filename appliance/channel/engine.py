@@ -90,6 +90,8 @@ def _reply(
         outputs = {name: pack(result.outputs[name]) for name in wanted}
     except KeyError as missing:
         return _failure(request_id, InvalidInput(f"the model has no output {missing}"))
+    except Exception as bug:  # of ours: answered as an internal error, and logged
+        return _failure(request_id, bug)
     return (
         DONE,
         request_id,
