@@ -36,9 +36,10 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
@@ -92,9 +93,9 @@ class Queued:
 
     inputs: Tensors
     rows: int
-    shape_key: tuple[tuple[str, tuple[int, ...], str], ...]
-    lengths: dict[str, int]  # along each named dimension
-    padded: dict[str, int]  # the buckets of those lengths
+    shape_key: ShapeKey
+    lengths: Mapping[str, int]  # along each named dimension
+    padded: Mapping[str, int]  # the buckets of those lengths
     enqueued: float
     future: asyncio.Future[BatchResult]
     progress: Progress | None
@@ -155,16 +156,25 @@ class BatchingPolicy:
         return self.max_batch_size
 
 
-def _shape_key(
-    inputs: Tensors, dims: NamedDims, padded: dict[str, int]
-) -> tuple[tuple[str, tuple[int, ...], str], ...]:
-    """What requests must share to be batched: each input's inner shape once padded, and dtype."""
+# The lengths and buckets of every request of a model without named dimensions: nothing to pad.
+_NO_DIMS: Mapping[str, int] = MappingProxyType({})
+
+ShapeKey = tuple[tuple[str, tuple[int, ...], np.dtype], ...]
+
+
+def _shape_key(inputs: Tensors, dims: NamedDims, padded: Mapping[str, int]) -> ShapeKey:
+    """What requests must share to be batched: each input's inner shape once padded, and dtype.
+
+    Built per request on the engine's hot path, hence the plain loops and the dtype objects
+    (`dtype.str` makes a new string each time; a loop costs half of a generator here)."""
+    key = []
     if not dims.inputs:  # no named dimension: the inner shape is the shape less its rows
-        return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
-    return tuple(
-        (name, dims.inner_shape(name, array.shape, padded), array.dtype.str)
-        for name, array in inputs.items()
-    )
+        for name, array in inputs.items():
+            key.append((name, array.shape[1:], array.dtype))
+    else:
+        for name, array in inputs.items():
+            key.append((name, dims.inner_shape(name, array.shape, padded), array.dtype))
+    return tuple(key)
 
 
 class DynamicBatcher:
@@ -295,11 +305,13 @@ class DynamicBatcher:
         if self._waiting >= self._policy.max_queue_size:
             raise QueueFull(f"queue full ({self._policy.max_queue_size} requests waiting)")
         dims = self._policy.dims
-        lengths = dims.lengths(inputs)
-        try:
-            padded = dims.padded(lengths)
-        except ValueError as error:
-            raise InvalidInput(str(error)) from None
+        lengths = padded = _NO_DIMS
+        if dims.inputs:
+            lengths = dims.lengths(inputs)
+            try:
+                padded = dims.padded(lengths)
+            except ValueError as error:
+                raise InvalidInput(str(error)) from None
         loop = asyncio.get_running_loop()
         key = _shape_key(inputs, dims, padded)
         queued = Queued(
@@ -535,7 +547,7 @@ class DynamicBatcher:
         return culprits
 
     def _run_padded(
-        self, parts: list[Tensors], bucket: int, padded: dict[str, int]
+        self, parts: list[Tensors], bucket: int, padded: Mapping[str, int]
     ) -> tuple[Tensors, float]:
         """Worker thread: assemble, run and time one batch."""
         batch = assemble(parts, bucket, self._policy.dims, padded)
