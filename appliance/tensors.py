@@ -96,6 +96,20 @@ def datatype_of(array: np.ndarray) -> str:
         ) from None
 
 
+def cast_in_range(values: np.ndarray, target: np.dtype) -> np.ndarray | None:
+    """`values` as `target`, or None when one of them does not fit it: an integer past the
+    type's range (numpy would wrap it), or a finite number past the largest of a float type
+    (numpy would make it infinite, and the model would compute with a value nobody sent)."""
+    try:
+        with np.errstate(over="raise"):
+            converted = values.astype(target, copy=False)
+    except FloatingPointError:
+        return None
+    if target.kind in "iu" and values.size and not np.array_equal(converted, values):
+        return None
+    return converted
+
+
 def shape_matches(spec_shape: tuple[Dim, ...], shape: tuple[int, ...]) -> bool:
     """True when `shape` fits `spec_shape`, where -1 or a dimension name accepts any size."""
     if len(spec_shape) != len(shape):

@@ -17,7 +17,7 @@ import numpy as np
 from appliance.dataplane import InferRequest, InferResponse, RequestedOutput
 from appliance.errors import InvalidInput
 from appliance.grpc.proto import inference_pb2 as pb
-from appliance.tensors import DATATYPE_TO_NUMPY
+from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range
 
 # Parameters refused on a request, an input or an output, as over HTTP.
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
@@ -126,8 +126,8 @@ def _typed_tensor(
         return array.reshape(shape)
     target = _little_endian(datatype)
     wide = np.array(values, dtype=_little_endian(wire))
-    converted = wide.astype(target, copy=False)
-    if target.kind in "iu" and not np.array_equal(converted, wide):
+    converted = cast_in_range(wide, target)
+    if converted is None:
         raise InvalidInput(f"{where}: {field} has values out of range for {datatype}")
     return converted.reshape(shape)
 

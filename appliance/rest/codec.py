@@ -17,7 +17,7 @@ import orjson
 from appliance.dataplane.types import InferRequest, OutputTensor, RequestedOutput
 from appliance.errors import InvalidInput
 from appliance.rest.protocol import RESERVED_PARAMETERS, SPELLED_FLOATS, spelled
-from appliance.tensors import DATATYPE_TO_NUMPY
+from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range
 
 # JSON data of these datatypes must parse to one of these numpy kinds. JSON has one number type:
 # 3.0 is the integer 3 (as JSON Schema says), so integer tensors take whole-valued floats too.
@@ -122,8 +122,8 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
         # Whole numbers spelled as floats (3.0), perhaps beside integers a float cannot hold:
         # numpy made them all floats, so read each value exactly from the JSON instead.
         return _whole_numbers(np.array(data, dtype=object), target, datatype, where).reshape(shape)
-    converted = parsed.astype(target, copy=False)
-    if target.kind in "iu" and parsed.size and not np.array_equal(converted, parsed):
+    converted = cast_in_range(parsed, target)
+    if converted is None:
         raise InvalidInput(f"{where}: 'data' has values out of range for {datatype}")
     return converted.reshape(shape)
 
@@ -142,7 +142,7 @@ def _whole_numbers(values: np.ndarray, target: np.dtype, datatype: str, where: s
 def _floats_spelled(data: object, target: np.dtype, datatype: str, where: str) -> np.ndarray:
     """Numbers beside "NaN", "Infinity" and "-Infinity", as `target` floats."""
     values = np.array(data, dtype=object).reshape(-1)
-    floats = np.empty(values.size, dtype=target)
+    floats = np.empty(values.size, dtype=np.float64)
     for index, value in enumerate(values):
         if isinstance(value, str):
             if value not in SPELLED_FLOATS:
@@ -155,7 +155,11 @@ def _floats_spelled(data: object, target: np.dtype, datatype: str, where: str) -
             floats[index] = value
         else:
             raise InvalidInput(f"{where}: 'data' mixes true/false or null with numbers")
-    return floats
+    # Infinity as spelled passes; a number the type cannot hold does not become one.
+    converted = cast_in_range(floats, target)
+    if converted is None:
+        raise InvalidInput(f"{where}: 'data' has values out of range for {datatype}")
+    return converted
 
 
 def _kind_name(array: np.ndarray) -> str:

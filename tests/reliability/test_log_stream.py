@@ -1,6 +1,6 @@
-"""Every line the server writes is one JSON object: numpy's warnings (a value that overflows
-FP16), onnxruntime's native warnings (an unused initializer), our own lines; and access logs can
-be cut to errors only or a sample of the successes without losing a single error line."""
+"""Every line the server writes is one JSON object: Python warnings (a model's own), onnxruntime's
+native warnings (an unused initializer), our own lines; and access logs can be cut to errors only
+or a sample of the successes without losing a single error line."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.conftest import ServerFactory
 from tests.support.bodies import json_infer
 from tests.support.config import model_table, tensor_table
-from tests.support.fault_models import Doubles
+from tests.support.fault_models import WarnsOnLargeInputs
 from tests.support.http import call
 from tests.support.models import script_pt
 from tests.support.server import ServerProcess
@@ -45,28 +45,28 @@ def json_lines(log: str) -> list[dict[str, Any]]:
     return parsed
 
 
-def test_numpy_and_native_warnings_reach_the_log_as_json(
+def test_python_and_native_warnings_reach_the_log_as_json(
     serve: ServerFactory, tmp_path: Path
 ) -> None:
-    half = script_pt(Doubles(), tmp_path / "half.pt")
+    warns = script_pt(WarnsOnLargeInputs(), tmp_path / "warns.pt")
     models = (
-        model_table("half", half, "warmup_iters = 0")
-        + tensor_table("inputs", "x", "FP16", [-1, 2])
-        + tensor_table("outputs", "y", "FP16", [-1, 2])
+        model_table("warns", warns, "warmup_iters = 0")
+        + tensor_table("inputs", "x", "FP32", [-1, 2])
+        + tensor_table("outputs", "y", "FP32", [-1, 2])
         + model_table(
             "unused", onnx_with_unused_initializer(tmp_path / "u.onnx"), 'runtime = "onnx"'
         )
     )
     server = serve(models)
     reply = call(
-        server, "POST", "/v2/models/half/infer", json_infer("x", "FP16", [1, 2], [1e10, 1])
+        server, "POST", "/v2/models/warns/infer", json_infer("x", "FP32", [1, 2], [5000, 1])
     )
     assert reply.status == 200, reply
-    log = server.wait_for_log("overflow")
+    log = server.wait_for_log("input magnitude above 1000")
     server.stop()
     lines = json_lines(server.log())
     warnings = [line for line in lines if line.get("logger") == "py.warnings"]
-    assert any("overflow" in line["event"] for line in warnings), log[-3000:]
+    assert any("input magnitude above 1000" in line["event"] for line in warnings), log[-3000:]
     native = [line for line in lines if line.get("stream") == "native"]
     assert any("Removing initializer 'unused'" in line["event"] for line in native), log[-3000:]
     assert not any("\x1b[" in line["event"] for line in native)

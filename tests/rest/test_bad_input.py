@@ -59,6 +59,7 @@ def inputs(**fields: object) -> bytes:
         ),
         (inputs(datatype="INT32", data=[1] * 8), {}, 400, "must be FP32, got INT32"),
         (inputs(name="y"), {}, 400, "has no input 'y'"),
+        (inputs(data=[1e39] + [0.5] * 7), {}, 400, "'data' has values out of range for FP32"),
         (inputs(data=[0.5] * 5), {}, 400, "needs 8 elements"),
         (inputs(shape=[5, 8], data=[0.5] * 40), {}, 400, "max_batch_size of 'mlp' is 4"),
         (json.dumps({**GOOD, "outputs": [{"name": "nope"}]}).encode(), {}, 400, "no output 'nope'"),

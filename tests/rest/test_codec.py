@@ -112,6 +112,22 @@ def test_bytes_tensors_binary_and_json() -> None:
             "out of range",
         ),
         (
+            b'{"inputs": [{"name": "x", "datatype": "FP16", "shape": [2], "data": [1, 70000]}]}',
+            None,
+            "out of range for FP16",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1e39]}]}',
+            None,
+            "out of range for FP32",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP16", "shape": [2],'
+            b' "data": ["Infinity", 65520.0]}]}',
+            None,
+            "out of range for FP16",
+        ),
+        (
             b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, "a"]}]}',
             None,
             "not FP32",
@@ -258,3 +274,20 @@ def test_other_strings_in_numeric_data_are_refused(
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
         decode_request(json_input(datatype, data), None, "m", None)
+
+
+def test_floats_at_the_edge_of_their_type_are_taken_as_sent() -> None:
+    """The largest finite values, and values that round to them, are numbers the type holds."""
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "h", "datatype": "FP16", "shape": [3], "data": [65504, -65504.0, 65519]},
+                {"name": "f", "datatype": "FP32", "shape": [2], "data": [3.4028234e38, 1e-50]},
+                {"name": "s", "datatype": "FP16", "shape": [2], "data": ["-Infinity", 65504]},
+            ]
+        }
+    )
+    decoded = decode_request(body, None, "m", None).inputs
+    assert decoded["h"].tolist() == [65504.0, -65504.0, 65504.0]
+    assert decoded["f"].tolist() == [float(np.finfo(np.float32).max), 0.0]
+    assert decoded["s"].tolist() == [-np.inf, 65504.0]

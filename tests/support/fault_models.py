@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,6 +49,15 @@ class ReturnsAnotherName(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"z": x * 2.0}
+
+
+class WarnsOnLargeInputs(torch.nn.Module):
+    """x + x, with a Python warning (through torch's warning handler) for any |x| over 1000."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.abs() > 1000.0).any()):
+            warnings.warn("input magnitude above 1000", stacklevel=2)
+        return x + x
 
 
 class Doubles(torch.nn.Module):
