@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from appliance.dataplane import metadata, parameters
 from appliance.dataplane.classification import top_classes
 from appliance.dataplane.types import InferRequest, InferResponse, OutputTensor
+from appliance.errors import InvalidInput
 from appliance.repository import ModelRepository, ServedModel
 from appliance.tensors import TensorSpec
 
@@ -146,7 +147,12 @@ def _wanted(model: ServedModel, request: InferRequest) -> list[tuple[TensorSpec,
     if request.outputs is None:
         return [(spec, request.binary_output, None) for spec in model.signature.outputs]
     wanted = []
+    asked: set[str] = set()
     for out in request.outputs:
+        if out.name in asked:
+            # As an input given twice is: which of the two hints or counts would hold?
+            raise InvalidInput(f"output {out.name!r} is requested twice")
+        asked.add(out.name)
         spec = model.output_spec(out.name)
         count = parameters.classification_count(spec, out.parameters) if out.parameters else None
         wanted.append((spec, out.binary, count))

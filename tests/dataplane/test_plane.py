@@ -120,6 +120,10 @@ def test_wanted_outputs_come_in_the_asked_order_with_their_binary_hints(
         ({"datatypes": {"x": "FP64"}}, "input 'x' must be FP32, got FP64"),
         ({"inputs": {"nope": np.zeros((1, 8), np.float32)}}, "no input 'nope'"),
         ({"outputs": [RequestedOutput("nope", False)]}, "no output 'nope'"),
+        (
+            {"outputs": [RequestedOutput("output__0", False), RequestedOutput("output__0", True)]},
+            "output 'output__0' is requested twice",
+        ),
     ],
 )
 def test_a_request_that_does_not_fit_the_model_is_refused_naming_what(

@@ -64,6 +64,14 @@ def inputs(**fields: object) -> bytes:
         (inputs(shape=[5, 8], data=[0.5] * 40), {}, 400, "max_batch_size of 'mlp' is 4"),
         (json.dumps({**GOOD, "outputs": [{"name": "nope"}]}).encode(), {}, 400, "no output 'nope'"),
         (
+            json.dumps(
+                {**GOOD, "outputs": [{"name": "output__0"}, {"name": "output__0"}]}
+            ).encode(),
+            {},
+            400,
+            "output 'output__0' is requested twice",
+        ),
+        (
             json.dumps(GOOD).encode(),
             {"Inference-Header-Content-Length": "100000"},
             400,
