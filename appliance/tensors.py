@@ -110,6 +110,20 @@ def cast_in_range(values: np.ndarray, target: np.dtype) -> np.ndarray | None:
     return converted
 
 
+def stray_bool_byte(array: np.ndarray) -> int | None:
+    """The first byte other than 0 or 1 in a BOOL array read from raw bytes, if any.
+
+    numpy and torch read any nonzero byte as true, but runtimes that work on the byte do not:
+    onnxruntime's Not of byte 2 is 3 (true again) and its Cast to INT32 is 2.
+    """
+    if array.size == 0:
+        return None
+    raw = array.reshape(-1).view(np.uint8)
+    if int(raw.max()) <= 1:
+        return None
+    return int(raw[raw > 1][0])
+
+
 def shape_matches(spec_shape: tuple[Dim, ...], shape: tuple[int, ...]) -> bool:
     """True when `shape` fits `spec_shape`, where -1 or a dimension name accepts any size."""
     if len(spec_shape) != len(shape):

@@ -17,7 +17,7 @@ import numpy as np
 from appliance.dataplane import InferRequest, InferResponse, RequestedOutput
 from appliance.errors import InvalidInput
 from appliance.grpc.proto import inference_pb2 as pb
-from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range
+from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range, stray_bool_byte
 
 # Parameters refused on a request, an input or an output, as over HTTP.
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
@@ -82,7 +82,10 @@ def _raw_tensor(raw: bytes, datatype: str, shape: tuple[int, ...], where: str) -
             f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
             f"raw_input_contents has {len(raw)}"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if datatype == "BOOL" and (stray := stray_bool_byte(array)) is not None:
+        raise InvalidInput(f"{where}: BOOL elements are bytes 0 or 1, found {stray}")
+    return array
 
 
 def _raw_bytes(chunk: memoryview, count: int, where: str) -> np.ndarray:

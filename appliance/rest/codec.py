@@ -17,7 +17,7 @@ import orjson
 from appliance.dataplane.types import InferRequest, OutputTensor, RequestedOutput
 from appliance.errors import InvalidInput
 from appliance.rest.protocol import RESERVED_PARAMETERS, SPELLED_FLOATS, spelled
-from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range
+from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range, stray_bool_byte
 
 # JSON data of these datatypes must parse to one of these numpy kinds. JSON has one number type:
 # 3.0 is the integer 3 (as JSON Schema says), so integer tensors take whole-valued floats too.
@@ -199,7 +199,10 @@ def _binary_tensor(
             f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
             f"binary_data_size is {chunk.nbytes}"
         )
-    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
+    array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+    if datatype == "BOOL" and (stray := stray_bool_byte(array)) is not None:
+        raise InvalidInput(f"{where}: BOOL elements are bytes 0 or 1, found {stray}")
+    return array
 
 
 def _binary_bytes(chunk: memoryview, count: int, where: str) -> np.ndarray:

@@ -77,6 +77,7 @@ def length_prefixed(*elements: bytes) -> bytes:
         (raw_request("BYTES", [2], length_prefixed(b"a")), "needs 2 BYTES elements, got 1"),
         (raw_request("BYTES", [1], b"\x09\0\0\0ab"), "BYTES element of 9 bytes runs past"),
         (raw_request("BYTES", [1], b"\x01\0"), "BYTES element length prefix cut short"),
+        (raw_request("BOOL", [3], b"\x01\x00\x02"), "input 'x': BOOL elements are bytes 0 or 1"),
     ],
 )
 def test_bad_raw_tensors_are_refused_naming_the_input(

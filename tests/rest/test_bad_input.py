@@ -47,6 +47,13 @@ def inputs(**fields: object) -> bytes:
     return json.dumps({"inputs": [{**GOOD["inputs"][0], **fields}]}).encode()
 
 
+def binary_bools(raw: bytes) -> tuple[bytes, dict[str, str]]:
+    """A binary-extension body with one BOOL input `x` holding `raw`, and its header."""
+    tensor = {"name": "x", "datatype": "BOOL", "shape": [1, len(raw)]}
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]})
+    return header.encode() + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "status", "message"),
     [
@@ -78,6 +85,7 @@ def inputs(**fields: object) -> bytes:
             "but the body has",
         ),
         (json.dumps(GOOD).encode(), {"Inference-Header-Content-Length": "x"}, 400, "integer"),
+        (*binary_bools(b"\x01\x00\x02"), 400, "input 'x': BOOL elements are bytes 0 or 1, found 2"),
         (b"x" * 70000, {}, 413, "exceeds 65536 bytes"),
         (gzip.compress(b" " * 200000), {"Content-Encoding": "gzip"}, 413, "decompressed"),
         (b"abc", {"Content-Encoding": "br"}, 415, "not supported"),

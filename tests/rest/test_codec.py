@@ -291,3 +291,21 @@ def test_floats_at_the_edge_of_their_type_are_taken_as_sent() -> None:
     assert decoded["h"].tolist() == [65504.0, -65504.0, 65504.0]
     assert decoded["f"].tolist() == [float(np.finfo(np.float32).max), 0.0]
     assert decoded["s"].tolist() == [-np.inf, 65504.0]
+
+
+def test_binary_bool_bytes_other_than_0_and_1_are_refused() -> None:
+    header = {
+        "inputs": [
+            {
+                "name": "c",
+                "datatype": "BOOL",
+                "shape": [1, 3],
+                "parameters": {"binary_data_size": 3},
+            }
+        ]
+    }
+    body, length = binary_body(header, bytes([1, 0, 1]))
+    assert decode_request(body, length, "m", None).inputs["c"].tolist() == [[True, False, True]]
+    body, length = binary_body(header, bytes([1, 0, 255]))
+    with pytest.raises(InvalidInput, match="input 'c': BOOL elements are bytes 0 or 1, found 255"):
+        decode_request(body, length, "m", None)
