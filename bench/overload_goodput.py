@@ -11,7 +11,8 @@ the window letting the old ones go); after each load, a wait until the server ha
 every connection it held (a refused connection is held up to `MAX_HOLD_S`, +20%). Server CPU per
 answered request, from /proc, beside each.
 
-    .venv/bin/python bench/overload_goodput.py [--window 8] [--rounds 2] [--out bench/out/goodput]
+    .venv/bin/python bench/overload_goodput.py [--window 8] [--rounds 2] [--frontends 0]
+        [--out bench/out/goodput]
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     launch = Launch(fleet, work, artifacts)
     rounds: list[dict[str, float]] = []
     try:
-        server = aegis.start(launch, MODEL, payload, queue_size=QUEUE)
+        server = aegis.start(launch, MODEL, payload, queue_size=QUEUE, frontends=args.frontends)
         target = server.targets[0]
         wait_ready(server, target, payload)
         for _ in range(args.rounds):
@@ -112,7 +113,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             rounds.append(figures)
     finally:
         fleet.stop_all()
-    report = {"machine": machine(), "queue": QUEUE, "overload": OVERLOAD, "rounds": rounds}
+    report = {
+        "machine": machine(),
+        "queue": QUEUE,
+        "overload": OVERLOAD,
+        "frontends": args.frontends,
+        "rounds": rounds,
+    }
     (out / "goodput.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -122,6 +129,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--window", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--frontends", type=int, default=0, help="front-end processes before the one engine"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "goodput")
     args = parser.parse_args(argv)
     ensure_wrk()
