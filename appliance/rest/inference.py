@@ -246,6 +246,11 @@ async def _serve(
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, handler))
         try:
             result = await plane.infer(request, model)
+        except QueueFull as error:
+            # Full after the door's check: the queue filled while the body was read, or an
+            # engine behind this front end holds more than this process sent it. Paced alike.
+            error.retry_after_s = context.pacing.refused()
+            raise
         except asyncio.CancelledError:
             if not watcher.done():
                 raise

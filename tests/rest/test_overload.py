@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import ServerFactory
+from tests.support.http import call
 from tests.support.load import (
     ONE_THREAD,
     computing,
@@ -18,6 +19,7 @@ from tests.support.load import (
     slow_body,
     slow_model,
 )
+from tests.support.logs import log_events
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
 
@@ -92,5 +94,47 @@ def test_refusals_that_go_on_announce_a_longer_retry_after(
         time.sleep(0.05)
     assert running.is_alive(), "the long batch ended before the refusals went on for a second"
     assert announced[0] == "1" and announced[-1] == "2", announced
+    running.join(120)
+    queued.join(120)
+
+
+def test_refusals_from_an_engine_behind_front_ends_are_paced_like_those_at_the_door(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
+    """Two front ends, one engine whose queue holds one request. A front end refuses at its door
+    once it has sent the engine as much as the engine can hold; otherwise it sends the request
+    on and the engine refuses it. Either way the refusal announces a longer Retry-After once
+    refusals have gone on for a second (the engine's used to say 1 for ever)."""
+    server = serve(
+        slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"]),
+        "frontends = 2",
+        env=ONE_THREAD,
+    )
+    rounds = rounds_for(server, 6.0)
+    running, _ = in_background(server, slow_body(rounds))
+    wait_for(lambda: computing(server), 30, "the long batch to start")
+    queued, _ = in_background(server, slow_body(1))
+    wait_for(lambda: queue_depth(server) == 1, 30, "a request to queue")
+    announced: dict[str, tuple[float, str]] = {}
+    first = time.monotonic()
+    while running.is_alive() and time.monotonic() - first < 2.5:
+        request_id = f"refused-{len(announced)}"
+        reply = call(
+            server, "POST", "/v2/models/slow/infer", slow_body(1), {"X-Request-Id": request_id}
+        )
+        assert reply.status == 503, reply
+        announced[request_id] = (time.monotonic() - first, reply.headers["retry-after"])
+        time.sleep(0.05)
+    assert running.is_alive(), "the long batch ended before the refusals went on long enough"
+
+    def answered_by() -> dict[str, str]:
+        lines = log_events(server, "infer")
+        return {line["request_id"]: str(line["frontend"]) for line in lines}
+
+    wait_for(lambda: set(announced) <= set(answered_by()), 10, "every refusal's access line")
+    frontends = answered_by()
+    late = [(frontends[key], retry) for key, (at, retry) in announced.items() if at > 1.2]
+    assert {frontend for frontend, _ in late} == {"0", "1"}, (late, announced)
+    assert all(int(retry) >= 2 for _, retry in late), (late, announced)
     running.join(120)
     queued.join(120)
