@@ -13,6 +13,7 @@ import structlog
 
 from appliance.config import DeclaredModel, XlaConfig
 from appliance.config.runtime_table import runtime_row
+from appliance.repository.padding_check import check_padding
 from appliance.runtimes import DeviceUnavailable, Runtime, create_runtime, runtime_class
 from appliance.runtimes.artifacts import resolve_artifact
 
@@ -103,7 +104,8 @@ def warm_up(
     allocates nothing new; the seconds of each bucket's last run (its slowest named sizes).
 
     With no iterations the smallest bucket still runs once: each warmup run checks the outputs
-    against the signature, and a model that breaks its declaration must not come up.
+    against the signature, and a model that breaks its declaration must not come up; nor one
+    whose answers change when a named dimension is padded (`check_padding`).
     """
     seconds: dict[int, float] = {}
     for bucket, sizes in warmup_shapes(buckets, dims):
@@ -116,5 +118,7 @@ def warm_up(
             seconds[bucket] = max(seconds.get(bucket, 0.0), elapsed)
     if iterations == 0:
         runtime.warmup(buckets[0])
+    if dims:
+        check_padding(runtime, buckets[0], dims)
     runtime.finish_warmup()
     return seconds
