@@ -96,6 +96,11 @@ def datatype_of(array: np.ndarray) -> str:
         ) from None
 
 
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """BF16 values (held as their 16-bit patterns) as the float32 values they are."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 def cast_in_range(values: np.ndarray, target: np.dtype) -> np.ndarray | None:
     """`values` as `target`, or None when one of them does not fit it: an integer past the
     type's range (numpy would wrap it), or a finite number past the largest of a float type

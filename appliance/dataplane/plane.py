@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+import numpy as np
+
 from appliance.dataplane import metadata, parameters
 from appliance.dataplane.classification import top_classes
 from appliance.dataplane.types import InferRequest, InferResponse, OutputTensor
 from appliance.errors import InvalidInput
 from appliance.repository import ModelRepository, ServedModel
-from appliance.tensors import TensorSpec
+from appliance.tensors import TensorSpec, bf16_to_float32
 
 # The protocol extensions the plane implements, whatever the transport; a transport adds its own
 # (HTTP's binary tensor data).
@@ -124,7 +126,9 @@ class DataPlane:
             else OutputTensor(
                 spec.name,
                 "BYTES",
-                top_classes(spec.name, result.outputs[spec.name], count, model.labels),
+                top_classes(
+                    spec.name, _scores(spec, result.outputs[spec.name]), count, model.labels
+                ),
                 binary,
             )
             for spec, binary, count in wanted
@@ -140,6 +144,11 @@ class DataPlane:
             result.fallback,
             result.batch,
         )
+
+
+def _scores(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """An output's values to rank: a BF16 output's bit patterns would rank negatives highest."""
+    return bf16_to_float32(array) if spec.datatype == "BF16" else array
 
 
 def _wanted(model: ServedModel, request: InferRequest) -> list[tuple[TensorSpec, bool, int | None]]:

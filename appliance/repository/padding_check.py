@@ -18,6 +18,7 @@ import numpy as np
 from appliance.batching.padding import NamedDims, Tensors, assemble
 from appliance.runtimes import Runtime
 from appliance.runtimes.base import ArtifactError
+from appliance.tensors import bf16_to_float32
 
 # Padding a masked model changes how long its reductions run, so float sums may round
 # differently (about 1e-6 relative here); an unmasked one is off by the share of padding.
@@ -47,7 +48,7 @@ def check_padding(
         for name, want in exact.items():
             got = padded[name]
             if name in bf16_outputs:
-                got, want = _widened(got), _widened(want)
+                got, want = bf16_to_float32(got), bf16_to_float32(want)
             if not _close(got, want):
                 difference = np.abs(got.astype(np.float64) - want.astype(np.float64)).max()
                 raise ArtifactError(
@@ -70,10 +71,6 @@ def _first_row(
     """The request's outputs, its named dimensions padded to `padded`, cut back to its own."""
     batch = assemble([request], batch_bucket, dims, padded)
     return dims.slice_outputs(runtime.run(batch), 0, 1, dims.lengths(request))
-
-
-def _widened(bf16_bits: np.ndarray) -> np.ndarray:
-    return (bf16_bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def _close(got: np.ndarray, want: np.ndarray) -> bool:

@@ -26,7 +26,7 @@ from appliance.rest.access import AccessLogSampler
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.inference import read_body
 from appliance.rest.protocol import spelled
-from appliance.tensors import DATATYPE_TO_NUMPY, TensorSpec, cast_in_range
+from appliance.tensors import DATATYPE_TO_NUMPY, TensorSpec, bf16_to_float32, cast_in_range
 
 log = structlog.get_logger("aegis.vertex")
 
@@ -162,7 +162,7 @@ def _value(tensor: OutputTensor, row: np.ndarray) -> object:
     if tensor.datatype == "BYTES":
         return _bytes_json(row)
     if tensor.datatype == "BF16":
-        row = (row.astype(np.uint32) << 16).view(np.float32)
+        row = bf16_to_float32(row)
     values = row.tolist()
     if row.dtype.kind == "f" and not np.isfinite(row).all():
         return _spell(values)

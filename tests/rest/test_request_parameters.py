@@ -34,6 +34,13 @@ class Scores(torch.nn.Module):
         return cast(torch.Tensor, self.linear(x))
 
 
+class Bf16Scores(Scores):
+    """The same scores as bfloat16, which travel as their bit patterns (negatives' sign bit set)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).to(torch.bfloat16)
+
+
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]
@@ -41,10 +48,14 @@ def server(
     folder = tmp_path_factory.mktemp("scores")
     torch.manual_seed(11)
     export_pt2(Scores(), (torch.zeros(2, 8),), folder / "scores.pt2")
+    bf16 = tmp_path_factory.mktemp("bf16") / "bf16.pt2"
+    export_pt2(Bf16Scores(), (torch.zeros(2, 8),), bf16)
     (folder / "labels.txt").write_text("\n".join(LABELS) + "\n")
     # mlp.pt2 stands alone, no labels beside it; its ReLU gives tied zero scores.
-    models = model_table("scores", f"{folder}/", "max_batch_size = 8") + model_table(
-        "mlp", artifacts["mlp.pt2"], "max_batch_size = 8"
+    models = (
+        model_table("scores", f"{folder}/", "max_batch_size = 8")
+        + model_table("mlp", artifacts["mlp.pt2"], "max_batch_size = 8")
+        + model_table("bf16", bf16, "max_batch_size = 8")
     )
     workdir = tmp_path_factory.mktemp("parameters")
     with running_server(server_config(workdir, models), workdir) as server:
@@ -73,7 +84,7 @@ def parse(element: bytes | str) -> tuple[float, int, str | None]:
 
 
 @pytest.mark.parametrize("binary", [True, False])
-@pytest.mark.parametrize(("model", "labels"), [("scores", LABELS), ("mlp", None)])
+@pytest.mark.parametrize(("model", "labels"), [("scores", LABELS), ("mlp", None), ("bf16", None)])
 def test_classification_returns_the_top_classes_of_the_models_own_output(
     client: httpclient.InferenceServerClient, model: str, labels: list[str] | None, binary: bool
 ) -> None:
