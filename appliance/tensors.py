@@ -101,6 +101,18 @@ def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def float32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """float32 values as BF16 bit patterns, rounded to nearest even: a finite value past
+    bfloat16's largest rounds to infinity (check `is_bf16_overflow` where that matters)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def is_bf16_overflow(values: np.ndarray, bits: np.ndarray) -> bool:
+    """Whether a finite value among `values` became infinite as the BF16 `bits`."""
+    return bool((((bits & 0x7F80) == 0x7F80) & np.isfinite(values)).any())
+
+
 def cast_in_range(values: np.ndarray, target: np.dtype) -> np.ndarray | None:
     """`values` as `target`, or None when one of them does not fit it: an integer past the
     type's range (numpy would wrap it), or a finite number past the largest of a float type

@@ -215,6 +215,16 @@ def test_buckets_default_to_powers_of_two_up_to_max_batch_size(tmp_path: Path) -
             "pads with an integer",
         ),
         (
+            MINIMAL_MODEL + tensor("inputs", "x", "FP16", "[-1, 4]", "pad_value = 70000\n"),
+            "models[0].inputs[0].pad_value",
+            "70000 does not fit FP16",
+        ),
+        (
+            MINIMAL_MODEL + tensor("inputs", "x", "BF16", "[-1, 4]", "pad_value = 3.4e38\n"),
+            "models[0].inputs[0].pad_value",
+            "does not fit BF16",
+        ),
+        (
             MINIMAL_MODEL + tensor("inputs", "x", "FP32", "[-1, 1.5]"),
             "models[0].inputs[0].shape[1]",
             "must be an integer or a dimension name",
@@ -230,6 +240,18 @@ def test_bad_values_name_the_file_key_and_reason(
     assert caught.value.file == str(path)
     assert caught.value.key == key
     assert reason in caught.value.reason
+
+
+def test_an_infinite_pad_value_is_a_value_to_pad_with(tmp_path: Path) -> None:
+    """-inf pads for a max that padding must not win; only a finite value past the type's
+    largest is refused (it would pad with infinity unasked)."""
+    text = (
+        MINIMAL_MODEL
+        + SEQ_DIMS
+        + tensor("inputs", "x", "FP16", '[-1, "seq"]', "pad_value = -inf\n")
+    )
+    [model] = load_config(write(tmp_path, text)).models
+    assert model.config.inputs[0].pad_value == float("-inf")
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from appliance.tensors import PadValue, Signature
+from appliance.tensors import PadValue, Signature, TensorSpec, float32_to_bf16
 
 Tensors = dict[str, np.ndarray]
 Axes = tuple[tuple[int, str], ...]  # (axis, dimension name)
@@ -36,7 +36,7 @@ class NamedDims:
             outputs={
                 spec.name: spec.named_axes() for spec in signature.outputs if spec.named_axes()
             },
-            pad_values={spec.name: spec.pad_value for spec in signature.inputs},
+            pad_values={spec.name: _pad_of(spec) for spec in signature.inputs},
         )
 
     def lengths(self, inputs: Tensors) -> dict[str, int]:
@@ -81,6 +81,13 @@ class NamedDims:
                     index[axis] = slice(0, lengths[dim])
             mine[name] = array[tuple(index)]
         return mine
+
+
+def _pad_of(spec: TensorSpec) -> PadValue:
+    """What padding of `spec` holds, as its array stores it: a BF16 value as its bit pattern."""
+    if spec.datatype == "BF16":
+        return int(float32_to_bf16(np.array([spec.pad_value], dtype=np.float32))[0])
+    return spec.pad_value
 
 
 def assemble(

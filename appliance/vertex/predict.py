@@ -26,7 +26,14 @@ from appliance.rest.access import AccessLogSampler
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.inference import read_body
 from appliance.rest.protocol import spelled
-from appliance.tensors import DATATYPE_TO_NUMPY, TensorSpec, bf16_to_float32, cast_in_range
+from appliance.tensors import (
+    DATATYPE_TO_NUMPY,
+    TensorSpec,
+    bf16_to_float32,
+    cast_in_range,
+    float32_to_bf16,
+    is_bf16_overflow,
+)
 
 log = structlog.get_logger("aegis.vertex")
 
@@ -69,20 +76,11 @@ def _typed(parsed: np.ndarray, datatype: str, where: str) -> np.ndarray:
     target = np.dtype(np.float32) if datatype == "BF16" else DATATYPE_TO_NUMPY[datatype]
     converted = cast_in_range(parsed, target)
     if datatype == "BF16" and converted is not None:
-        converted = _bf16_bits(converted)
+        bits = float32_to_bf16(converted)
+        converted = None if is_bf16_overflow(converted, bits) else bits
     if converted is None:
         raise InvalidInput(f"{where}: values out of range for {datatype}")
     return converted
-
-
-def _bf16_bits(values: np.ndarray) -> np.ndarray | None:
-    """float32 values as bfloat16 bit patterns, rounded to nearest even; None when one rounds
-    past bfloat16's largest (JSON numbers are finite: an all-ones exponent is an overflow)."""
-    bits = values.view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    if ((rounded & 0x7F80) == 0x7F80).any():
-        return None
-    return rounded
 
 
 def _bytes_row(value: object, where: str) -> np.ndarray:

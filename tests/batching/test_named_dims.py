@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.batching import BatchingPolicy, DynamicBatcher, NamedDims
+from appliance.batching.padding import assemble
 from appliance.errors import InvalidInput
 from appliance.tensors import Signature, TensorSpec
 
@@ -138,3 +139,15 @@ def test_a_length_past_the_largest_bucket_is_refused() -> None:
             await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_a_bf16_pad_value_pads_with_its_bit_pattern() -> None:
+    """BF16 travels as its 16-bit pattern: a pad of 1.0 must be 0x3F80, not the integer 1."""
+    signature = Signature(
+        inputs=(TensorSpec("x", "BF16", (-1, "seq"), pad_value=1.0),),
+        outputs=(TensorSpec("y", "BF16", (-1, "seq")),),
+    )
+    dims = NamedDims.of(signature, {"seq": (4, 8)})
+    request = {"x": np.full((1, 3), 0x4000, dtype=np.uint16)}  # 2.0
+    batch = assemble([request], 2, dims, {"seq": 4})
+    assert batch["x"].tolist() == [[0x4000] * 3 + [0x3F80], [0x3F80] * 4]
