@@ -39,6 +39,8 @@ from appliance.units import MiB
 
 Device = Literal["cpu", "cuda", "tpu"]
 CpuFallback = Literal["off", "unavailable", "overflow", "latency"]
+# What warmup does when padding a named dimension changes the model's outputs.
+PaddingCheck = Literal["refuse", "warn"]
 Datatype = Literal[
     "BF16", "BOOL", "BYTES", "FP16", "FP32", "FP64", "INT16", "INT32", "INT64", "INT8",
     "UINT16", "UINT32", "UINT64", "UINT8",
@@ -226,6 +228,7 @@ class ModelConfig(_Table):
     warmup_iters: NonNegativeInt = 2
     cpu_fallback: CpuFallback = "unavailable"
     dims: dict[DimName, Buckets] = Field(default_factory=dict)
+    padding_check: PaddingCheck = "refuse"
     inputs: TensorDeclarations = ()
     outputs: TensorDeclarations = ()
 

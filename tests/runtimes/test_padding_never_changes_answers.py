@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from structlog.testing import capture_logs
 
 from appliance.config import ModelConfig
 from appliance.repository import warm_up
@@ -46,12 +47,15 @@ def export_seq(module: torch.nn.Module, inputs: int, path: Path) -> Path:
     return path
 
 
-def declared(artifact: Path, names: tuple[str, ...], pad_value: float = 0.0) -> ModelConfig:
+def declared(
+    artifact: Path, names: tuple[str, ...], pad_value: float = 0.0, **fields: object
+) -> ModelConfig:
     return ModelConfig(
         model_path=str(artifact),
         max_batch_size=4,
         dims={"seq": (4, 8)},
         inputs=tuple(TensorSpec(name, "FP32", (-1, "seq"), pad_value) for name in names),
+        **fields,
     )
 
 
@@ -65,6 +69,18 @@ def test_a_model_that_averages_the_padding_does_not_come_up(tmp_path: Path) -> N
         r"to 0.5\): the model reads the padded positions",
     ):
         warm_up(runtime, (1, 2, 4), {"seq": (4, 8)}, iterations=1)
+
+
+def test_padding_check_warn_serves_the_model_and_logs_the_difference(tmp_path: Path) -> None:
+    artifact = export_seq(MeanOverSeq(), 1, tmp_path / "mean.pt2")
+    runtime = TorchRuntime(declared(artifact, ("x",), padding_check="warn"), artifact)
+    runtime.load()
+    with capture_logs() as logs:
+        warm_up(runtime, (1, 2, 4), {"seq": (4, 8)}, iterations=1)
+    [warning] = [line for line in logs if line["event"] == "padding_changes_outputs"]
+    assert warning["output"] == "output__0" and warning["dim"] == "seq"
+    assert warning["buckets"] == [4, 8] and warning["difference"] == pytest.approx(0.5)
+    assert warning["log_level"] == "warning"
 
 
 def test_a_pad_value_the_model_ignores_lets_it_come_up(tmp_path: Path) -> None:
