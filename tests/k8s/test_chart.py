@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import pytest
 import tomllib
 
+from appliance.config.runtime_table import runtime_names
+from appliance.config.schema import CpuFallback, Device, PaddingCheck
 from tests.k8s.helm import (
+    CHART,
     KUBE_VERSIONS,
     RenderError,
     ci_values,
@@ -229,3 +233,17 @@ def test_chips_follow_the_topology() -> None:
         }
         limits = container(objects(render(values)))["resources"]["limits"]
         assert limits["google.com/tpu"] == chips == math.prod(map(int, topology.split("x")))
+
+
+def test_the_values_schema_takes_every_value_the_config_takes() -> None:
+    """A [[models]] key the chart lists by its values takes the same values as aegis.toml:
+    a value the appliance serves must not fail at install, nor one it refuses pass."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    model = schema["properties"]["models"]["items"]["properties"]
+    config = {
+        "runtime": set(runtime_names()),
+        "device": set(get_args(Device)),
+        "cpu_fallback": set(get_args(CpuFallback)),
+        "padding_check": set(get_args(PaddingCheck)),
+    }
+    assert {key: set(model[key]["enum"]) for key in config} == config
