@@ -73,7 +73,8 @@ def assert_the_readme_reply_is_the_demos(server: ServerProcess) -> None:
     assert reply.status == 200, reply
     got = reply.json()["outputs"][0]["data"]
     want = json.loads(printed)["outputs"][0]["data"]
-    np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-8)
+    # float32 sums in another order: 6e-7 apart on an AMD EPYC against the README's digits.
+    np.testing.assert_allclose(got, want, rtol=5e-6, atol=1e-7)
 
 
 def test_version_prints_the_package_version() -> None:
