@@ -52,7 +52,12 @@ def _element(datatype: str) -> dict[str, Any] | None:
         return None
     dtype = DATATYPE_TO_NUMPY[datatype]
     if dtype.kind == "f":
-        return {"type": "number"}
+        if dtype.itemsize == 8:
+            return {"type": "number"}  # a JSON number past float64 does not parse
+        # Past half a step above the largest finite value, the cast would round to infinity.
+        largest = np.finfo(dtype).max
+        limit = float(largest) + float(largest - np.nextafter(largest, dtype.type(0))) / 2
+        return {"type": "number", "exclusiveMinimum": -limit, "exclusiveMaximum": limit}
     info = np.iinfo(dtype)
     return {"type": "integer", "minimum": int(info.min), "maximum": int(info.max)}
 
@@ -116,8 +121,23 @@ def _request_schema(model: ServedModel) -> dict[str, Any]:
             "outputs": {
                 "type": ["array", "null"],
                 "items": {"anyOf": [_requested_output(spec) for spec in model.signature.outputs]},
+                # Each output at most once: a second entry would be refused (which hints hold?).
+                "maxItems": len(model.signature.outputs),
+                "allOf": [_at_most_once(spec.name) for spec in model.signature.outputs],
             },
         },
+    }
+
+
+def _at_most_once(name: str) -> dict[str, Any]:
+    return {
+        "contains": {
+            "type": "object",
+            "properties": {"name": {"const": name}},
+            "required": ["name"],
+        },
+        "minContains": 0,
+        "maxContains": 1,
     }
 
 
