@@ -103,20 +103,17 @@ def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
 
 def float32_to_bf16(values: np.ndarray) -> np.ndarray:
     """float32 values as BF16 bit patterns, rounded to nearest even: a finite value past
-    bfloat16's largest rounds to infinity (check `is_bf16_overflow` where that matters)."""
+    bfloat16's largest rounds to infinity (`cast_in_range` refuses it instead)."""
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-def is_bf16_overflow(values: np.ndarray, bits: np.ndarray) -> bool:
-    """Whether a finite value among `values` became infinite as the BF16 `bits`."""
-    return bool((((bits & 0x7F80) == 0x7F80) & np.isfinite(values)).any())
-
-
-def cast_in_range(values: np.ndarray, target: np.dtype) -> np.ndarray | None:
-    """`values` as `target`, or None when one of them does not fit it: an integer past the
-    type's range (numpy would wrap it), or a finite number past the largest of a float type
-    (numpy would make it infinite, and the model would compute with a value nobody sent)."""
+def cast_in_range(values: np.ndarray, datatype: str) -> np.ndarray | None:
+    """`values` as `datatype`'s array (BF16 as its bit patterns), or None when one of them does
+    not fit it: an integer past the type's range (numpy would wrap it), or a finite number past
+    the largest of a float type (numpy would make it infinite, and the model would compute with
+    a value nobody sent)."""
+    target = np.dtype(np.float32) if datatype == "BF16" else DATATYPE_TO_NUMPY[datatype]
     try:
         with np.errstate(over="raise"):
             converted = values.astype(target, copy=False)
@@ -124,7 +121,13 @@ def cast_in_range(values: np.ndarray, target: np.dtype) -> np.ndarray | None:
         return None
     if target.kind in "iu" and values.size and not np.array_equal(converted, values):
         return None
-    return converted
+    if datatype != "BF16":
+        return converted
+    bits = float32_to_bf16(converted)
+    # An all-ones exponent where the value was finite: it rounded past bfloat16's largest.
+    if (((bits & 0x7F80) == 0x7F80) & np.isfinite(converted)).any():
+        return None
+    return bits
 
 
 def stray_bool_byte(array: np.ndarray) -> int | None:

@@ -31,8 +31,6 @@ from appliance.config.errors import ConfigError, broken_rule, config_error, inva
 from appliance.tensors import (
     TensorSpec,
     cast_in_range,
-    float32_to_bf16,
-    is_bf16_overflow,
     numpy_dtype,
 )
 from appliance.units import MiB
@@ -152,7 +150,7 @@ class TensorDeclaration(_Table):
                 raise broken_rule(
                     "pad_value", f"{value} does not fit {datatype} ({info.min} .. {info.max})"
                 )
-        elif not _float_fits(float(value), datatype):
+        elif cast_in_range(np.array([float(value)]), datatype) is None:
             # inf and -inf are values to pad with (a max that padding must not win); a finite
             # number past the type's largest would silently pad with infinity.
             raise broken_rule("pad_value", f"{value} does not fit {datatype}")
@@ -161,15 +159,6 @@ class TensorDeclaration(_Table):
     @property
     def spec(self) -> TensorSpec:
         return TensorSpec(self.name, self.datatype, self.shape, self.pad_value)
-
-
-def _float_fits(value: float, datatype: str) -> bool:
-    as_float32 = datatype == "BF16"
-    target = np.dtype(np.float32) if as_float32 else numpy_dtype(datatype)
-    converted = cast_in_range(np.array([value]), target)
-    if converted is None:
-        return False
-    return not (as_float32 and is_bf16_overflow(converted, float32_to_bf16(converted)))
 
 
 def _declarations(value: object) -> object:

@@ -127,9 +127,8 @@ def _typed_tensor(
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array.reshape(shape)
-    target = _little_endian(datatype)
     wide = np.array(values, dtype=_little_endian(wire))
-    converted = cast_in_range(wide, target)
+    converted = cast_in_range(wide, datatype)
     if converted is None:
         raise InvalidInput(f"{where}: {field} has values out of range for {datatype}")
     return converted.reshape(shape)

@@ -122,7 +122,7 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
         # Whole numbers spelled as floats (3.0), perhaps beside integers a float cannot hold:
         # numpy made them all floats, so read each value exactly from the JSON instead.
         return _whole_numbers(np.array(data, dtype=object), target, datatype, where).reshape(shape)
-    converted = cast_in_range(parsed, target)
+    converted = cast_in_range(parsed, datatype)
     if converted is None:
         raise InvalidInput(f"{where}: 'data' has values out of range for {datatype}")
     return converted.reshape(shape)
@@ -156,7 +156,7 @@ def _floats_spelled(data: object, target: np.dtype, datatype: str, where: str) -
         else:
             raise InvalidInput(f"{where}: 'data' mixes true/false or null with numbers")
     # Infinity as spelled passes; a number the type cannot hold does not become one.
-    converted = cast_in_range(floats, target)
+    converted = cast_in_range(floats, datatype)
     if converted is None:
         raise InvalidInput(f"{where}: 'data' has values out of range for {datatype}")
     return converted

@@ -27,12 +27,9 @@ from appliance.rest.errors import HTTPFailure, error_response, failure_response,
 from appliance.rest.inference import read_body
 from appliance.rest.protocol import spelled
 from appliance.tensors import (
-    DATATYPE_TO_NUMPY,
     TensorSpec,
     bf16_to_float32,
     cast_in_range,
-    float32_to_bf16,
-    is_bf16_overflow,
 )
 
 log = structlog.get_logger("aegis.vertex")
@@ -73,11 +70,7 @@ def _typed(parsed: np.ndarray, datatype: str, where: str) -> np.ndarray:
     if parsed.size and parsed.dtype.kind not in accepted:
         kind = "integers" if accepted == _INT_KINDS else "numbers"
         raise InvalidInput(f"{where}: {datatype} values are {kind}")
-    target = np.dtype(np.float32) if datatype == "BF16" else DATATYPE_TO_NUMPY[datatype]
-    converted = cast_in_range(parsed, target)
-    if datatype == "BF16" and converted is not None:
-        bits = float32_to_bf16(converted)
-        converted = None if is_bf16_overflow(converted, bits) else bits
+    converted = cast_in_range(parsed, datatype)
     if converted is None:
         raise InvalidInput(f"{where}: values out of range for {datatype}")
     return converted
