@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from appliance.errors import InvalidInput
+
 # BF16 has no numpy dtype: it travels as its raw 16-bit pattern; only the runtime reinterprets it.
 DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -130,18 +132,18 @@ def cast_in_range(values: np.ndarray, datatype: str) -> np.ndarray | None:
     return bits
 
 
-def stray_bool_byte(array: np.ndarray) -> int | None:
-    """The first byte other than 0 or 1 in a BOOL array read from raw bytes, if any.
+def check_bool_bytes(array: np.ndarray, where: str) -> None:
+    """InvalidInput naming `where` and the byte when a BOOL array read from raw bytes holds a
+    byte other than 0 or 1.
 
     numpy and torch read any nonzero byte as true, but runtimes that work on the byte do not:
     onnxruntime's Not of byte 2 is 3 (true again) and its Cast to INT32 is 2.
     """
     if array.size == 0:
-        return None
+        return
     raw = array.reshape(-1).view(np.uint8)
-    if int(raw.max()) <= 1:
-        return None
-    return int(raw[raw > 1][0])
+    if int(raw.max()) > 1:
+        raise InvalidInput(f"{where}: BOOL elements are bytes 0 or 1, found {raw[raw > 1][0]}")
 
 
 def shape_matches(spec_shape: tuple[Dim, ...], shape: tuple[int, ...]) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 from appliance.dataplane import InferRequest, InferResponse, RequestedOutput
 from appliance.errors import InvalidInput
 from appliance.grpc.proto import inference_pb2 as pb
-from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range, stray_bool_byte
+from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range, check_bool_bytes
 
 # Parameters refused on a request, an input or an output, as over HTTP.
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
@@ -83,8 +83,8 @@ def _raw_tensor(raw: bytes, datatype: str, shape: tuple[int, ...], where: str) -
             f"raw_input_contents has {len(raw)}"
         )
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    if datatype == "BOOL" and (stray := stray_bool_byte(array)) is not None:
-        raise InvalidInput(f"{where}: BOOL elements are bytes 0 or 1, found {stray}")
+    if datatype == "BOOL":
+        check_bool_bytes(array, where)
     return array
 
 

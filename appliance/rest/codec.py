@@ -17,7 +17,7 @@ import orjson
 from appliance.dataplane.types import InferRequest, OutputTensor, RequestedOutput
 from appliance.errors import InvalidInput
 from appliance.rest.protocol import RESERVED_PARAMETERS, SPELLED_FLOATS, spelled
-from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range, stray_bool_byte
+from appliance.tensors import DATATYPE_TO_NUMPY, cast_in_range, check_bool_bytes
 
 # JSON data of these datatypes must parse to one of these numpy kinds. JSON has one number type:
 # 3.0 is the integer 3 (as JSON Schema says), so integer tensors take whole-valued floats too.
@@ -200,8 +200,8 @@ def _binary_tensor(
             f"binary_data_size is {chunk.nbytes}"
         )
     array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
-    if datatype == "BOOL" and (stray := stray_bool_byte(array)) is not None:
-        raise InvalidInput(f"{where}: BOOL elements are bytes 0 or 1, found {stray}")
+    if datatype == "BOOL":
+        check_bool_bytes(array, where)
     return array
 
 
