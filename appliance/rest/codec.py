@@ -72,7 +72,7 @@ def _shape(value: object, where: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _holds_bool(data: object, depth: int) -> bool:
+def holds_bool(data: object, depth: int) -> bool:
     """Whether `data`, lists nested `depth` deep as numpy read them, holds a JSON true or false.
 
     numpy reads [false, 2.5] as [0.0, 2.5], so the booleans can only be found in the JSON values.
@@ -116,7 +116,7 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
         return _floats_spelled(data, target, datatype, where).reshape(shape)
     if parsed.size and parsed.dtype.kind not in _ACCEPTED_KINDS[target.kind]:
         raise InvalidInput(f"{where}: 'data' holds {_kind_name(parsed)}, not {datatype} values")
-    if parsed.size and target.kind != "b" and _holds_bool(data, parsed.ndim):
+    if parsed.size and target.kind != "b" and holds_bool(data, parsed.ndim):
         raise InvalidInput(f"{where}: 'data' mixes true/false with numbers")
     if target.kind in "iu" and parsed.dtype.kind == "f":
         # Whole numbers spelled as floats (3.0), perhaps beside integers a float cannot hold:

@@ -21,10 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from appliance.dataplane import DataPlane, InferRequest, OutputTensor
-from appliance.errors import InferenceError, InvalidInput
+from appliance.errors import InferenceError, InvalidInput, QueueFull
 from appliance.rest.access import AccessLogSampler
+from appliance.rest.codec import holds_bool
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
-from appliance.rest.inference import read_body
+from appliance.rest.inference import read_body, read_raw_body
+from appliance.rest.pacing import OverloadPacing
 from appliance.rest.protocol import spelled
 from appliance.tensors import (
     TensorSpec,
@@ -48,7 +50,7 @@ def _row(value: object, spec: TensorSpec, where: str) -> np.ndarray:
             parsed = np.asarray(value)
         except (ValueError, TypeError):
             raise InvalidInput(f"{where}: not a rectangular array of numbers") from None
-        array = _typed(parsed, spec.datatype, where)
+        array = _typed(value, parsed, spec.datatype, where)
     row_shape = spec.shape[1:]
     if len(array.shape) != len(row_shape) or any(
         isinstance(want, int) and want != -1 and want != got
@@ -61,7 +63,8 @@ def _row(value: object, spec: TensorSpec, where: str) -> np.ndarray:
     return array
 
 
-def _typed(parsed: np.ndarray, datatype: str, where: str) -> np.ndarray:
+def _typed(value: object, parsed: np.ndarray, datatype: str, where: str) -> np.ndarray:
+    """`parsed` (numpy's reading of the JSON `value`) as `datatype`, or InvalidInput."""
     if datatype == "BOOL":
         if parsed.size and parsed.dtype.kind != "b":
             raise InvalidInput(f"{where}: BOOL values are true or false")
@@ -70,6 +73,9 @@ def _typed(parsed: np.ndarray, datatype: str, where: str) -> np.ndarray:
     if parsed.size and parsed.dtype.kind not in accepted:
         kind = "integers" if accepted == _INT_KINDS else "numbers"
         raise InvalidInput(f"{where}: {datatype} values are {kind}")
+    if parsed.size and holds_bool(value, parsed.ndim):
+        # numpy reads [0.5, true] as [0.5, 1.0]: a value the client did not send.
+        raise InvalidInput(f"{where}: mixes true/false with {datatype} numbers")
     converted = cast_in_range(parsed, datatype)
     if converted is None:
         raise InvalidInput(f"{where}: values out of range for {datatype}")
@@ -195,11 +201,15 @@ class PredictEndpoint:
         model_name: str,
         max_request_bytes: int,
         access_log: AccessLogSampler,
+        pacing: OverloadPacing,
     ) -> None:
+        """`pacing`: the V2 door's, so that a refusal here lengthens Retry-After as one there
+        does, and one there lengthens it here."""
         self.plane = plane
         self.model_name = model_name
         self.max_request_bytes = max_request_bytes
         self.access_log = access_log
+        self.pacing = pacing
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -208,8 +218,14 @@ class PredictEndpoint:
         fields: dict[str, object] = {}
         try:
             model = self.plane.model(self.model_name)
-            model.check_room()
             headers = {name: value for name, value in request.headers.raw}
+            try:
+                model.check_room()
+            except QueueFull as error:
+                # Read, not decoded: a body left unread would close the keep-alive connection.
+                await read_raw_body(request.receive, headers, self.max_request_bytes)
+                error.retry_after_s = self.pacing.refused()
+                raise
             body = await read_body(request.receive, headers, self.max_request_bytes)
             try:
                 document = orjson.loads(body)
@@ -229,7 +245,11 @@ class PredictEndpoint:
                 datatypes=datatypes,
                 parameters=parameters,
             )
-            response = await self.plane.infer(infer, model)
+            try:
+                response = await self.plane.infer(infer, model)
+            except QueueFull as error:
+                error.retry_after_s = self.pacing.refused()
+                raise
             count = len(document["instances"])
             fields = {"instances": count, "batch_size": response.batch_size}
             payload = {"predictions": predictions(response.outputs, count)}

@@ -36,3 +36,20 @@ def test_the_largest_values_each_datatype_holds_are_taken_as_sent() -> None:
     bf16 = decode_instances([[3.3895e38, 1.0]], one_input("BF16"))["x"]
     widened = (bf16.astype(np.uint32) << 16).view(np.float32)
     assert widened[0, 1] == 1.0 and np.isfinite(widened).all() and widened[0, 0] > 3.38e38
+
+
+@pytest.mark.parametrize(
+    ("datatype", "row", "ones"),
+    [
+        ("FP32", [0.5, True], [1, 1]),
+        ("INT64", [False, 3], [1, 1]),
+        ("FP16", [[1.0], [True]], [[1], [1]]),
+    ],
+)
+def test_true_or_false_among_numbers_is_refused_not_read_as_one_or_zero(
+    datatype: str, row: list[object], ones: list[object]
+) -> None:
+    spec = (TensorSpec("x", datatype, (-1, *np.asarray(ones).shape)),)
+    message = f"instance 1: input 'x': mixes true/false with {datatype}"
+    with pytest.raises(InvalidInput, match=message):
+        decode_instances([ones, row], spec)
