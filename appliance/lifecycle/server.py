@@ -154,7 +154,7 @@ class Appliance:
         self.plane = context.plane
         self._pacing = context.pacing
         self.app: ASGIApp = create_app(
-            context, lifespan=self._lifespan, extra_routes=self._vertex_routes(sampler)
+            context, lifespan=self._lifespan, extra_routes=self._vertex_routes(context)
         )
         self.grpc_context = GrpcContext(
             self.plane,
@@ -164,7 +164,7 @@ class Appliance:
             access_log=sampler,
         )
 
-    def _vertex_routes(self, sampler: AccessLogSampler) -> list[Route]:
+    def _vertex_routes(self, context: AppContext) -> list[Route]:
         """Vertex AI's health and predict routes, when it runs this container
         (`AIP_MODE=PREDICTION`)."""
         vertex = VertexSettings.from_environment()
@@ -172,7 +172,7 @@ class Appliance:
             return []
         model = predict_model(self.config)
         limit = self.config.server.max_request_bytes
-        predict = PredictEndpoint(self.plane, model, limit, sampler)
+        predict = PredictEndpoint(self.plane, model, limit, context.access_log, context.pacing)
         return [
             Route(vertex.health_route, health.ready, methods=["GET"]),
             Route(vertex.predict_route, predict.handle, methods=["POST"]),

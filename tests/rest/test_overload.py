@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import ServerFactory
-from tests.support.http import call
+from tests.support.http import call, free_port
 from tests.support.load import (
     ONE_THREAD,
     computing,
@@ -27,13 +27,18 @@ Background = tuple[threading.Thread, list[tuple[int, dict[str, str], bytes]]]
 
 
 def a_full_queue(
-    serve: ServerFactory, artifacts: dict[str, Path], batch_s: float
+    serve: ServerFactory,
+    artifacts: dict[str, Path],
+    batch_s: float,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> tuple[ServerProcess, Background, Background]:
     """A server whose Slow model runs a batch of about `batch_s` with one more request queued
     behind it (`max_queue_size = 1`): the next request finds the queue full."""
     server = serve(
         slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"]),
-        env=ONE_THREAD,
+        env={**ONE_THREAD, **(env or {})},
+        port=port,
     )
     rounds = rounds_for(server, batch_s)
     running = in_background(server, slow_body(rounds))
@@ -146,5 +151,28 @@ def test_refusals_from_an_engine_behind_front_ends_are_paced_like_those_at_the_d
         announced[request_id] = (time.monotonic(), reply.headers["retry-after"])
         time.sleep(0.05)
     assert all(int(retry) >= 2 for each in seen.values() for retry in late(each)), seen
+    running.join(120)
+    queued.join(120)
+
+
+def test_refusals_on_vertex_predict_are_paced_like_those_at_the_v2_door(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
+    port = free_port()
+    vertex = {"AIP_MODE": "PREDICTION", "AIP_HTTP_PORT": str(port), "AIP_PREDICT_ROUTE": "/predict"}
+    server, (running, _), (queued, _) = a_full_queue(serve, artifacts, 6.0, vertex, port)
+    body = json.dumps({"instances": [[1.0]]}).encode()
+    announced: list[str] = []
+    while running.is_alive() and len(announced) < 200 and "2" not in announced:
+        reply = call(server, "POST", "/predict", body)
+        assert reply.status == 503, reply
+        announced.append(reply.headers["retry-after"])
+        time.sleep(0.05)
+    assert running.is_alive(), "the long batch ended before the refusals went on for a second"
+    assert announced[0] == "1" and announced[-1] == "2", announced
+    # The V2 door and the predict route share one pacing: the next V2 refusal says 2 as well.
+    status, headers, _ = post_slow(server, slow_body(1))
+    assert running.is_alive(), "the long batch ended before the V2 refusal"
+    assert (status, headers["retry-after"]) == (503, "2")
     running.join(120)
     queued.join(120)
