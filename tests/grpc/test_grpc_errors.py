@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.config import model_table, server_config, tensor_table
 from tests.support.http import get_text
-from tests.support.load import rounds_under_load, slow_model
+from tests.support.load import ONE_THREAD, rounds_for, slow_model
 from tests.support.models import Mlp
 from tests.support.server import ServerProcess, running_server
 from tests.support.waiting import wait_for
@@ -51,7 +51,8 @@ def server(
         + tensor_table("outputs", "y", "FP32", [-1, 4])
     )
     text = server_config(workdir, models, "max_request_bytes = 65536")
-    with running_server(text, workdir) as server:
+    # One torch thread: the Slow model's CPU time is its time on the wall (`rounds_for`).
+    with running_server(text, workdir, ONE_THREAD) as server:
         yield server
 
 
@@ -186,7 +187,7 @@ CANCELLED = (
 
 def test_a_1ms_deadline_is_deadline_exceeded(clients: Clients, server: ServerProcess) -> None:
     grpc_client, _ = clients
-    rounds = rounds_under_load(server, 1.0)
+    rounds = rounds_for(server, 1.0)
     with pytest.raises(InferenceServerException) as raised:
         grpc_client.infer("slow", [slow_input(rounds)], client_timeout=0.001)
     assert raised.value.status() == "StatusCode.DEADLINE_EXCEEDED"
@@ -198,7 +199,7 @@ def test_the_timeout_parameter_is_the_servers_deadline(
     """A request still queued when its `timeout` passes gets HTTP's 504 message, as
     DEADLINE_EXCEEDED."""
     grpc_client, _ = clients
-    rounds = rounds_under_load(server, 1.0)
+    rounds = rounds_for(server, 1.0)
     answers: Answers = queue.Queue()
     for request_id in ("busy", "next"):
         grpc_client.async_infer("slow", [slow_input(rounds)], collect_by_id(answers, request_id))
@@ -215,7 +216,7 @@ def test_the_timeout_parameter_is_the_servers_deadline(
 
 def test_a_cancelled_stream_leaves_nothing_queued(clients: Clients, server: ServerProcess) -> None:
     grpc_client, _ = clients
-    rounds = rounds_under_load(server, 3.0)
+    rounds = rounds_for(server, 3.0)
     batches = metric(server, BATCHES)
     computed = metric(server, COMPUTED)
     cancelled = metric(server, CANCELLED)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from pathlib import Path
 
 from tests.support.config import model_table, tensor_table
@@ -112,16 +111,3 @@ def rounds_for(server: ServerProcess, seconds: float, model: str = "slow") -> in
     while (spent := cpu_of(rounds) - cpu_of(1)) < CALIBRATION_CPU_S and rounds < 2**20:
         rounds *= 4
     return max(int(seconds * rounds / max(spent, 1e-3)), 1)
-
-
-def rounds_under_load(server: ServerProcess, seconds: float) -> int:
-    """Matmul rounds of the Slow model that take about `seconds` under the machine's present load:
-    the second of two 300-round requests, HTTP included (the first pays for TorchScript's
-    optimizing runs), and at least 300. `rounds_for` counts CPU time instead, so its requests
-    err long on a busy machine."""
-    for _ in range(2):
-        started = time.perf_counter()
-        status, _, _ = post_slow(server, slow_body(300))
-        assert status == 200
-        per_round = (time.perf_counter() - started) / 300
-    return max(300, int(seconds / max(per_round, 1e-6)))
