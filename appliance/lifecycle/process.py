@@ -6,12 +6,13 @@ whole process for serving is decided once, by the process that serves.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import sys
 from typing import NoReturn
 
-from appliance.logs import finish_output
+from appliance.logs import finish_output, flush_after_each_turn
 
 # The longest a worker thread waits for the GIL while the event loop holds it (CPython: 5 ms).
 SWITCH_INTERVAL_S = 0.001
@@ -20,9 +21,11 @@ YOUNG_GENERATION_THRESHOLD = 10_000
 
 
 def tune_for_serving() -> None:
-    """The settings below, for a process that serves requests."""
+    """The settings below, for a process that serves requests; called on its event loop."""
     shorten_switch_interval()
     collect_young_objects_less_often()
+    # A log line per request, flushed once per turn of the loop rather than once per line.
+    flush_after_each_turn(asyncio.get_running_loop())
 
 
 def shorten_switch_interval() -> None:
