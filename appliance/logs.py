@@ -5,6 +5,9 @@ warnings (numpy's among them) go through the same pipeline, and for the serving 
 whatever native code writes to the process's stdout and stderr (torch's C++ warnings,
 onnxruntime's and XLA's own logging): every line on the stream is a JSON object.
 
+Lines written on a serving process's event loop (the access lines among them) are flushed once
+per turn of the loop, the rest at once (`LineWriter`).
+
 When the stream is the journal, each line starts with its syslog priority (`<6>` for info,
 sd-daemon(3)): journald files it at that level and rate-limits each level apart, so a flood of
 per-request info lines cannot push a warning or an error out.
