@@ -18,7 +18,7 @@ import grpc
 import structlog
 
 from appliance.dataplane import DataPlane
-from appliance.errors import InferenceError, ModelNotReady
+from appliance.errors import InferenceError, ModelNotReady, QueueFull
 from appliance.grpc.access import Outcome, record
 from appliance.grpc.codec import decode_request, encode_response
 from appliance.grpc.errors import RpcFailure, status_of
@@ -27,6 +27,7 @@ from appliance.grpc.proto import inference_pb2_grpc as pb_grpc
 from appliance.grpc.statistics import model_statistics, statistics
 from appliance.metrics import Metrics
 from appliance.rest.access import AccessLogSampler, request_id_of
+from appliance.rest.pacing import OverloadPacing
 
 log = structlog.get_logger("aegis.grpc")
 
@@ -49,6 +50,8 @@ class GrpcContext:
     control: RepositoryControl | None
     admin_token: str | None
     access_log: AccessLogSampler = field(default_factory=AccessLogSampler)
+    # The HTTP door's, so that refusals on either lengthen the wait both announce.
+    pacing: OverloadPacing = field(default_factory=OverloadPacing)
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -58,9 +61,17 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
+# gRPC's server pushback (the retry design, A6): a client whose retry policy covers UNAVAILABLE
+# waits this many milliseconds before it tries again, as an HTTP client waits Retry-After.
+PUSHBACK = "grpc-retry-pushback-ms"
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: InferenceError | RpcFailure) -> None:
     code, message = status_of(error)
-    await context.abort(code, message)
+    pushback: tuple[tuple[str, str], ...] = ()
+    if isinstance(error, QueueFull):
+        pushback = ((PUSHBACK, str(error.retry_after_s * 1000)),)
+    await context.abort(code, message, pushback)
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
@@ -217,14 +228,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             model = outcome.model = self.plane.model(
                 message.model_name, message.model_version or None
             )
-            model.check_room()
-            request = decode_request(message)
-            remaining = context.time_remaining()
-            if remaining is not None:
-                # The client's deadline is the request's (the tighter of it and `timeout`).
-                deadline_us = max(int(remaining * 1_000_000), 1)
-                request.timeout_us = min(request.timeout_us or deadline_us, deadline_us)
-            response = await self.plane.infer(request, model)
+            try:
+                model.check_room()
+                request = decode_request(message)
+                remaining = context.time_remaining()
+                if remaining is not None:
+                    # The client's deadline is the request's (the tighter of it and `timeout`).
+                    deadline_us = max(int(remaining * 1_000_000), 1)
+                    request.timeout_us = min(request.timeout_us or deadline_us, deadline_us)
+                response = await self.plane.infer(request, model)
+            except QueueFull as error:
+                # At the door or behind it, paced as the HTTP door paces its refusals.
+                error.retry_after_s = self.shared.pacing.refused()
+                raise
             outcome.fields = {
                 "batch_size": response.batch_size,
                 "batch": response.batch,

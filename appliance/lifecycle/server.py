@@ -162,6 +162,7 @@ class Appliance:
             control,
             admin_token,
             access_log=sampler,
+            pacing=context.pacing,
         )
 
     def _vertex_routes(self, context: AppContext) -> list[Route]:

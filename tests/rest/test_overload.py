@@ -7,6 +7,10 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
+
+from appliance.grpc.proto import inference_pb2 as pb
+from appliance.grpc.proto import inference_pb2_grpc as pb_grpc
 from tests.conftest import ServerFactory
 from tests.support.http import call, free_port
 from tests.support.load import (
@@ -173,6 +177,37 @@ def test_refusals_on_vertex_predict_are_paced_like_those_at_the_v2_door(
     # The V2 door and the predict route share one pacing: the next V2 refusal says 2 as well.
     status, headers, _ = post_slow(server, slow_body(1))
     assert running.is_alive(), "the long batch ended before the V2 refusal"
+    assert (status, headers["retry-after"]) == (503, "2")
+    running.join(120)
+    queued.join(120)
+
+
+def test_refusals_over_grpc_carry_a_pushback_paced_like_the_v2_doors_retry_after(
+    serve: ServerFactory, artifacts: dict[str, Path]
+) -> None:
+    server, (running, _), (queued, _) = a_full_queue(serve, artifacts, 6.0)
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="x", datatype="FP32", shape=[1, 1], contents=pb.InferTensorContents(fp32_contents=[1])
+    )
+    request = pb.ModelInferRequest(model_name="slow", inputs=[tensor])
+    pushbacks: list[str] = []
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        while running.is_alive() and len(pushbacks) < 200 and "2000" not in pushbacks:
+            try:
+                infer(request, timeout=30)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                trailing = dict(error.trailing_metadata())
+                pushbacks.append(trailing["grpc-retry-pushback-ms"])
+            else:
+                raise AssertionError("a request was served while the queue was full")
+            time.sleep(0.05)
+    assert running.is_alive(), "the long batch ended before the refusals went on for a second"
+    assert pushbacks[0] == "1000" and pushbacks[-1] == "2000", pushbacks
+    # One pacing for both doors: the next HTTP refusal announces the same wait.
+    status, headers, _ = post_slow(server, slow_body(1))
+    assert running.is_alive(), "the long batch ended before the HTTP refusal"
     assert (status, headers["retry-after"]) == (503, "2")
     running.join(120)
     queued.join(120)
