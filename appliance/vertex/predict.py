@@ -221,10 +221,9 @@ class PredictEndpoint:
             headers = {name: value for name, value in request.headers.raw}
             try:
                 model.check_room()
-            except QueueFull as error:
+            except QueueFull:
                 # Read, not decoded: a body left unread would close the keep-alive connection.
                 await read_raw_body(request.receive, headers, self.max_request_bytes)
-                error.retry_after_s = self.pacing.refused()
                 raise
             body = await read_body(request.receive, headers, self.max_request_bytes)
             try:
@@ -245,11 +244,7 @@ class PredictEndpoint:
                 datatypes=datatypes,
                 parameters=parameters,
             )
-            try:
-                response = await self.plane.infer(infer, model)
-            except QueueFull as error:
-                error.retry_after_s = self.pacing.refused()
-                raise
+            response = await self.plane.infer(infer, model)
             count = len(document["instances"])
             fields = {"instances": count, "batch_size": response.batch_size}
             payload = {"predictions": predictions(response.outputs, count)}
@@ -258,6 +253,9 @@ class PredictEndpoint:
                 media_type="application/json",
             )
         except InferenceError as error:
+            if isinstance(error, QueueFull):
+                # At the door or behind it, paced as the V2 door paces its refusals.
+                error.retry_after_s = self.pacing.refused()
             status = status_of(error)
             fields = {"error": str(error)}
             return failure_response(error)
