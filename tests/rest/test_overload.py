@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -55,6 +56,32 @@ def a_full_queue(
     return server, running, queued
 
 
+def refused_until_doubled(
+    refuse: Callable[[], str], running: threading.Thread, first: str, doubled: str
+) -> None:
+    """Call `refuse` (one refused request; the wait it announced) every 50 ms while the long batch
+    runs, until the announced wait goes from `first` to `doubled`."""
+    announced: list[str] = []
+    while running.is_alive() and len(announced) < 200 and doubled not in announced:
+        announced.append(refuse())
+        time.sleep(0.05)
+    assert running.is_alive(), "the long batch ended before the refusals went on for a second"
+    assert announced[0] == first and announced[-1] == doubled, announced
+
+
+def v2_refusal(server: ServerProcess) -> tuple[int, str | None]:
+    """The status of a request at the V2 door, and the Retry-After it announced."""
+    status, headers, _ = post_slow(server, slow_body(1))
+    return status, headers.get("retry-after")
+
+
+def v2_retry_after(server: ServerProcess) -> str:
+    """The Retry-After of a refusal at the V2 door."""
+    status, retry_after = v2_refusal(server)
+    assert status == 503 and retry_after is not None
+    return retry_after
+
+
 def test_full_queue_is_refused_at_once_with_retry_after(
     serve: ServerFactory, artifacts: dict[str, Path]
 ) -> None:
@@ -95,14 +122,7 @@ def test_refusals_that_go_on_announce_a_longer_retry_after(
     serve: ServerFactory, artifacts: dict[str, Path]
 ) -> None:
     server, (running, _), (queued, _) = a_full_queue(serve, artifacts, 6.0)
-    announced: list[str] = []
-    while running.is_alive() and len(announced) < 200 and "2" not in announced:
-        status, headers, _ = post_slow(server, slow_body(1))
-        assert status == 503
-        announced.append(headers["retry-after"])
-        time.sleep(0.05)
-    assert running.is_alive(), "the long batch ended before the refusals went on for a second"
-    assert announced[0] == "1" and announced[-1] == "2", announced
+    refused_until_doubled(lambda: v2_retry_after(server), running, "1", "2")
     running.join(120)
     queued.join(120)
 
@@ -166,18 +186,17 @@ def test_refusals_on_vertex_predict_are_paced_like_those_at_the_v2_door(
     vertex = {"AIP_MODE": "PREDICTION", "AIP_HTTP_PORT": str(port), "AIP_PREDICT_ROUTE": "/predict"}
     server, (running, _), (queued, _) = a_full_queue(serve, artifacts, 6.0, vertex, port)
     body = json.dumps({"instances": [[1.0]]}).encode()
-    announced: list[str] = []
-    while running.is_alive() and len(announced) < 200 and "2" not in announced:
+
+    def predict_retry_after() -> str:
         reply = call(server, "POST", "/predict", body)
         assert reply.status == 503, reply
-        announced.append(reply.headers["retry-after"])
-        time.sleep(0.05)
-    assert running.is_alive(), "the long batch ended before the refusals went on for a second"
-    assert announced[0] == "1" and announced[-1] == "2", announced
+        return reply.headers["retry-after"]
+
+    refused_until_doubled(predict_retry_after, running, "1", "2")
     # The V2 door and the predict route share one pacing: the next V2 refusal says 2 as well.
-    status, headers, _ = post_slow(server, slow_body(1))
+    refusal = v2_refusal(server)
     assert running.is_alive(), "the long batch ended before the V2 refusal"
-    assert (status, headers["retry-after"]) == (503, "2")
+    assert refusal == (503, "2")
     running.join(120)
     queued.join(120)
 
@@ -190,24 +209,21 @@ def test_refusals_over_grpc_carry_a_pushback_paced_like_the_v2_doors_retry_after
         name="x", datatype="FP32", shape=[1, 1], contents=pb.InferTensorContents(fp32_contents=[1])
     )
     request = pb.ModelInferRequest(model_name="slow", inputs=[tensor])
-    pushbacks: list[str] = []
     with grpc.insecure_channel(server.grpc_address) as channel:
         infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
-        while running.is_alive() and len(pushbacks) < 200 and "2000" not in pushbacks:
+
+        def pushback() -> str:
             try:
                 infer(request, timeout=30)
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.UNAVAILABLE, error
-                trailing = dict(error.trailing_metadata())
-                pushbacks.append(trailing["grpc-retry-pushback-ms"])
-            else:
-                raise AssertionError("a request was served while the queue was full")
-            time.sleep(0.05)
-    assert running.is_alive(), "the long batch ended before the refusals went on for a second"
-    assert pushbacks[0] == "1000" and pushbacks[-1] == "2000", pushbacks
+                return str(dict(error.trailing_metadata())["grpc-retry-pushback-ms"])
+            raise AssertionError("a request was served while the queue was full")
+
+        refused_until_doubled(pushback, running, "1000", "2000")
     # One pacing for both doors: the next HTTP refusal announces the same wait.
-    status, headers, _ = post_slow(server, slow_body(1))
+    refusal = v2_refusal(server)
     assert running.is_alive(), "the long batch ended before the HTTP refusal"
-    assert (status, headers["retry-after"]) == (503, "2")
+    assert refusal == (503, "2")
     running.join(120)
     queued.join(120)
