@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from appliance.dataplane import DataPlane
+from appliance.dataplane import DataPlane, InferRequest, InferResponse
 from appliance.errors import InferenceError, InvalidInput, QueueFull
+from appliance.repository import ServedModel
 from appliance.rest.access import Outcome, record, request_id_of
 from appliance.rest.codec import decode_request, encode_response
 from appliance.rest.context import AppContext, app_context, request_context
@@ -33,8 +34,6 @@ _OCTETS = (b"content-type", b"application/octet-stream")
 _HEADER_LENGTH = re.compile(r"[0-9]{1,18}")
 # A client that went away: nginx's convention, so dashboards can tell it from server errors.
 CLIENT_CLOSED = 499
-# How long a connection refused for overload waits before its next request is read: the
-# Retry-After that the refusal carries.
 
 
 def _plane(request: Request) -> DataPlane:
@@ -140,6 +139,31 @@ async def _watch_disconnect(receive: Receive, handler: asyncio.Task[object]) -> 
         handler.cancel()
 
 
+async def infer_while_connected(
+    plane: DataPlane, request: InferRequest, model: ServedModel, receive: Receive
+) -> InferResponse | None:
+    """`plane.infer(request, model)`, or None when the client leaves first: its request is then
+    withdrawn from the queue (or its answer dropped, if its batch had started).
+
+    Call it once the body has been read: the next ASGI message is then the disconnect.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, handler))
+    try:
+        return await plane.infer(request, model)
+    except asyncio.CancelledError:
+        if not watcher.done():
+            raise
+        # The watcher cancelled us because the client left: this cancellation is handled
+        # (Python 3.10 keeps no count of cancellations to take back).
+        if sys.version_info >= (3, 11):
+            handler.uncancel()
+        return None
+    finally:
+        watcher.cancel()
+
+
 def _keeps_alive(scope: Scope, headers: dict[bytes, bytes], context: AppContext) -> bool:
     if context.readiness.is_draining():
         return False  # the reply closes the connection
@@ -232,36 +256,18 @@ async def _serve(
             # At the door: under overload the refusal is the common answer, and it must not
             # cost an inflate or a decode.
             model.check_room()
-        except QueueFull as error:
+        except QueueFull:
             # Read, not decoded: a body left unread would close the keep-alive connection.
             await read_raw_body(receive, headers, limit)
-            error.retry_after_s = context.pacing.refused()
             raise
         body = await read_body(receive, headers, limit)
         request = decode_request(
             body, _header_length(headers), params["model_name"], params.get("model_version")
         )
-        handler = asyncio.current_task()
-        assert handler is not None
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, handler))
-        try:
-            result = await plane.infer(request, model)
-        except QueueFull as error:
-            # Full after the door's check: the queue filled while the body was read, or an
-            # engine behind this front end holds more than this process sent it. Paced alike.
-            error.retry_after_s = context.pacing.refused()
-            raise
-        except asyncio.CancelledError:
-            if not watcher.done():
-                raise
-            # The watcher cancelled us because the client left: this cancellation is handled
-            # (Python 3.10 keeps no count of cancellations to take back).
-            if sys.version_info >= (3, 11):
-                handler.uncancel()
+        result = await infer_while_connected(plane, request, model, receive)
+        if result is None:
             outcome.status = CLIENT_CLOSED
             return CLIENT_CLOSED, [(b"content-length", b"0")], b""
-        finally:
-            watcher.cancel()
         outcome.fields = {
             "batch_size": result.batch_size,
             "batch": result.batch,
@@ -283,6 +289,10 @@ async def _serve(
             reply_headers += [_OCTETS, (HEADER_LENGTH, b"%d" % header_length)]
         return 200, reply_headers, payload
     except (InferenceError, HTTPFailure) as error:
+        if isinstance(error, QueueFull):
+            # At the door, or behind it (the queue filled while the body was read, or an engine
+            # behind this front end holds more than this process sent it): paced alike.
+            error.retry_after_s = context.pacing.refused()
         return _failure(error, request_id, outcome)
 
 

@@ -25,7 +25,12 @@ from appliance.errors import InferenceError, InvalidInput, QueueFull
 from appliance.rest.access import AccessLogSampler
 from appliance.rest.codec import holds_bool
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
-from appliance.rest.inference import read_body, read_raw_body
+from appliance.rest.inference import (
+    CLIENT_CLOSED,
+    infer_while_connected,
+    read_body,
+    read_raw_body,
+)
 from appliance.rest.pacing import OverloadPacing
 from appliance.rest.protocol import spelled
 from appliance.tensors import (
@@ -244,7 +249,10 @@ class PredictEndpoint:
                 datatypes=datatypes,
                 parameters=parameters,
             )
-            response = await self.plane.infer(infer, model)
+            response = await infer_while_connected(self.plane, infer, model, request.receive)
+            if response is None:
+                status = CLIENT_CLOSED
+                return Response(status_code=CLIENT_CLOSED)
             count = len(document["instances"])
             fields = {"instances": count, "batch_size": response.batch_size}
             payload = {"predictions": predictions(response.outputs, count)}
