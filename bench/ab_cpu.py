@@ -24,9 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import models
-import psutil
 from serving.launch import HOST, Launch, Server, free_port
-from serving.load import run_wrk, wait_ready
+from serving.load import cpu_per_request, wait_ready
 from serving.payload import make_payload
 from serving.procs import Fleet, log
 from serving.run import REPO, ensure_wrk, machine
@@ -68,19 +67,6 @@ def start(launch: Launch, tree: Path, name: str, payload: Any) -> Server:
     return Server(name, proc, port, [payload.json_target("aegis-json", path)], server_log)
 
 
-def cpu_per_request(server: Server, args: argparse.Namespace) -> tuple[float, float]:
-    """(server CPU us per answered request, requests/s) over one window."""
-    target = server.targets[0]
-    run_wrk(server.port, target, CONCURRENCY, args.warmup, args.work, args.client_core)
-    process = psutil.Process(server.proc.pid)
-    before = process.cpu_times()
-    result = run_wrk(server.port, target, CONCURRENCY, args.window, args.work, args.client_core)
-    after = process.cpu_times()
-    replies = result["requests"] - result["non2xx"]
-    spent = (after.user - before.user) + (after.system - before.system)
-    return 1e6 * spent / replies, replies / (result["duration_us"] / 1e6)
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the commit to compare this tree with")
@@ -109,7 +95,15 @@ def main(argv: list[str]) -> int:
             wait_ready(server, server.targets[0], payload)
         for number in range(1, args.rounds + 1):
             for name, server in servers.items():
-                cpu_us, rps = cpu_per_request(server, args)
+                cpu_us, rps = cpu_per_request(
+                    server,
+                    server.targets[0],
+                    CONCURRENCY,
+                    args.warmup,
+                    args.window,
+                    args.work,
+                    args.client_core,
+                )
                 figures[name].append((cpu_us, rps))
                 log(f"round {number} {name:5s} {cpu_us:6.0f} us/request  {rps:8.1f} req/s")
     finally:

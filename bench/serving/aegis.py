@@ -20,16 +20,21 @@ def start(
     queue_size: int = 1024,
     replicas: int = 1,
     frontends: int = 0,
+    access_log: str = "all",
+    grpc: bool = True,
 ) -> Server:
     """`frontends` is set whatever its value: "auto" would run front ends on hosts with more
-    cores, and the benchmarks compare like with like."""
-    home = launch.home(f"aegis-{model}-{queue_size}-{replicas}-{frontends}")
+    cores, and the benchmarks compare like with like. `grpc=False`: no gRPC listener."""
+    layout = f"{queue_size}-{replicas}-{frontends}-{access_log}{'' if grpc else '-no-grpc'}"
+    home = launch.home(f"aegis-{model}-{layout}")
     spec = models.MODELS[model]
     port = free_port()
     config = home / "aegis.toml"
     config.write_text(
         f'[server]\nbind = ["{HOST}:{port}"]\nshutdown_grace_s = 2\nreplicas = {replicas}\n'
-        f"frontends = {frontends}\n\n"
+        f'frontends = {frontends}\naccess_log = "{access_log}"\n'
+        # No gRPC unless --grpc-bind below asks for it.
+        "grpc_bind = []\n\n"
         f'[storage]\ncache_dir = "{home / "cache"}"\n\n'
         f'[[models]]\nname = "{model}"\nversion = "1"\n'
         f'model_path = "{launch.artifacts / (model + ".pt2")}"\n'
@@ -40,11 +45,11 @@ def start(
         f'[[models.outputs]]\nname = "output__0"\ndatatype = "FP32"\n'
         f"shape = [-1, {models.OUTPUTS}]\n"
     )
-    # gRPC on a free port too: the default 0.0.0.0:8081 would clash between servers.
-    grpc_port = free_port()
-    grpc = ["--grpc-bind", f"{HOST}:{grpc_port}"]
+    # gRPC on a free port: the default 0.0.0.0:8081 would clash between servers.
+    grpc_port = free_port() if grpc else None
+    listen = ["--grpc-bind", f"{HOST}:{grpc_port}"] if grpc_port else []
     proc, log = launch.spawn(
-        [AEGIS, "serve", "--config", config, "--bind", f"{HOST}:{port}", *grpc], home
+        [AEGIS, "serve", "--config", config, "--bind", f"{HOST}:{port}", *listen], home
     )
     path = f"/v2/models/{model}/infer"
     targets = [payload.json_target("aegis-json", path), payload.binary_target("aegis-binary", path)]

@@ -22,3 +22,18 @@ def start(launch: Launch, model: str, payload: Payload, processes: int = 1) -> S
     # Its reply is of the right size but not computed from this request.
     target = payload.json_target("http-ceiling", f"/v2/models/{model}/infer", check=False)
     return Server("http-ceiling", proc, port, [target], log)
+
+
+BATCHED_SCRIPT = Path(__file__).resolve().parents[1] / "batched_ceiling.py"
+
+
+def start_batched(launch: Launch, model: str, payload: Payload) -> Server:
+    """`bench/batched_ceiling.py`: the ceiling plus batching and the model; its answers are
+    computed, so they are checked as Aegis's are."""
+    home = launch.home(f"batched-ceiling-{model}")
+    port = free_port()
+    artifact = launch.artifacts / f"{model}.pt2"
+    command: list[str | Path] = [sys.executable, BATCHED_SCRIPT, f"{HOST}:{port}", artifact, model]
+    proc, log = launch.spawn(command, home)
+    target = payload.json_target("batched-ceiling", f"/v2/models/{model}/infer")
+    return Server("batched-ceiling", proc, port, [target], log)

@@ -19,7 +19,7 @@ from prometheus_client.samples import Sample
 
 from serving.launch import CLIENT_CORE, HOST, Server
 from serving.payload import Payload, Target, output_of
-from serving.procs import log, tree_rss_mb
+from serving.procs import log, tree_cpu_s, tree_rss_mb
 
 START_TIMEOUT_S = 180.0
 WRK_SCRIPT = Path(__file__).resolve().parents[1] / "wrk_post.lua"
@@ -174,3 +174,22 @@ def measure(
         + (f"  batch {mean_batch:.1f}" if mean_batch else "")
     )
     return row
+
+
+def cpu_per_request(
+    server: Server,
+    target: Target,
+    concurrency: int,
+    warmup_s: float,
+    window_s: float,
+    work: Path,
+    client_core: str = CLIENT_CORE,
+) -> tuple[float, float]:
+    """(the server's CPU us per answered request, requests/s) over one wrk window after a warm-up
+    run: utime + stime of its whole process tree, from /proc, over the window."""
+    run_wrk(server.port, target, concurrency, warmup_s, work, client_core)
+    before = tree_cpu_s(server.proc.pid)
+    result = run_wrk(server.port, target, concurrency, window_s, work, client_core)
+    spent = tree_cpu_s(server.proc.pid) - before
+    replies = result["requests"] - result["non2xx"]
+    return 1e6 * spent / replies, replies / (result["duration_us"] / 1e6)

@@ -59,6 +59,17 @@ def machine() -> str:
     )
 
 
+def commit() -> str:
+    """The checkout's HEAD, short."""
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
 def ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
