@@ -163,7 +163,7 @@ class _DisconnectWatch:
 
 
 async def infer_while_connected(
-    plane: DataPlane, request: InferRequest, model: ServedModel, receive: Receive
+    plane: DataPlane, request: InferRequest, model: ServedModel | None, receive: Receive
 ) -> InferResponse | None:
     """`plane.infer(request, model)`, or None when the client leaves first: a request still
     waiting after WATCH_AFTER_S is then withdrawn from the queue (or its answer dropped, if its
