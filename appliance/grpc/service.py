@@ -228,19 +228,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             model = outcome.model = self.plane.model(
                 message.model_name, message.model_version or None
             )
-            try:
-                model.check_room()
-                request = decode_request(message)
-                remaining = context.time_remaining()
-                if remaining is not None:
-                    # The client's deadline is the request's (the tighter of it and `timeout`).
-                    deadline_us = max(int(remaining * 1_000_000), 1)
-                    request.timeout_us = min(request.timeout_us or deadline_us, deadline_us)
-                response = await self.plane.infer(request, model)
-            except QueueFull as error:
-                # At the door or behind it, paced as the HTTP door paces its refusals.
-                error.retry_after_s = self.shared.pacing.refused()
-                raise
+            model.check_room()
+            request = decode_request(message)
+            remaining = context.time_remaining()
+            if remaining is not None:
+                # The client's deadline is the request's (the tighter of it and `timeout`).
+                deadline_us = max(int(remaining * 1_000_000), 1)
+                request.timeout_us = min(request.timeout_us or deadline_us, deadline_us)
+            response = await self.plane.infer(request, model)
             outcome.fields = {
                 "batch_size": response.batch_size,
                 "batch": response.batch,
@@ -251,6 +246,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 outcome.fields["cpu_fallback"] = response.fallback
             return encode_response(response, raw=bool(message.raw_input_contents))
         except (InferenceError, RpcFailure) as error:
+            self.shared.pacing.pace(error)  # a full queue, paced as the HTTP doors pace theirs
             outcome.code, outcome.fields["error"] = status_of(error)
             raise
         except asyncio.CancelledError:

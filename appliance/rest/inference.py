@@ -315,10 +315,9 @@ async def _serve(
             reply_headers += [_OCTETS, (HEADER_LENGTH, b"%d" % header_length)]
         return 200, reply_headers, payload
     except (InferenceError, HTTPFailure) as error:
-        if isinstance(error, QueueFull):
-            # At the door, or behind it (the queue filled while the body was read, or an engine
-            # behind this front end holds more than this process sent it): paced alike.
-            error.retry_after_s = context.pacing.refused()
+        # A full queue at the door, or behind it (the queue filled while the body was read, or an
+        # engine behind this front end holds more than this process sent it): paced alike.
+        context.pacing.pace(error)
         return _failure(error, request_id, outcome)
 
 

@@ -17,6 +17,8 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from appliance.errors import QueueFull
+
 FIRST_HOLD_S = 1
 MAX_HOLD_S = 8
 # Refusals further apart than this are separate bursts.
@@ -40,6 +42,12 @@ class OverloadPacing:
         self._last = now
         doublings = min(int(now - self._since), MAX_HOLD_S.bit_length())
         return min(FIRST_HOLD_S << doublings, MAX_HOLD_S)
+
+    def pace(self, error: Exception) -> None:
+        """When `error` is a full queue's refusal, at any door or behind it: count it, and set
+        the wait it announces (Retry-After, gRPC's pushback)."""
+        if isinstance(error, QueueFull):
+            error.retry_after_s = self.refused()
 
     async def hold(self, seconds: float) -> None:
         """Wait `seconds`, or until `release`."""

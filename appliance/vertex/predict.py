@@ -261,9 +261,7 @@ class PredictEndpoint:
                 media_type="application/json",
             )
         except InferenceError as error:
-            if isinstance(error, QueueFull):
-                # At the door or behind it, paced as the V2 door paces its refusals.
-                error.retry_after_s = self.pacing.refused()
+            self.pacing.pace(error)  # a full queue, paced as the V2 door paces its refusals
             status = status_of(error)
             fields = {"error": str(error)}
             return failure_response(error)
