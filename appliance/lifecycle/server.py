@@ -53,8 +53,8 @@ from appliance.vertex.settings import predict_model
 
 log = structlog.get_logger("aegis.lifecycle")
 
-# How long an idle keep-alive connection is kept; also the least a silent connection is given
-# (see read_timeout). Hypercorn holds a connection that the client has closed until this timer
+# How long a connection may go without the headers of a request: a new one, or a keep-alive one
+# after its last reply. Hypercorn holds a connection that the client has closed until this timer
 # ends too (its idle task outlives the read loop), so a burst of short connections occupies
 # descriptors for this long: 5 s (Hypercorn's and uvicorn's default), not nginx's 75 s.
 KEEP_ALIVE_S = 5.0
@@ -360,11 +360,9 @@ class Appliance:
         hyper.errorlog = logging.getLogger("hypercorn.error")
         hyper.keep_alive_timeout = KEEP_ALIVE_S
         hyper.backlog = LISTEN_BACKLOG
-        # Without a read timeout a client that sends half a request holds its connection forever
-        # (slowloris). Reads also wait while a request runs, so the bound must outlast the
-        # longest request deadline as well as an idle keep-alive connection.
-        longest_s = max((m.config.timeout_ms / 1000.0 for m in self.config.models), default=0.0)
-        hyper.read_timeout = int(max(KEEP_ALIVE_S, longest_s) + 5.0)
+        # No read_timeout: Hypercorn would wrap every read in a task and a timer. A client that
+        # stalls is let go all the same: before its headers are complete by the keep-alive
+        # timer, in its body by the app (appliance.rest.client).
         return hyper
 
     async def serve(self, bind: list[str] | None = None) -> int:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
-import sys
 import time
-import zlib
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from appliance.dataplane import DataPlane, InferRequest, InferResponse
+from appliance.dataplane import DataPlane
 from appliance.errors import InferenceError, InvalidInput, QueueFull
-from appliance.repository import ServedModel
 from appliance.rest.access import Outcome, record, request_id_of
+from appliance.rest.client import CLIENT_CLOSED, ClientWatch, header_value
 from appliance.rest.codec import decode_request, encode_response
 from appliance.rest.context import AppContext, app_context, request_context
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
@@ -32,8 +29,6 @@ _OCTETS = (b"content-type", b"application/octet-stream")
 # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() refuses (a 500), and int()
 # refuses more than 4300 digits; 18 digits is beyond any body this server reads.
 _HEADER_LENGTH = re.compile(r"[0-9]{1,18}")
-# A client that went away: nginx's convention, so dashboards can tell it from server errors.
-CLIENT_CLOSED = 499
 
 
 def _plane(request: Request) -> DataPlane:
@@ -77,117 +72,13 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return headers
 
 
-def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
-    value = headers.get(name)
-    return None if value is None else value.decode("latin-1")
-
-
-async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    """The whole body, refused with 413 past `limit` bytes (compressed or not)."""
-    body = await read_raw_body(receive, headers, limit)
-    encoding = (_header(headers, b"content-encoding") or "identity").lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise HTTPFailure(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
-    # wbits 47 accepts gzip and zlib headers; max_length guards against decompression bombs.
-    inflater = zlib.decompressobj(47)
-    try:
-        plain = inflater.decompress(body, limit + 1)
-    except zlib.error as error:
-        raise InvalidInput(f"body is not valid {encoding} data: {error}") from None
-    if len(plain) > limit or inflater.unconsumed_tail:
-        raise HTTPFailure(413, f"decompressed request body exceeds {limit} bytes")
-    return plain
-
-
-async def read_raw_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    """The body as sent (not inflated), refused with 413 past `limit` bytes."""
-    declared = _header(headers, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPFailure(413, f"request body of {declared} bytes exceeds {limit} bytes")
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            # The client left mid-upload: its request, not a server error (and not a 200).
-            raise HTTPFailure(CLIENT_CLOSED, "the client closed the connection mid-body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise HTTPFailure(413, f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def _header_length(headers: dict[bytes, bytes]) -> int | None:
-    raw = _header(headers, HEADER_LENGTH)
+    raw = header_value(headers, HEADER_LENGTH)
     if raw is None:
         return None
     if not _HEADER_LENGTH.fullmatch(raw.strip()):
         raise InvalidInput(f"Inference-Header-Content-Length must be an integer, got {raw!r}")
     return int(raw)
-
-
-# A request answered sooner than this is not watched for its client leaving: a watcher is a task
-# (about 3 us of the loop's time per request here), and withdrawing a request that waited less
-# saves the model a row at most. A request that waits longer is watched from then on, and a client
-# that left earlier is seen at once: its disconnect message waits in the receive queue.
-WATCH_AFTER_S = 0.1
-
-
-class _DisconnectWatch:
-    """Cancels `handler` when the client disconnects, once started (the body has been read)."""
-
-    def __init__(self, receive: Receive, handler: asyncio.Task[object]) -> None:
-        self._receive = receive
-        self._handler = handler
-        self._task: asyncio.Task[None] | None = None
-        self.client_left = False
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _watch(self) -> None:
-        message = await self._receive()
-        if message["type"] == "http.disconnect":
-            self.client_left = True
-            self._handler.cancel()
-
-
-async def infer_while_connected(
-    plane: DataPlane, request: InferRequest, model: ServedModel | None, receive: Receive
-) -> InferResponse | None:
-    """`plane.infer(request, model)`, or None when the client leaves first: a request still
-    waiting after WATCH_AFTER_S is then withdrawn from the queue (or its answer dropped, if its
-    batch had started).
-
-    Call it once the body has been read: the next ASGI message is then the disconnect.
-    """
-    handler = asyncio.current_task()
-    assert handler is not None
-    watch = _DisconnectWatch(receive, handler)
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch.start)
-    try:
-        return await plane.infer(request, model)
-    except asyncio.CancelledError:
-        if not watch.client_left:
-            raise
-        # The watch cancelled us because the client left: this cancellation is handled
-        # (Python 3.10 keeps no count of cancellations to take back).
-        if sys.version_info >= (3, 11):
-            handler.uncancel()
-        return None
-    finally:
-        timer.cancel()
-        watch.stop()
 
 
 def _keeps_alive(scope: Scope, headers: dict[bytes, bytes], context: AppContext) -> bool:
@@ -232,7 +123,7 @@ class InferEndpoint:
         started = time.perf_counter()
         context = app_context(scope["app"])
         headers = _headers(scope)
-        request_id = request_id_of(_header(headers, b"x-request-id"))
+        request_id = request_id_of(header_value(headers, b"x-request-id"))
         outcome = Outcome()
         try:
             status, response_headers, body = await _serve(
@@ -274,6 +165,7 @@ async def _serve(
 ) -> Reply:
     params = scope["path_params"]
     plane: DataPlane = context.plane
+    client = ClientWatch(receive)
     try:
         # Looked up apart from the room check: a refused request is still counted on its model.
         model = outcome.model = plane.model(params["model_name"], params.get("model_version"))
@@ -284,13 +176,13 @@ async def _serve(
             model.check_room()
         except QueueFull:
             # Read, not decoded: a body left unread would close the keep-alive connection.
-            await read_raw_body(receive, headers, limit)
+            await client.read_raw_body(headers, limit)
             raise
-        body = await read_body(receive, headers, limit)
+        body = await client.read_body(headers, limit)
         request = decode_request(
             body, _header_length(headers), params["model_name"], params.get("model_version")
         )
-        result = await infer_while_connected(plane, request, model, receive)
+        result = await client.infer(plane, request, model)
         if result is None:
             outcome.status = CLIENT_CLOSED
             return CLIENT_CLOSED, [(b"content-length", b"0")], b""
@@ -319,6 +211,8 @@ async def _serve(
         # engine behind this front end holds more than this process sent it): paced alike.
         context.pacing.pace(error)
         return _failure(error, request_id, outcome)
+    finally:
+        client.close()
 
 
 def _failure(error: InferenceError | HTTPFailure, request_id: str, outcome: Outcome) -> Reply:

@@ -23,14 +23,9 @@ from starlette.responses import Response
 from appliance.dataplane import DataPlane, InferRequest, OutputTensor
 from appliance.errors import InferenceError, InvalidInput, QueueFull
 from appliance.rest.access import AccessLogSampler
+from appliance.rest.client import CLIENT_CLOSED, ClientWatch
 from appliance.rest.codec import holds_bool
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
-from appliance.rest.inference import (
-    CLIENT_CLOSED,
-    infer_while_connected,
-    read_body,
-    read_raw_body,
-)
 from appliance.rest.pacing import OverloadPacing
 from appliance.rest.protocol import spelled
 from appliance.tensors import (
@@ -221,6 +216,7 @@ class PredictEndpoint:
         status = 200
         model = None
         fields: dict[str, object] = {}
+        client = ClientWatch(request.receive)
         try:
             model = self.plane.model(self.model_name)
             headers = {name: value for name, value in request.headers.raw}
@@ -228,9 +224,9 @@ class PredictEndpoint:
                 model.check_room()
             except QueueFull:
                 # Read, not decoded: a body left unread would close the keep-alive connection.
-                await read_raw_body(request.receive, headers, self.max_request_bytes)
+                await client.read_raw_body(headers, self.max_request_bytes)
                 raise
-            body = await read_body(request.receive, headers, self.max_request_bytes)
+            body = await client.read_body(headers, self.max_request_bytes)
             try:
                 document = orjson.loads(body)
             except orjson.JSONDecodeError as error:
@@ -249,7 +245,7 @@ class PredictEndpoint:
                 datatypes=datatypes,
                 parameters=parameters,
             )
-            response = await infer_while_connected(self.plane, infer, model, request.receive)
+            response = await client.infer(self.plane, infer, model)
             if response is None:
                 status = CLIENT_CLOSED
                 return Response(status_code=CLIENT_CLOSED)
@@ -274,6 +270,7 @@ class PredictEndpoint:
             status = 500
             return error_response(500, "internal server error")
         finally:
+            client.close()
             elapsed = time.perf_counter() - started
             if model is not None:
                 model.metrics.observe_request(status, elapsed, "http")

@@ -265,20 +265,3 @@ def test_a_load_failure_reaches_the_admin_client_without_paths() -> None:
     # A JSON response: its body is bytes, not the memoryview a Response may hold.
     message = json.loads(cast(bytes, failure_response(error).body))["error"]
     assert message == "load of 'm' failed: cannot open <path>"
-
-
-def test_half_sent_requests_cannot_hold_a_connection_forever(
-    tmp_path: Path, artifacts: dict[str, Path]
-) -> None:
-    """Hypercorn's read_timeout defaults to none: a client that sends half a request would hold
-    its connection for good (slowloris). The bound outlasts keep-alive and every deadline."""
-    from appliance.config import load_config
-    from appliance.lifecycle.server import KEEP_ALIVE_S, Appliance
-
-    models = model_table("mlp", artifacts["mlp.pt2"], "timeout_ms = 120000")
-    config_path = tmp_path / "aegis.toml"
-    config_path.write_text(server_config(tmp_path, models))
-    hyper = Appliance(load_config(str(config_path))).hypercorn_config()
-    assert hyper.read_timeout is not None
-    assert hyper.read_timeout > max(KEEP_ALIVE_S, 120.0)
-    assert hyper.read_timeout < 10 * 60

@@ -1,19 +1,22 @@
-"""The HTTP doors' watch for a departed client (`infer_while_connected`), on a real event loop:
-no watch for a request answered at once, a client that left before the watch started seen when it
-starts, and a cancellation from elsewhere never taken for the client's."""
+"""The HTTP doors' watch on a request's client (`ClientWatch`), on a real event loop: no watch for a
+request answered at once, a client that left before the watch started seen when it starts, a
+cancellation from elsewhere never taken for the client's, and a body refused when it stalls, not
+while it keeps arriving."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from appliance.dataplane import DataPlane, InferRequest, InferResponse
 from appliance.repository import ModelRepository, ServedModel
-from appliance.rest import inference
-from appliance.rest.inference import infer_while_connected
+from appliance.rest import client as client_module
+from appliance.rest.client import ClientWatch
+from appliance.rest.errors import HTTPFailure
 from tests.support.readiness import RepositoryReadiness
 
 REQUEST = InferRequest("m", None, {}, {})
@@ -41,6 +44,17 @@ class HeldPlane(DataPlane):
         return ANSWER
 
 
+async def infer_watched(
+    plane: DataPlane, receive: Callable[[], Awaitable[dict[str, Any]]]
+) -> InferResponse | None:
+    """What a door does once the body is in: the infer, watched, and the watch closed."""
+    watch = ClientWatch(receive)
+    try:
+        return await watch.infer(plane, REQUEST, None)
+    finally:
+        watch.close()
+
+
 class Client:
     """The ASGI receive of a connection: `messages` once each, then a wait for ever (connected)."""
 
@@ -62,9 +76,9 @@ def test_a_request_answered_at_once_is_never_watched() -> None:
     async def scenario() -> tuple[InferResponse | None, int]:
         plane, client = HeldPlane(), Client(DISCONNECT)
         plane.answer.set()
-        result = await infer_while_connected(plane, REQUEST, None, client.receive)
+        result = await infer_watched(plane, client.receive)
         # Past the watch's delay: a timer left behind would have started a watch by now.
-        await asyncio.sleep(inference.WATCH_AFTER_S * 2)
+        await asyncio.sleep(client_module.WATCH_AFTER_S * 2)
         return result, client.calls
 
     result, receive_calls = asyncio.run(scenario())
@@ -75,11 +89,11 @@ def test_a_request_answered_at_once_is_never_watched() -> None:
 def test_a_client_that_left_before_the_watch_started_is_seen_when_it_starts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(inference, "WATCH_AFTER_S", 0.0)
+    monkeypatch.setattr(client_module, "WATCH_AFTER_S", 0.0)
 
     async def scenario() -> tuple[InferResponse | None, int]:
         plane, client = HeldPlane(), Client(DISCONNECT)
-        result = await infer_while_connected(plane, REQUEST, None, client.receive)
+        result = await infer_watched(plane, client.receive)
         handler = asyncio.current_task()
         assert handler is not None
         if sys.version_info >= (3, 11):
@@ -94,15 +108,13 @@ def test_a_client_that_left_before_the_watch_started_is_seen_when_it_starts(
 def test_a_cancellation_from_elsewhere_is_not_taken_for_the_client_leaving(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(inference, "WATCH_AFTER_S", 0.0)
+    monkeypatch.setattr(client_module, "WATCH_AFTER_S", 0.0)
 
     async def scenario() -> None:
         # A message that is not a disconnect ends the watch's first wait without the client
         # leaving; the handler is then cancelled by the server (a drain's deadline, say).
         plane, client = HeldPlane(), Client({"type": "http.request", "body": b""})
-        handler = asyncio.get_running_loop().create_task(
-            infer_while_connected(plane, REQUEST, None, client.receive)
-        )
+        handler = asyncio.get_running_loop().create_task(infer_watched(plane, client.receive))
         await client.watched.wait()
         await asyncio.sleep(0)  # the watch handles the message
         handler.cancel()
@@ -110,3 +122,49 @@ def test_a_cancellation_from_elsewhere_is_not_taken_for_the_client_leaving(
             await handler
 
     asyncio.run(scenario())
+
+
+class Upload:
+    """The ASGI receive of a body sent in `parts` parts `gap_s` apart; one that does not
+    `complete` sends nothing after them."""
+
+    def __init__(self, parts: int, gap_s: float, complete: bool = True) -> None:
+        self.parts = parts
+        self.gap_s = gap_s
+        self.complete = complete
+
+    async def receive(self) -> dict[str, Any]:
+        if self.parts == 0:
+            await asyncio.Event().wait()  # stalled: the client sends nothing more
+        await asyncio.sleep(self.gap_s)
+        self.parts -= 1
+        last = self.parts == 0 and self.complete
+        return {"type": "http.request", "body": b"x", "more_body": not last}
+
+
+def read(upload: Upload, stall_s: float) -> bytes:
+    async def scenario() -> bytes:
+        watch = ClientWatch(upload.receive, body_stall_s=stall_s)
+        try:
+            return await watch.read_raw_body({}, 1 << 20)
+        finally:
+            watch.close()
+            handler = asyncio.current_task()
+            assert handler is not None
+            if sys.version_info >= (3, 11):
+                assert handler.cancelling() == 0, "the stall's cancellation was not taken back"
+
+    return asyncio.run(scenario())
+
+
+def test_a_body_that_keeps_arriving_is_read_for_longer_than_the_stall_bound() -> None:
+    # 15 parts 0.1 s apart: 1.5 s in all, never more than 0.1 s without a byte (a tenth of the
+    # bound, so that a loaded machine does not make a stall of it).
+    assert read(Upload(15, 0.1), stall_s=1.0) == b"x" * 15
+
+
+def test_a_body_that_stops_arriving_is_refused_with_408() -> None:
+    with pytest.raises(HTTPFailure) as refused:
+        read(Upload(2, 0.0, complete=False), stall_s=0.3)
+    assert refused.value.status == 408
+    assert refused.value.headers == {"Connection": "close"}
