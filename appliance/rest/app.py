@@ -25,6 +25,9 @@ from appliance.rest.errors import error_response
 
 log = structlog.get_logger("aegis.rest")
 
+# How many infer paths `InferFirst` remembers the match of.
+MATCHED_PATHS = 1024
+
 
 def create_app(
     context: AppContext,
@@ -47,8 +50,9 @@ def create_app(
         Route("/v2/repository/models/{model_name:str}/unload", admin.unload, methods=["POST"]),
     ]
     # Starlette reaches these only for other methods (405 with Allow): InferFirst takes the POSTs.
+    infer = inference.InferEndpoint(context)
     infer_routes = [
-        Route(prefix + "/infer", inference.infer, methods=["POST"]) for prefix in (model, version)
+        Route(prefix + "/infer", infer, methods=["POST"]) for prefix in (model, version)
     ]
     for prefix in (model, version):
         routes += [
@@ -84,23 +88,37 @@ class InferFirst:
         self.app = app
         self.infer_routes = infer_routes
         self.readiness = readiness
+        # Infer paths already matched, with their endpoint and path parameters: a client sends
+        # the same few paths again and again, and a match costs a regex per route.
+        self._matched: dict[str, tuple[ASGIApp, dict[str, Any]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.readiness.is_draining():
             send = _closing(send)
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            for route in self.infer_routes:
-                # The route's own pattern and convertors: what Starlette's router would match.
-                match = route.path_regex.match(scope["path"])
-                if match is not None:
-                    scope["app"] = self.app
-                    scope["path_params"] = {
-                        name: route.param_convertors[name].convert(value)
-                        for name, value in match.groupdict().items()
-                    }
-                    await route.endpoint(scope, receive, send)
-                    return
+            matched = self._matched.get(scope["path"]) or self._match(scope["path"])
+            if matched is not None:
+                endpoint, params = matched
+                scope["app"] = self.app
+                scope["path_params"] = dict(params)
+                await endpoint(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    def _match(self, path: str) -> tuple[ASGIApp, dict[str, Any]] | None:
+        for route in self.infer_routes:
+            # The route's own pattern and convertors: what Starlette's router would match.
+            match = route.path_regex.match(path)
+            if match is not None:
+                params = {
+                    name: route.param_convertors[name].convert(value)
+                    for name, value in match.groupdict().items()
+                }
+                # Paths are the clients' to choose: only so many are remembered.
+                if len(self._matched) < MATCHED_PATHS:
+                    self._matched[path] = (route.endpoint, params)
+                return route.endpoint, params
+        return None
 
 
 def _closing(send: Send) -> Send:

@@ -16,7 +16,7 @@ from appliance.errors import InferenceError, InvalidInput, QueueFull
 from appliance.rest.access import Outcome, record, request_id_of
 from appliance.rest.client import CLIENT_CLOSED, ClientWatch, header_value
 from appliance.rest.codec import decode_request, encode_response
-from appliance.rest.context import AppContext, app_context, request_context
+from appliance.rest.context import AppContext, request_context
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.pacing import OverloadPacing
 from appliance.rest.responses import json_response
@@ -119,9 +119,12 @@ class InferEndpoint:
     list. `InferFirst` routes to it ahead of Starlette, which still answers 405 for other methods.
     """
 
+    def __init__(self, context: AppContext) -> None:
+        self.context = context
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        context = app_context(scope["app"])
+        context = self.context
         headers = _headers(scope)
         request_id = request_id_of(header_value(headers, b"x-request-id"))
         outcome = Outcome()
@@ -150,9 +153,6 @@ class InferEndpoint:
             record(scope, outcome, request_id, elapsed, context.access_log)
         if hold:
             await _hold_connection(send, outcome.hold_s, context.pacing)
-
-
-infer = InferEndpoint()
 
 
 async def _serve(
