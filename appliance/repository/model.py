@@ -134,6 +134,12 @@ class ServedModel(abc.ABC):
             and self._inputs[limit.input].shape[limit.axis] == -1
         )
         self._outputs = {spec.name: spec for spec in self.signature.outputs}
+        # (input, axis, dimension name) of every named dimension, found once.
+        self._named_axes = tuple(
+            (spec.name, axis, dim)
+            for spec in self.signature.inputs
+            for axis, dim in spec.named_axes()
+        )
 
     @property
     @abc.abstractmethod
@@ -215,8 +221,10 @@ class ServedModel(abc.ABC):
             rows = array.shape[0]
         if rows < 1:
             raise InvalidInput("the batch dimension must be at least 1")
-        self._check_named_dims(inputs)
-        self._check_limits(inputs)
+        if self._named_axes:
+            self._check_named_dims(inputs)
+        if self._request_limits:
+            self._check_limits(inputs)
         if rows > self.config.max_batch_size:
             raise InvalidInput(
                 f"the request has {rows} rows, max_batch_size of {self.name!r} "
@@ -227,22 +235,21 @@ class ServedModel(abc.ABC):
     def _check_named_dims(self, inputs: dict[str, np.ndarray]) -> None:
         """Inputs that share a named dimension agree on its length, within its largest bucket."""
         seen: dict[str, tuple[str, int]] = {}
-        for spec in self.signature.inputs:
-            for axis, dim in spec.named_axes():
-                length = inputs[spec.name].shape[axis]
-                largest = self.config.dims[dim][-1]
-                if length > largest:
-                    raise InvalidInput(
-                        f"input {spec.name!r} has {dim} = {length} (dimension {axis}), past the "
-                        f"largest bucket of {dim!r} ({largest})"
-                    )
-                if dim in seen and seen[dim][1] != length:
-                    other, other_length = seen[dim]
-                    raise InvalidInput(
-                        f"input {spec.name!r} has {dim} = {length}, input {other!r} has "
-                        f"{dim} = {other_length}: inputs sharing a dimension must agree"
-                    )
-                seen.setdefault(dim, (spec.name, length))
+        for name, axis, dim in self._named_axes:
+            length = inputs[name].shape[axis]
+            largest = self.config.dims[dim][-1]
+            if length > largest:
+                raise InvalidInput(
+                    f"input {name!r} has {dim} = {length} (dimension {axis}), past the "
+                    f"largest bucket of {dim!r} ({largest})"
+                )
+            if dim in seen and seen[dim][1] != length:
+                other, other_length = seen[dim]
+                raise InvalidInput(
+                    f"input {name!r} has {dim} = {length}, input {other!r} has "
+                    f"{dim} = {other_length}: inputs sharing a dimension must agree"
+                )
+            seen.setdefault(dim, (name, length))
 
     def _check_limits(self, inputs: dict[str, np.ndarray]) -> None:
         """The sizes the artifact accepts (torch.export `Dim(min, max)`), and its tied axes."""

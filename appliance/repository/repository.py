@@ -16,6 +16,9 @@ def _version_order(version: str) -> tuple[int, int, str]:
 class ModelRepository:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
+        # Each name's highest version, what a request that names no version gets: kept here
+        # rather than found again for every request.
+        self._latest: dict[str, ServedModel] = {}
         self._expected: set[tuple[str, str]] = set()
         self._watchers: list[Callable[[], None]] = []
 
@@ -62,6 +65,7 @@ class ModelRepository:
         versions = self._models.setdefault(model.name, {})
         previous = versions.get(model.version)
         versions[model.version] = model
+        self._latest[model.name] = versions[max(versions, key=_version_order)]
         if previous is not None:
             previous.successor = model
         self._changed()
@@ -70,8 +74,11 @@ class ModelRepository:
     def remove(self, name: str, version: str) -> ServedModel | None:
         versions = self._models.get(name, {})
         model = versions.pop(version, None)
-        if not versions:
+        if versions:
+            self._latest[name] = versions[max(versions, key=_version_order)]
+        else:
             self._models.pop(name, None)
+            self._latest.pop(name, None)
         self._expected.discard((name, version))
         self._changed()
         return model
@@ -83,7 +90,7 @@ class ModelRepository:
                 raise ModelNotReady(f"model {name!r} is still loading")
             raise ModelNotFound(f"unknown model {name!r}")
         if version is None:
-            return versions[max(versions, key=_version_order)]
+            return self._latest[name]
         try:
             return versions[version]
         except KeyError:

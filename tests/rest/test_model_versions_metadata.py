@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
+from tests.support.bodies import json_infer
 from tests.support.config import model_table, server_config
 from tests.support.http import call
 from tests.support.server import ServerProcess, running_server
@@ -43,3 +44,10 @@ def test_grpc_metadata_lists_every_served_version(server: ServerProcess, version
     finally:
         client.close()
     assert metadata["versions"] == ["1", "2", "10"]
+
+
+def test_a_request_naming_no_version_is_answered_by_the_highest(server: ServerProcess) -> None:
+    body = json_infer("x", "FP32", [1, 8], [0.5] * 8)
+    reply = call(server, "POST", "/v2/models/mlp/infer", body)
+    assert reply.status == 200, reply
+    assert reply.json()["model_version"] == "10"  # numerically highest, not "2"
