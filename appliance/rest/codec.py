@@ -31,9 +31,10 @@ _MAX_ELEMENTS = 2**48
 _FLOAT_VALUES = f"(numbers, {', '.join(_OTHER_SPELLINGS)} or {_LAST_SPELLING})"
 
 
-def _little_endian(datatype: str) -> np.dtype:
-    little: np.dtype = DATATYPE_TO_NUMPY[datatype].newbyteorder("<")
-    return little
+# Each datatype's numpy dtype in the wire's byte order (little-endian), made once.
+_LITTLE_ENDIAN: dict[str, np.dtype] = {
+    datatype: dtype.newbyteorder("<") for datatype, dtype in DATATYPE_TO_NUMPY.items()
+}
 
 
 def _parameters(value: object, where: str) -> dict[str, Any]:
@@ -61,13 +62,15 @@ def _shape(value: object, where: str) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
     dims = []
+    elements = 1  # of the array were its empty dimensions of size 1
     for item in value:
-        dim = _as_int(item)
+        dim = item if type(item) is int else _as_int(item)
         if dim is None or dim < 0:
             raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
         dims.append(dim)
+        elements *= dim or 1
     # numpy refuses to even describe a larger array, empty or not; no body could fill one.
-    if math.prod(max(dim, 1) for dim in dims) > _MAX_ELEMENTS:
+    if elements > _MAX_ELEMENTS:
         raise InvalidInput(f"{where}: 'shape' {dims} is larger than any tensor this server takes")
     return tuple(dims)
 
@@ -106,7 +109,7 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
         raise InvalidInput(
             f"{where}: shape {list(shape)} needs {count} elements, 'data' has {parsed.size}"
         )
-    target = _little_endian(datatype)
+    target = _LITTLE_ENDIAN[datatype]
     if count == 0:
         # numpy reads [] as floats, whatever the datatype: an empty tensor has no values to check.
         return np.empty(shape, dtype=target)
@@ -193,7 +196,7 @@ def _binary_tensor(
     count = math.prod(shape)
     if datatype == "BYTES":
         return _binary_bytes(chunk, count, where).reshape(shape)
-    dtype = _little_endian(datatype)
+    dtype = _LITTLE_ENDIAN[datatype]
     if chunk.nbytes != count * dtype.itemsize:
         raise InvalidInput(
             f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
