@@ -173,7 +173,9 @@ class Appliance:
             return []
         model = predict_model(self.config)
         limit = self.config.server.max_request_bytes
-        predict = PredictEndpoint(self.plane, model, limit, context.access_log, context.pacing)
+        predict = PredictEndpoint(
+            self.plane, model, limit, context.access_log, context.pacing, context.client_watches
+        )
         return [
             Route(vertex.health_route, health.ready, methods=["GET"]),
             Route(vertex.predict_route, predict.handle, methods=["POST"]),

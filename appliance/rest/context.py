@@ -15,6 +15,7 @@ from appliance.dataplane import DataPlane, Readiness
 from appliance.metrics import Metrics
 from appliance.repository import ModelRepository
 from appliance.rest.access import AccessLogSampler
+from appliance.rest.client import ClientWatches
 from appliance.rest.pacing import OverloadPacing
 from appliance.units import MiB
 
@@ -44,6 +45,7 @@ class AppContext:
     control: RepositoryControl | None
     access_log: AccessLogSampler = field(default_factory=AccessLogSampler)
     pacing: OverloadPacing = field(default_factory=OverloadPacing)
+    client_watches: ClientWatches = field(default_factory=ClientWatches)
     plane: DataPlane = field(init=False)
 
     def __post_init__(self) -> None:

@@ -165,7 +165,7 @@ async def _serve(
 ) -> Reply:
     params = scope["path_params"]
     plane: DataPlane = context.plane
-    client = ClientWatch(receive)
+    client = ClientWatch(receive, context.client_watches)
     try:
         # Looked up apart from the room check: a refused request is still counted on its model.
         model = outcome.model = plane.model(params["model_name"], params.get("model_version"))

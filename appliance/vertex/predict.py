@@ -23,7 +23,7 @@ from starlette.responses import Response
 from appliance.dataplane import DataPlane, InferRequest, OutputTensor
 from appliance.errors import InferenceError, InvalidInput, QueueFull
 from appliance.rest.access import AccessLogSampler
-from appliance.rest.client import CLIENT_CLOSED, ClientWatch
+from appliance.rest.client import CLIENT_CLOSED, ClientWatch, ClientWatches
 from appliance.rest.codec import holds_bool
 from appliance.rest.errors import HTTPFailure, error_response, failure_response, status_of
 from appliance.rest.pacing import OverloadPacing
@@ -202,21 +202,24 @@ class PredictEndpoint:
         max_request_bytes: int,
         access_log: AccessLogSampler,
         pacing: OverloadPacing,
+        client_watches: ClientWatches,
     ) -> None:
         """`pacing`: the V2 door's, so that a refusal here lengthens Retry-After as one there
-        does, and one there lengthens it here."""
+        does, and one there lengthens it here; `client_watches`: the V2 door's too, one timer
+        for the requests of both."""
         self.plane = plane
         self.model_name = model_name
         self.max_request_bytes = max_request_bytes
         self.access_log = access_log
         self.pacing = pacing
+        self.client_watches = client_watches
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         status = 200
         model = None
         fields: dict[str, object] = {}
-        client = ClientWatch(request.receive)
+        client = ClientWatch(request.receive, self.client_watches)
         try:
             model = self.plane.model(self.model_name)
             headers = {name: value for name, value in request.headers.raw}

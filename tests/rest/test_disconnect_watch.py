@@ -15,7 +15,7 @@ import pytest
 from appliance.dataplane import DataPlane, InferRequest, InferResponse
 from appliance.repository import ModelRepository, ServedModel
 from appliance.rest import client as client_module
-from appliance.rest.client import ClientWatch
+from appliance.rest.client import ClientWatch, ClientWatches
 from appliance.rest.errors import HTTPFailure
 from tests.support.readiness import RepositoryReadiness
 
@@ -45,10 +45,12 @@ class HeldPlane(DataPlane):
 
 
 async def infer_watched(
-    plane: DataPlane, receive: Callable[[], Awaitable[dict[str, Any]]]
+    plane: DataPlane,
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    watches: ClientWatches | None = None,
 ) -> InferResponse | None:
     """What a door does once the body is in: the infer, watched, and the watch closed."""
-    watch = ClientWatch(receive)
+    watch = ClientWatch(receive, watches or ClientWatches())
     try:
         return await watch.infer(plane, REQUEST, None)
     finally:
@@ -86,14 +88,10 @@ def test_a_request_answered_at_once_is_never_watched() -> None:
     assert receive_calls == 0
 
 
-def test_a_client_that_left_before_the_watch_started_is_seen_when_it_starts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(client_module, "WATCH_AFTER_S", 0.0)
-
+def test_a_client_that_left_before_the_watch_started_is_seen_when_it_starts() -> None:
     async def scenario() -> tuple[InferResponse | None, int]:
         plane, client = HeldPlane(), Client(DISCONNECT)
-        result = await infer_watched(plane, client.receive)
+        result = await infer_watched(plane, client.receive, ClientWatches(watch_after_s=0.0))
         handler = asyncio.current_task()
         assert handler is not None
         if sys.version_info >= (3, 11):
@@ -105,16 +103,15 @@ def test_a_client_that_left_before_the_watch_started_is_seen_when_it_starts(
     assert withdrawn == 1
 
 
-def test_a_cancellation_from_elsewhere_is_not_taken_for_the_client_leaving(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(client_module, "WATCH_AFTER_S", 0.0)
-
+def test_a_cancellation_from_elsewhere_is_not_taken_for_the_client_leaving() -> None:
     async def scenario() -> None:
         # A message that is not a disconnect ends the watch's first wait without the client
         # leaving; the handler is then cancelled by the server (a drain's deadline, say).
         plane, client = HeldPlane(), Client({"type": "http.request", "body": b""})
-        handler = asyncio.get_running_loop().create_task(infer_watched(plane, client.receive))
+        watches = ClientWatches(watch_after_s=0.0)
+        handler = asyncio.get_running_loop().create_task(
+            infer_watched(plane, client.receive, watches)
+        )
         await client.watched.wait()
         await asyncio.sleep(0)  # the watch handles the message
         handler.cancel()
@@ -144,7 +141,7 @@ class Upload:
 
 def read(upload: Upload, stall_s: float) -> bytes:
     async def scenario() -> bytes:
-        watch = ClientWatch(upload.receive, body_stall_s=stall_s)
+        watch = ClientWatch(upload.receive, ClientWatches(body_stall_s=stall_s))
         try:
             return await watch.read_raw_body({}, 1 << 20)
         finally:
