@@ -13,6 +13,10 @@ def _version_order(version: str) -> tuple[int, int, str]:
     return (1, int(version), "") if version.isdigit() else (0, 0, version)
 
 
+def _highest(versions: dict[str, ServedModel]) -> ServedModel:
+    return versions[max(versions, key=_version_order)]
+
+
 class ModelRepository:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
@@ -65,7 +69,7 @@ class ModelRepository:
         versions = self._models.setdefault(model.name, {})
         previous = versions.get(model.version)
         versions[model.version] = model
-        self._latest[model.name] = versions[max(versions, key=_version_order)]
+        self._latest[model.name] = _highest(versions)
         if previous is not None:
             previous.successor = model
         self._changed()
@@ -75,7 +79,7 @@ class ModelRepository:
         versions = self._models.get(name, {})
         model = versions.pop(version, None)
         if versions:
-            self._latest[name] = versions[max(versions, key=_version_order)]
+            self._latest[name] = _highest(versions)
         else:
             self._models.pop(name, None)
             self._latest.pop(name, None)

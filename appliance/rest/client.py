@@ -215,7 +215,7 @@ class ClientWatch:
             self._handler.cancel()
 
     def _take_back_cancellation(self) -> None:
-        # The timer or the watch cancelled the handler and the cancellation is handled here
+        # A check or the watch cancelled the handler and the cancellation is handled here
         # (Python 3.10 keeps no count of cancellations to take back).
         if sys.version_info >= (3, 11):
             self._handler.uncancel()
