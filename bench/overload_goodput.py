@@ -3,13 +3,15 @@ that many closed-loop clients, which retry at once on a 503 (wrk ignores Retry-A
 
 Capacity is the 200s a second at 64 connections (as many as the queue holds); goodput is the 200s a
 second at 1,024. The target is goodput >= 0.9x capacity: refusing must cost the loop so little
-that it keeps serving what it admitted. Server pinned to core 0, wrk to core 1, as in compare.py;
-the rounds alternate the two loads on one server. Each load is one client run, a warm-up then the
-window, counted by the server's own request counters at the window's edges (a client run per
-window would close its connections as the next one opens its own, and the server would spend
-the window letting the old ones go); after each load, a wait until the server has let go of
-every connection it held (a refused connection is held up to `MAX_HOLD_S`, +20%). Server CPU per
-answered request, from /proc, beside each.
+that it keeps serving what it admitted. Server pinned to core 0, wrk to core 1, as in compare.py.
+The two loads alternate on one server, capacity first and last, and each overload window is
+judged against the mean of the capacity windows on either side of it: on a shared host the core's
+speed drifts within a minute, and a drift between two windows alone reads as a goodput change.
+Each load is one client run, a warm-up then the window, counted by the server's own request
+counters at the window's edges (a client run per window would close its connections as the next
+one opens its own, and the server would spend the window letting the old ones go); after an
+overload, a wait until the server has let go of every connection it held (a refused connection
+is held up to `MAX_HOLD_S`, +20%). Server CPU per answered request, from /proc, beside each.
 
     .venv/bin/python bench/overload_goodput.py [--window 8] [--rounds 2] [--frontends 0]
         [--out bench/out/goodput]
@@ -80,6 +82,22 @@ def load_window(
     }
 
 
+def bracketed(
+    before: dict[str, float], overload: dict[str, float], after: dict[str, float]
+) -> dict[str, float]:
+    """One round's figures: the overload window against the mean of the capacity windows on
+    either side of it."""
+    figures = {
+        f"capacity_{name}": (before[name] + after[name]) / 2
+        for name in ("ok_per_s", "refused_per_s", "cpu_us_per_ok")
+    }
+    figures["capacity_ok_per_s_before"] = before["ok_per_s"]
+    figures["capacity_ok_per_s_after"] = after["ok_per_s"]
+    figures.update({f"overload_{name}": value for name, value in overload.items()})
+    figures["goodput_ratio"] = figures["overload_ok_per_s"] / figures["capacity_ok_per_s"]
+    return figures
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out.resolve()
     work = out / "work"
@@ -94,16 +112,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         server = aegis.start(launch, MODEL, payload, queue_size=QUEUE, frontends=args.frontends)
         target = server.targets[0]
         wait_ready(server, target, payload)
+        before = load_window(server, target, QUEUE, args, work)
         for _ in range(args.rounds):
-            figures: dict[str, float] = {}
-            for label, connections in (("capacity", QUEUE), ("overload", QUEUE * OVERLOAD)):
-                window = load_window(server, target, connections, args, work)
-                figures.update({f"{label}_{name}": value for name, value in window.items()})
-                # Until the connections refused and held have been let go.
-                time.sleep(MAX_HOLD_S * 1.2 + 1.0)
-            figures["goodput_ratio"] = figures["overload_ok_per_s"] / figures["capacity_ok_per_s"]
+            overload = load_window(server, target, QUEUE * OVERLOAD, args, work)
+            # Until the connections refused and held have been let go.
+            time.sleep(MAX_HOLD_S * 1.2 + 1.0)
+            after = load_window(server, target, QUEUE, args, work)
+            figures = bracketed(before, overload, after)
             log(
-                f"capacity {figures['capacity_ok_per_s']:.0f} ok/s; {OVERLOAD}x: "
+                f"capacity {figures['capacity_ok_per_s']:.0f} ok/s "
+                f"({before['ok_per_s']:.0f} before, {after['ok_per_s']:.0f} after); {OVERLOAD}x: "
                 f"{figures['overload_ok_per_s']:.0f} ok/s, "
                 f"{figures['overload_refused_per_s']:.0f} refused/s; server CPU per answer "
                 f"{figures['capacity_cpu_us_per_ok']:.0f} -> "
@@ -111,6 +129,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 f"goodput {figures['goodput_ratio']:.2f}x capacity"
             )
             rounds.append(figures)
+            before = after
     finally:
         fleet.stop_all()
     report = {
