@@ -119,6 +119,36 @@ class _LineLogger:
 
 
 _writer: LineWriter | None = None
+# The processors `configure_logging` gave structlog, and whether its level lets info lines
+# through: `RequestLog` runs the same.
+_processors: list[Any] = []
+_info_enabled = False
+
+
+class RequestLog:
+    """The per-request line (the access line): the processors and the writer of every other
+    line, without structlog's dispatch.
+
+    structlog's call (its lazy proxy, the bound context's copy, the keywords unpacked and packed
+    again, the result's type checked) is about 2 us of a 4 us line here, at every request.
+    Before `configure_logging`, the line goes through structlog, to whatever it is set up with.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._structlog = structlog.get_logger(name)
+
+    def info(self, event: dict[str, Any]) -> None:
+        """Write `event` (its "event" key the line's name) at info level; `event` is consumed."""
+        writer = _writer
+        if writer is None:
+            self._structlog.info(**event)
+            return
+        if not _info_enabled:
+            return
+        line: Any = event
+        for processor in _processors:
+            line = processor(None, "info", line)
+        writer.write(line + "\n", urgent=False)
 
 
 def flush_after_each_turn(loop: asyncio.AbstractEventLoop) -> None:
@@ -172,7 +202,7 @@ def writes_to_journal(stream: TextIO) -> bool:
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Route structlog, the standard library (Hypercorn, google-cloud) and warnings to JSON."""
-    global _writer
+    global _writer, _processors, _info_enabled
     numeric = logging.getLevelName(level.upper())
     output = stream or sys.stderr
     render: Renderer = _render_for_journal if writes_to_journal(output) else _render
@@ -182,12 +212,10 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         add_timestamp,
     ]
     writer = _writer = LineWriter(output)
+    _processors = [*shared, structlog.processors.format_exc_info, render]
+    _info_enabled = numeric <= logging.INFO
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            render,
-        ],
+        processors=_processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=lambda *_names: _LineLogger(writer),
         cache_logger_on_first_use=True,

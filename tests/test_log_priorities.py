@@ -15,6 +15,8 @@ log = structlog.get_logger("t")
 log.info("served")
 log.warning("slow")
 log.error("failed")
+from appliance.logs import RequestLog
+RequestLog("t").info({"event": "answered"})
 """
 
 
@@ -42,10 +44,10 @@ def run_logging(journal: bool) -> list[str]:
 def test_lines_to_the_journal_start_with_their_priority() -> None:
     lines = run_logging(journal=True)
     prefixes = [line[:3] for line in lines]
-    assert prefixes == ["<6>", "<4>", "<3>"], lines
+    assert prefixes == ["<6>", "<4>", "<3>", "<6>"], lines
     assert all(line[3:].startswith("{") for line in lines), lines
 
 
 def test_lines_elsewhere_are_plain_json() -> None:
     lines = run_logging(journal=False)
-    assert len(lines) == 3 and all(line.startswith("{") for line in lines), lines
+    assert len(lines) == 4 and all(line.startswith("{") for line in lines), lines

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import grpc
-import structlog
 
 from appliance.grpc.errors import HTTP_STATUS
+from appliance.logs import RequestLog
 from appliance.repository import ServedModel
 from appliance.rest.access import AccessLogSampler
 
-log = structlog.get_logger("aegis.grpc.access")
+log = RequestLog("aegis.grpc.access")
 
 
 @dataclass(slots=True)
@@ -36,14 +36,16 @@ def record(
     if not sampler.wants(status):
         return
     log.info(
-        "infer",
-        request_id=request_id,
-        model=outcome.model_name,
-        version=model.version if model is not None else None,
-        status=status,
-        grpc_code=outcome.code.name,
-        protocol="grpc",
-        rpc=rpc,
-        duration_ms=round(elapsed * 1000, 3),
-        **outcome.fields,
+        {
+            "request_id": request_id,
+            "model": outcome.model_name,
+            "version": model.version if model is not None else None,
+            "status": status,
+            "grpc_code": outcome.code.name,
+            "protocol": "grpc",
+            "rpc": rpc,
+            "duration_ms": round(elapsed * 1000, 3),
+            **outcome.fields,
+            "event": "infer",
+        }
     )

@@ -12,12 +12,12 @@ import os
 import re
 from dataclasses import dataclass, field
 
-import structlog
 from starlette.types import Scope
 
+from appliance.logs import RequestLog
 from appliance.repository import ServedModel
 
-log = structlog.get_logger("aegis.rest.access")
+log = RequestLog("aegis.rest.access")
 
 # Request ids end up in logs and headers: keep them short and free of control characters.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -84,12 +84,14 @@ def record(
     if not sampler.wants(outcome.status):
         return
     log.info(
-        "infer",
-        request_id=request_id,
-        model=params["model_name"],
-        version=model.version if model is not None else params.get("model_version"),
-        status=outcome.status,
-        protocol="http",
-        duration_ms=round(elapsed * 1000, 3),
-        **outcome.fields,
+        {
+            "request_id": request_id,
+            "model": params["model_name"],
+            "version": model.version if model is not None else params.get("model_version"),
+            "status": outcome.status,
+            "protocol": "http",
+            "duration_ms": round(elapsed * 1000, 3),
+            **outcome.fields,
+            "event": "infer",
+        }
     )

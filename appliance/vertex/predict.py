@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from appliance.dataplane import DataPlane, InferRequest, OutputTensor
 from appliance.errors import InferenceError, InvalidInput, QueueFull
+from appliance.logs import RequestLog
 from appliance.rest.access import AccessLogSampler
 from appliance.rest.client import CLIENT_CLOSED, ClientWatch, ClientWatches
 from appliance.rest.codec import holds_bool
@@ -35,6 +36,7 @@ from appliance.tensors import (
 )
 
 log = structlog.get_logger("aegis.vertex")
+request_log = RequestLog("aegis.vertex")
 
 # JSON values each datatype's kind takes: numbers for floats, integers for integers.
 _FLOAT_KINDS = "iuf"
@@ -278,11 +280,13 @@ class PredictEndpoint:
             if model is not None:
                 model.metrics.observe_request(status, elapsed, "http")
             if self.access_log.wants(status):
-                log.info(
-                    "predict",
-                    model=self.model_name,
-                    status=status,
-                    protocol="http",
-                    duration_ms=round(elapsed * 1000, 3),
-                    **fields,
+                request_log.info(
+                    {
+                        "model": self.model_name,
+                        "status": status,
+                        "protocol": "http",
+                        "duration_ms": round(elapsed * 1000, 3),
+                        **fields,
+                        "event": "predict",
+                    }
                 )
