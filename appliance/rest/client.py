@@ -33,6 +33,10 @@ WATCH_AFTER_S = 0.1
 # enough for a client's TCP to ride out a few retransmissions, short enough that a client that
 # stalls on purpose (slowloris) cannot hold connections for good.
 BODY_STALL_S = 10.0
+# Bytes a second a body must average once it has taken BODY_STALL_S: a client that trickles a
+# byte every few seconds never stalls, yet would hold its connection for as long as it likes.
+# The slowest link a model's client is on still sends kilobytes a second.
+BODY_MIN_RATE = 240.0
 
 
 def header_value(headers: dict[bytes, bytes], name: bytes) -> str | None:
@@ -45,14 +49,19 @@ class ClientWatches:
     """The watches on one app's requests, checked together, every `watch_after_s` while any
     request is in flight, by one timer: a timer per request cost about 1 us of the loop's time,
     a third of what the whole watch costs otherwise (the batcher keeps its deadlines the same
-    way). A check refuses a body that brought no byte for `body_stall_s` and starts the watch
-    for the client leaving on a request that has waited `watch_after_s` or more."""
+    way). A check refuses a body that brought no byte for `body_stall_s`, or that has taken
+    that long and averaged under `body_min_rate` bytes a second, and starts the watch for the
+    client leaving on a request that has waited `watch_after_s` or more."""
 
     def __init__(
-        self, watch_after_s: float = WATCH_AFTER_S, body_stall_s: float = BODY_STALL_S
+        self,
+        watch_after_s: float = WATCH_AFTER_S,
+        body_stall_s: float = BODY_STALL_S,
+        body_min_rate: float = BODY_MIN_RATE,
     ) -> None:
         self.watch_after_s = watch_after_s
         self.body_stall_s = body_stall_s
+        self.body_min_rate = body_min_rate
         self._watches: set[ClientWatch] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -87,12 +96,13 @@ class ClientWatch:
         "_last_byte_at",
         "_reading",
         "_receive",
+        "_received",
         "_waiting",
         "_watch",
         "_watches",
+        "body_refused",
         "client_left",
         "loop",
-        "stalled",
     )
 
     def __init__(self, receive: Receive, watches: ClientWatches) -> None:
@@ -104,10 +114,11 @@ class ClientWatch:
         self._handler = handler
         self._watches = watches
         self._began_at = self._last_byte_at = loop.time()
+        self._received = 0
         self._reading = False
         self._waiting = False
         self._watch: asyncio.Task[None] | None = None
-        self.stalled = False
+        self.body_refused: str | None = None  # why a check refused the body, when it did
         self.client_left = False
         watches.add(self)
 
@@ -133,7 +144,8 @@ class ClientWatch:
         return plain
 
     async def read_raw_body(self, headers: dict[bytes, bytes], limit: int) -> bytes:
-        """The body as sent (not inflated); 413 past `limit` bytes, 408 when it stalls."""
+        """The body as sent (not inflated); 413 past `limit` bytes, 408 when it stalls or
+        trickles."""
         declared = header_value(headers, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HTTPFailure(413, f"request body of {declared} bytes exceeds {limit} bytes")
@@ -153,16 +165,13 @@ class ClientWatch:
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
+                self._received = size
                 self._last_byte_at = self.loop.time()
         except asyncio.CancelledError:
-            if not self.stalled:
+            if self.body_refused is None:
                 raise
             self._take_back_cancellation()
-            raise HTTPFailure(
-                408,
-                f"the request body stalled: no data for {self._watches.body_stall_s:g} s",
-                {"Connection": "close"},
-            ) from None
+            raise HTTPFailure(408, self.body_refused, {"Connection": "close"}) from None
         finally:
             self._reading = False
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -193,15 +202,29 @@ class ClientWatch:
     def check(self, now: float) -> None:
         """What `ClientWatches` does for this request at `now` (see there)."""
         if self._reading:
-            if now - self._last_byte_at >= self._watches.body_stall_s:
-                self.stalled = True
-                self._handler.cancel()
+            watches = self._watches
+            taken_s = now - self._began_at
+            if now - self._last_byte_at >= watches.body_stall_s:
+                self._refuse_body(
+                    f"the request body stalled: no data for {watches.body_stall_s:g} s"
+                )
+            elif (
+                taken_s >= watches.body_stall_s and self._received < taken_s * watches.body_min_rate
+            ):
+                self._refuse_body(
+                    f"the request body is too slow: {self._received} bytes in {taken_s:.0f} s, "
+                    f"under {watches.body_min_rate:g} bytes a second"
+                )
         elif (
             self._waiting
             and self._watch is None
             and now - self._began_at >= self._watches.watch_after_s
         ):
             self._watch = self.loop.create_task(self._watch_for_disconnect())
+
+    def _refuse_body(self, reason: str) -> None:
+        self.body_refused = reason
+        self._handler.cancel()
 
     def _stop_watch(self) -> None:
         if self._watch is not None:

@@ -1,6 +1,7 @@
 """A client that stalls cannot hold a connection for good (slowloris), and holds up nobody else:
-a body that stops arriving is answered 408 and its connection closed, at the V2 door and at
-Vertex AI's predict route; a request whose headers never end is closed by the keep-alive timer."""
+a body that stops arriving, or trickles in under the minimum rate, is answered 408 and its
+connection closed, at the V2 door and at Vertex AI's predict route; a request whose headers never
+end is closed by the keep-alive timer."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance.lifecycle.server import KEEP_ALIVE_S
-from appliance.rest.client import BODY_STALL_S
+from appliance.rest.client import BODY_MIN_RATE, BODY_STALL_S
 from tests.support.bodies import json_infer
 from tests.support.config import model_table, server_config
 from tests.support.http import call, free_port
@@ -74,6 +75,43 @@ def test_a_stalled_body_is_refused_and_its_connection_closed(
     assert head.startswith(b"HTTP/1.1 408 "), reply
     assert b"connection: close" in head.lower()
     assert b"the request body stalled" in text
+    assert waited_s >= BODY_STALL_S
+    assert call(server, "POST", path, body).status == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v2/models/mlp/infer", V2_BODY), ("/predict", VERTEX_BODY)],
+    ids=["v2", "vertex"],
+)
+def test_a_body_trickled_a_byte_a_second_is_refused_and_its_connection_closed(
+    server: ServerProcess, path: str, body: bytes
+) -> None:
+    # A byte a second never stalls for BODY_STALL_S; the body needs enough bytes to outlast the
+    # bound and its slack, so that the server, not the body's end, ends the upload.
+    assert len(body) > BODY_STALL_S + SLACK_S and BODY_MIN_RATE > 1
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sent_at = time.monotonic()
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        reply = b""
+        for index in range(len(body)):
+            sock.sendall(body[index : index + 1])
+            sock.settimeout(1.0)
+            try:
+                reply = sock.recv(65536)
+            except TimeoutError:
+                continue
+            break
+        assert reply, "the whole body was sent without a reply"
+        reply += read_until_closed(sock, SLACK_S)
+        waited_s = time.monotonic() - sent_at
+    head, _, text = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply
+    assert b"connection: close" in head.lower()
+    assert b"the request body is too slow" in text
     assert waited_s >= BODY_STALL_S
     assert call(server, "POST", path, body).status == 200
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -139,9 +140,10 @@ class Upload:
         return {"type": "http.request", "body": b"x", "more_body": not last}
 
 
-def read(upload: Upload, stall_s: float) -> bytes:
+def read(upload: Upload, stall_s: float, min_rate: float = 1.0) -> bytes:
     async def scenario() -> bytes:
-        watch = ClientWatch(upload.receive, ClientWatches(body_stall_s=stall_s))
+        watches = ClientWatches(body_stall_s=stall_s, body_min_rate=min_rate)
+        watch = ClientWatch(upload.receive, watches)
         try:
             return await watch.read_raw_body({}, 1 << 20)
         finally:
@@ -165,3 +167,16 @@ def test_a_body_that_stops_arriving_is_refused_with_408() -> None:
         read(Upload(2, 0.0, complete=False), stall_s=0.3)
     assert refused.value.status == 408
     assert refused.value.headers == {"Connection": "close"}
+    assert "stalled" in str(refused.value)
+
+
+def test_a_body_trickled_under_the_minimum_rate_is_refused_once_it_took_the_stall_bound() -> None:
+    # A byte every 0.05 s (20 bytes a second) never stalls for 0.5 s, and falls short of 1,000
+    # bytes a second; 200 parts would take 10 s.
+    started = time.monotonic()
+    with pytest.raises(HTTPFailure) as refused:
+        read(Upload(200, 0.05), stall_s=0.5, min_rate=1000.0)
+    assert refused.value.status == 408
+    assert refused.value.headers == {"Connection": "close"}
+    assert "too slow" in str(refused.value) and "under 1000 bytes a second" in str(refused.value)
+    assert time.monotonic() - started >= 0.5
