@@ -10,21 +10,54 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import socket
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 LOOPBACK = "127.0.0.1"
 
 
+# How many ports below the kernel's ephemeral range `free_port` picks from, and how many it
+# tries before giving up.
+_PORT_SPAN = 12000
+_PORT_TRIES = 200
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives a connection that binds none (Linux's default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
+    """A loopback port nobody is bound to right now, below the kernel's ephemeral range, and
+    not handed out before by this process.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken, before the server
+    binds it, as the local port of any connection made meanwhile: a CI run's gRPC listener
+    failed with "Address already in use" so. Below the range, only an explicit bind can take it.
+    """
+    high = _ephemeral_low()
+    low = max(1024, high - _PORT_SPAN)
+    for _ in range(_PORT_TRIES):
+        port = random.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free loopback port in {low}-{high - 1} after {_PORT_TRIES} tries")
 
 
 class Address(Protocol):
