@@ -165,6 +165,16 @@ def test_buckets_default_to_powers_of_two_up_to_max_batch_size(tmp_path: Path) -
         ('[[models]]\nname = "m"\n', "models[0].model_path", "is required"),
         ('[server]\nbind = ["nope"]\n', "server.bind", "HOST:PORT"),
         ('[server]\ncertfile = "/c.pem"\n', "server.certfile", "both certfile and keyfile"),
+        (
+            '[server]\nbind = "127.0.0.1:9000"\ngrpc_bind = "127.0.0.1:9000"\n',
+            "server.grpc_bind",
+            "'127.0.0.1:9000' takes the port of bind '127.0.0.1:9000'",
+        ),
+        (
+            '[server]\nbind = "127.0.0.1:9000"\ngrpc_bind = "0.0.0.0:9000"\n',
+            "server.grpc_bind",
+            "HTTP and gRPC each need a port of their own",
+        ),
         ("[storage]\ndownload_concurrency = 0\n", "storage.download_concurrency", ">= 1"),
         (
             "[server]\nshutdown_grace_s = 10\nunready_window_s = 10\n",
@@ -252,6 +262,12 @@ def test_an_infinite_pad_value_is_a_value_to_pad_with(tmp_path: Path) -> None:
     )
     [model] = load_config(write(tmp_path, text)).models
     assert model.config.inputs[0].pad_value == float("-inf")
+
+
+def test_grpc_may_take_an_http_port_number_on_another_address() -> None:
+    server = ServerConfig(bind=("127.0.0.1:9000",), grpc_bind=("127.0.0.2:9000",))
+    assert server.grpc_bind == ("127.0.0.2:9000",)
+    assert ServerConfig(bind=("unix:/run/aegis.sock",), grpc_bind=("0.0.0.0:8081",)).grpc_bind
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

@@ -419,6 +419,10 @@ def _frontends(value: object) -> object:
 Frontends = Annotated[Literal["auto"] | int, BeforeValidator(_frontends)]
 
 
+# Hosts that listen on every address, so that they share a port with any other host.
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", "[::]"})
+
+
 def _bind_list(value: object) -> object:
     # A single bind string is a list of one.
     return [value] if isinstance(value, str) else value
@@ -485,6 +489,24 @@ class ServerConfig(_Table):
         if self.grpc_max_message_bytes is not None:
             return self.grpc_max_message_bytes
         return min(self.max_request_bytes, 2**31 - 1)
+
+    @model_validator(mode="after")
+    def _grpc_port_of_its_own(self) -> ServerConfig:
+        for grpc_entry in self.grpc_bind:
+            grpc_host, _, grpc_port = grpc_entry.rpartition(":")
+            for http_entry in self.bind:
+                if http_entry.startswith(("unix:", "fd://")):
+                    continue
+                http_host, _, http_port = http_entry.rpartition(":")
+                if http_port == grpc_port and (
+                    http_host == grpc_host or {http_host, grpc_host} & _ANY_ADDRESS
+                ):
+                    raise broken_rule(
+                        "grpc_bind",
+                        f"{grpc_entry!r} takes the port of bind {http_entry!r}: HTTP and gRPC"
+                        " each need a port of their own",
+                    )
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
