@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -136,10 +137,14 @@ def test_refusals_from_an_engine_behind_front_ends_are_paced_like_those_at_the_d
     front end's refusals have gone on for a second (the engine's used to say 1 for ever). Each
     front end paces its own refusals, and which one a new connection reaches is the kernel's
     choice: the client goes on until each has refused for over a second."""
+    # On one core: the engine's torch then runs one thread (an engine is given the host's cores,
+    # whatever OMP_NUM_THREADS says), so that the long batch takes its CPU time on the wall.
+    core = min(os.sched_getaffinity(0))
     server = serve(
         slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"]),
         "frontends = 2",
         env=ONE_THREAD,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
     )
     rounds = rounds_for(server, 12.0)
     running, _ = in_background(server, slow_body(rounds))
