@@ -40,9 +40,10 @@ def free_port() -> int:
     """A loopback port nobody is bound to right now, below the kernel's ephemeral range, and
     not handed out before by this process.
 
-    A port from the ephemeral range (what binding port 0 gives) can be taken, before the server
-    binds it, as the local port of any connection made meanwhile: a CI run's gRPC listener
-    failed with "Address already in use" so. Below the range, only an explicit bind can take it.
+    Binding port 0 and letting it go, as before, could hand two calls the same port (a CI run's
+    server was given one port for HTTP and gRPC, and its gRPC bind failed), and a port from the
+    ephemeral range can be taken, before the server binds it, as the local port of any
+    connection made meanwhile. Below the range, only an explicit bind can take it.
     """
     high = _ephemeral_low()
     low = max(1024, high - _PORT_SPAN)
