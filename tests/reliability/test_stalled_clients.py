@@ -38,6 +38,29 @@ def server(
         yield served
 
 
+BOTH_DOORS = pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v2/models/mlp/infer", V2_BODY), ("/predict", VERTEX_BODY)],
+    ids=["v2", "vertex"],
+)
+
+
+def request_head(path: str, body: bytes) -> bytes:
+    """A POST's request line and headers for `body`, the body itself not included."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+
+def assert_refused_with_408(reply: bytes, reason: bytes) -> None:
+    """`reply` is a 408 that closes its connection and gives `reason`."""
+    head, _, text = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply
+    assert b"connection: close" in head.lower()
+    assert reason in text
+
+
 def read_until_closed(sock: socket.socket, within_s: float) -> bytes:
     """Everything the server sends until it closes the connection; fails past `within_s`."""
     received = b""
@@ -52,38 +75,23 @@ def read_until_closed(sock: socket.socket, within_s: float) -> bytes:
         received += chunk
 
 
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [("/v2/models/mlp/infer", V2_BODY), ("/predict", VERTEX_BODY)],
-    ids=["v2", "vertex"],
-)
+@BOTH_DOORS
 def test_a_stalled_body_is_refused_and_its_connection_closed(
     server: ServerProcess, path: str, body: bytes
 ) -> None:
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sent_at = time.monotonic()
-        sock.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body[: len(body) // 2]
-        )
+        sock.sendall(request_head(path, body) + body[: len(body) // 2])
         # Another client meanwhile is answered as usual.
         assert call(server, "POST", path, body).status == 200
         reply = read_until_closed(sock, BODY_STALL_S + SLACK_S)
         waited_s = time.monotonic() - sent_at
-    head, _, text = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408 "), reply
-    assert b"connection: close" in head.lower()
-    assert b"the request body stalled" in text
+    assert_refused_with_408(reply, b"the request body stalled")
     assert waited_s >= BODY_STALL_S
     assert call(server, "POST", path, body).status == 200
 
 
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [("/v2/models/mlp/infer", V2_BODY), ("/predict", VERTEX_BODY)],
-    ids=["v2", "vertex"],
-)
+@BOTH_DOORS
 def test_a_body_trickled_a_byte_a_second_is_refused_and_its_connection_closed(
     server: ServerProcess, path: str, body: bytes
 ) -> None:
@@ -92,10 +100,7 @@ def test_a_body_trickled_a_byte_a_second_is_refused_and_its_connection_closed(
     assert len(body) > BODY_STALL_S + SLACK_S and BODY_MIN_RATE > 1
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sent_at = time.monotonic()
-        sock.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        )
+        sock.sendall(request_head(path, body))
         reply = b""
         for index in range(len(body)):
             sock.sendall(body[index : index + 1])
@@ -108,10 +113,7 @@ def test_a_body_trickled_a_byte_a_second_is_refused_and_its_connection_closed(
         assert reply, "the whole body was sent without a reply"
         reply += read_until_closed(sock, SLACK_S)
         waited_s = time.monotonic() - sent_at
-    head, _, text = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408 "), reply
-    assert b"connection: close" in head.lower()
-    assert b"the request body is too slow" in text
+    assert_refused_with_408(reply, b"the request body is too slow")
     assert waited_s >= BODY_STALL_S
     assert call(server, "POST", path, body).status == 200
 
