@@ -81,7 +81,10 @@ class FaultyProxy:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    # A HEAD answer has no body: bytes written after it would be read as the
+                    # next answer on the client's kept-alive connection.
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
                     return
                 upstream = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 try:
