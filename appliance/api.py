@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from appliance.config import AppConfig, load_config, with_grpc_bind
+from appliance.config import AppConfig, load_config, with_binds
 from appliance.registry import ModelRegistry, registry
 
 
@@ -30,13 +30,11 @@ def serve(
     """Serve until SIGTERM; returns the exit code. A path is re-read on SIGHUP."""
     from appliance.lifecycle.supervisor import ConfigSource, serve_host
 
+    path = None
     if isinstance(config, (str, Path)):
-        loaded = with_registered_models(load_config(config), models)
-        loaded = with_grpc_bind(loaded, grpc_bind)
-        source = ConfigSource(loaded, str(config), models.models(), _tuple(grpc_bind))
-        return serve_host(source, bind)
-    base = with_grpc_bind(with_registered_models(config or AppConfig(), models), grpc_bind)
-    return serve_host(ConfigSource(base, None, models.models(), _tuple(grpc_bind)), bind)
+        path, config = str(config), load_config(config)
+    served = with_binds(with_registered_models(config or AppConfig(), models), bind, grpc_bind)
+    return serve_host(ConfigSource(served, path, models.models(), _tuple(bind), _tuple(grpc_bind)))
 
 
 def _tuple(values: list[str] | None) -> tuple[str, ...] | None:

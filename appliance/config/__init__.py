@@ -6,7 +6,7 @@ operator never has to read a traceback to fix a typo.
 """
 
 from appliance.config.errors import ConfigError
-from appliance.config.file import DEFAULT_CONFIG_PATH, load_config, parse_config, with_grpc_bind
+from appliance.config.file import DEFAULT_CONFIG_PATH, load_config, parse_config, with_binds
 from appliance.config.runtime_table import artifact_suffixes
 from appliance.config.schema import (
     AppConfig,
@@ -33,5 +33,5 @@ __all__ = [
     "default_buckets",
     "load_config",
     "parse_config",
-    "with_grpc_bind",
+    "with_binds",
 ]

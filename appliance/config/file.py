@@ -79,9 +79,23 @@ def load_config(path: str | Path) -> AppConfig:
     return parse_config(data, source)
 
 
-def with_grpc_bind(config: AppConfig, grpc_bind: Sequence[str] | None) -> AppConfig:
-    """`config` with `[server] grpc_bind` replaced (`--grpc-bind`), when `grpc_bind` is given."""
-    if grpc_bind is None:
+def with_binds(
+    config: AppConfig,
+    bind: Sequence[str] | None = None,
+    grpc_bind: Sequence[str] | None = None,
+) -> AppConfig:
+    """`config` with `[server] bind` and `grpc_bind` replaced where given (`--bind`,
+    `--grpc-bind`), checked again as the file's would be: an address from the command line
+    that takes the other protocol's port is refused here, not by a failed bind at start."""
+    if bind is None and grpc_bind is None:
         return config
-    fields = {**config.server.model_dump(), "grpc_bind": tuple(grpc_bind)}
-    return replace(config, server=ServerConfig(**fields))
+    fields = config.server.model_dump()
+    if bind is not None:
+        fields["bind"] = tuple(bind)
+    if grpc_bind is not None:
+        fields["grpc_bind"] = tuple(grpc_bind)
+    try:
+        server = ServerConfig(**fields)
+    except ConfigError as error:
+        raise error.within("server", config.source) from None
+    return replace(config, server=server)

@@ -36,7 +36,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from appliance.channel import Arena, EngineLinks, EngineServer
-from appliance.config import AppConfig, DeclaredModel, load_config, with_grpc_bind
+from appliance.config import AppConfig, DeclaredModel, load_config, with_binds
 from appliance.errors import ModelNotReady
 from appliance.lifecycle.link import Link, LinkClosed, Message, raise_for_reply
 from appliance.lifecycle.models import ModelLifecycle
@@ -61,7 +61,9 @@ class ReplicaSpec:
     config: AppConfig  # the models this replica starts with, its own XLA cache folder
     config_path: str | None  # re-read on SIGHUP; None: `config` is re-used
     extra_models: tuple[DeclaredModel, ...]  # declared from Python, added on every re-read
-    grpc_bind: tuple[str, ...] | None  # --grpc-bind, kept over the file's on every re-read
+    # --bind and --grpc-bind, kept over the file's on every re-read.
+    bind: tuple[str, ...] | None
+    grpc_bind: tuple[str, ...] | None
     binds: tuple[str, ...]  # fd://N of the inherited listening sockets
     control_fd: int
     metrics_root: str
@@ -79,7 +81,7 @@ def reread_function(spec: ReplicaSpec) -> Callable[[], AppConfig]:
     path = spec.config_path
 
     def reread() -> AppConfig:
-        fresh = with_grpc_bind(load_config(path), spec.grpc_bind)
+        fresh = with_binds(load_config(path), spec.bind, spec.grpc_bind)
         declared = {(m.name, m.version) for m in fresh.models}
         extra = tuple(m for m in spec.extra_models if (m.name, m.version) not in declared)
         return replace(fresh, models=fresh.models + extra)

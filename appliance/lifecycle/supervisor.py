@@ -54,7 +54,7 @@ from appliance.config import (
     ServerConfig,
     XlaConfig,
     load_config,
-    with_grpc_bind,
+    with_binds,
 )
 from appliance.lifecycle.child import FAILING_AFTER, STABLE_AFTER_S, Child, backoff_s
 from appliance.lifecycle.child_metrics import ChildrenCollector
@@ -89,12 +89,14 @@ class ConfigSource:
     config: AppConfig  # models declared from Python included
     path: str | None  # None: served from a config object, `config` is re-used
     extra_models: tuple[DeclaredModel, ...]
-    grpc_bind: tuple[str, ...] | None = None  # --grpc-bind, kept over the file's on re-reads
+    # --bind and --grpc-bind, kept over the file's on re-reads.
+    bind: tuple[str, ...] | None = None
+    grpc_bind: tuple[str, ...] | None = None
 
     def reread(self) -> AppConfig:
         if self.path is None:
             return self.config
-        fresh = with_grpc_bind(load_config(self.path), self.grpc_bind)
+        fresh = with_binds(load_config(self.path), self.bind, self.grpc_bind)
         declared = {(m.name, m.version) for m in fresh.models}
         extra = tuple(m for m in self.extra_models if (m.name, m.version) not in declared)
         return replace(fresh, models=fresh.models + extra)
@@ -218,6 +220,7 @@ class Supervisor:
             config=config,
             config_path=self.source.path,
             extra_models=self.source.extra_models,
+            bind=self.source.bind,
             grpc_bind=grpc_bind,
             binds=binds,
             control_fd=control_fd,
@@ -540,7 +543,7 @@ def run_supervisor(source: ConfigSource, plans: list[ReplicaPlan], binds: list[s
     return asyncio.run(main())
 
 
-def serve_host(source: ConfigSource, bind: list[str] | None = None) -> int:
+def serve_host(source: ConfigSource) -> int:
     """Serve with the replicas (engines) and front ends `[server]` asks for; one replica and no
     front end is the single process."""
     cpus = usable_cpus()
@@ -551,5 +554,5 @@ def serve_host(source: ConfigSource, bind: list[str] | None = None) -> int:
     if len(plans) == 1:
         from appliance.lifecycle.server import run
 
-        return run(source.config, bind, source.reread)
-    return run_supervisor(source, plans, bind or list(source.config.server.bind))
+        return run(source.config, reread_config=source.reread)
+    return run_supervisor(source, plans, list(source.config.server.bind))

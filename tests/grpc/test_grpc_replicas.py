@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 
 from tests.conftest import ServerFactory
 from tests.support.config import model_table, server_config
-from tests.support.http import get_text
+from tests.support.http import free_port, get_text
 from tests.support.models import mlp_pt2
 from tests.support.server import start_server
 
@@ -55,3 +55,24 @@ def test_a_grpc_port_held_by_another_server_fails_the_start(
     finally:
         second.stop()
     assert first.status("/v2/health/ready") == 200
+
+
+def test_an_http_port_from_the_command_line_on_the_grpc_port_is_refused_as_config(
+    tmp_path: Path,
+) -> None:
+    """`--bind` is checked against the file's grpc_bind as the file's own bind is: exit 2 naming
+    both addresses, before anything binds (it was a traceback from the HTTP listener)."""
+    port = free_port()
+    config = tmp_path / "aegis.toml"
+    config.write_text(server_config(tmp_path, "", f'grpc_bind = ["127.0.0.1:{port}"]'))
+    server = start_server(config, tmp_path / "server.log", grpc=False, port=port)
+    try:
+        assert server.process.wait(60) == 2
+        log = server.log()
+    finally:
+        server.stop()
+    assert (
+        f"invalid configuration: {config}: server.grpc_bind: '127.0.0.1:{port}' takes the port"
+        f" of bind '127.0.0.1:{port}'"
+    ) in log, log
+    assert "Traceback" not in log
