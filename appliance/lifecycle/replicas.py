@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -106,9 +107,21 @@ def plan_frontends(count: int) -> list[ReplicaPlan]:
     return [ReplicaPlan(i, 1, None, {"OMP_NUM_THREADS": "1"}, "frontend") for i in range(count)]
 
 
-def plan_replicas(config: AppConfig, chips: list[str], cpus: int) -> list[ReplicaPlan]:
+def operator_threads(environ: Mapping[str, str] = os.environ) -> int | None:
+    """The intra-op threads the operator set with `OMP_NUM_THREADS` (a whole number above 0),
+    which every model process keeps; None when unset or not one number (OpenMP's nested lists
+    are left to OpenMP)."""
+    value = environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def plan_replicas(
+    config: AppConfig, chips: list[str], cpus: int, threads: int | None = None
+) -> list[ReplicaPlan]:
+    """The model processes of the host; each runs `threads` intra-op threads, by default its
+    share of the `cpus` usable cores."""
     count = replica_count(config, len(chips))
-    threads = max(1, cpus // count)
+    threads = threads or max(1, cpus // count)
     on_tpu = runs_on_tpu(config) and bool(chips)
     plans = []
     for index in range(count):

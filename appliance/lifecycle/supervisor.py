@@ -65,6 +65,7 @@ from appliance.lifecycle.replica import ReplicaSpec
 from appliance.lifecycle.replicas import (
     ReplicaPlan,
     frontend_count,
+    operator_threads,
     plan_frontends,
     plan_replicas,
     usable_cpus,
@@ -547,7 +548,7 @@ def serve_host(source: ConfigSource) -> int:
     """Serve with the replicas (engines) and front ends `[server]` asks for; one replica and no
     front end is the single process."""
     cpus = usable_cpus()
-    plans = plan_replicas(source.config, tpu_chips(), cpus)
+    plans = plan_replicas(source.config, tpu_chips(), cpus, operator_threads())
     frontends = frontend_count(source.config, cpus, len(plans))
     if frontends:
         plans = [replace(plan, role="engine") for plan in plans] + plan_frontends(frontends)

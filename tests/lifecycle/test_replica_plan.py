@@ -11,6 +11,7 @@ from appliance.chips import tpu_chips
 from appliance.config import AppConfig, ConfigError, parse_config
 from appliance.lifecycle.replicas import (
     frontend_count,
+    operator_threads,
     plan_frontends,
     plan_replicas,
     replica_count,
@@ -65,6 +66,21 @@ def test_a_number_of_cpu_replicas_splits_the_cores() -> None:
     assert [plan.threads for plan in plans] == [2, 2, 2]
     assert all("TPU_VISIBLE_CHIPS" not in plan.environment for plan in plans)
     assert [p.threads for p in plan_replicas(config("replicas = 4", CPU_MODEL), [], 2)] == [1] * 4
+
+
+def test_the_operators_omp_num_threads_is_kept_by_every_replica() -> None:
+    threads = operator_threads({"OMP_NUM_THREADS": "5"})
+    plans = plan_replicas(config("replicas = 3", CPU_MODEL), [], cpus=8, threads=threads)
+    assert [(plan.threads, plan.environment["OMP_NUM_THREADS"]) for plan in plans] == [(5, "5")] * 3
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "-2", "4,2", "four"])
+def test_no_whole_omp_num_threads_leaves_the_split_of_the_cores(value: str | None) -> None:
+    environ = {} if value is None else {"OMP_NUM_THREADS": value}
+    threads = operator_threads(environ)
+    assert threads is None
+    plans = plan_replicas(config("replicas = 3", CPU_MODEL), [], cpus=8, threads=threads)
+    assert [plan.threads for plan in plans] == [2, 2, 2]
 
 
 def test_more_tpu_replicas_than_chips_is_refused(tmp_path: Path) -> None:
