@@ -36,7 +36,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from appliance.channel import Arena, EngineLinks, EngineServer
-from appliance.config import AppConfig, DeclaredModel, load_config, with_binds
+from appliance.config import AppConfig, DeclaredModel, ServerConfig, load_config, with_binds
 from appliance.errors import ModelNotReady
 from appliance.lifecycle.link import Link, LinkClosed, Message, raise_for_reply
 from appliance.lifecycle.models import ModelLifecycle
@@ -75,13 +75,24 @@ class ReplicaSpec:
     arena_bytes: int = 0  # a front end's shared-memory arena
 
 
+def engine_config(config: AppConfig) -> AppConfig:
+    """`config` as an engine serves it: no port of its own, and no unready window (it stops
+    when told, the front ends having drained already)."""
+    fields = {**config.server.model_dump(), "grpc_bind": (), "unready_window_s": 0.0}
+    return replace(config, server=ServerConfig(**fields))
+
+
 def reread_function(spec: ReplicaSpec) -> Callable[[], AppConfig]:
+    """How the replica reads its config again on SIGHUP: as the supervisor first gave it, so
+    that only what the file changed reads as changed."""
     if spec.config_path is None:
         return lambda: spec.config
     path = spec.config_path
 
     def reread() -> AppConfig:
         fresh = with_binds(load_config(path), spec.bind, spec.grpc_bind)
+        if spec.role == "engine":
+            fresh = engine_config(fresh)
         declared = {(m.name, m.version) for m in fresh.models}
         extra = tuple(m for m in spec.extra_models if (m.name, m.version) not in declared)
         return replace(fresh, models=fresh.models + extra)

@@ -51,7 +51,6 @@ from appliance.chips import tpu_chips
 from appliance.config import (
     AppConfig,
     DeclaredModel,
-    ServerConfig,
     XlaConfig,
     load_config,
     with_binds,
@@ -61,7 +60,7 @@ from appliance.lifecycle.child_metrics import ChildrenCollector
 from appliance.lifecycle.link import Link, LinkClosed, Message
 from appliance.lifecycle.notify import SystemdNotifier
 from appliance.lifecycle.notify_socket import notify_socket, read_messages
-from appliance.lifecycle.replica import ReplicaSpec
+from appliance.lifecycle.replica import ReplicaSpec, engine_config
 from appliance.lifecycle.replicas import (
     ReplicaPlan,
     frontend_count,
@@ -207,9 +206,7 @@ class Supervisor:
         grpc_bind = self.source.grpc_bind
         channels: tuple[str, ...] = ()
         if role == "engine":
-            # No port of its own; it stops when told, the front ends having drained already.
-            fields = {**config.server.model_dump(), "grpc_bind": (), "unready_window_s": 0.0}
-            config = replace(config, server=ServerConfig(**fields))
+            config = engine_config(config)
             binds, grpc_bind = (), ()
             channels = (self._channel_path(replica.index),)
         elif role == "frontend":
