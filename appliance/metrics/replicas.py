@@ -67,7 +67,7 @@ class ReplicasCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         for label, index, folder in self._replicas():
-            files = [str(path) for path in folder.glob("*.db")]
+            files = _files_with_samples(folder)
             merged = list(
                 MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
             )
@@ -83,6 +83,20 @@ class ReplicasCollector(Collector):
                 )
         yield from families.values()
         yield from _read_text(self._root / SUPERVISOR_FILE)
+
+
+def _files_with_samples(folder: Path) -> list[str]:
+    """The folder's multiprocess files, less any a process is creating at this moment:
+    prometheus-client creates a file empty and then sizes it, and a scrape that read it in
+    between failed whole (struct.error, a 500 from /metrics) while it held no sample yet."""
+    files = []
+    for path in folder.glob("*.db"):
+        try:
+            if path.stat().st_size > 0:
+                files.append(str(path))
+        except FileNotFoundError:  # a dead process's live gauge, removed since the glob
+            continue
+    return files
 
 
 def _read_text(path: Path) -> list[Metric]:
