@@ -1,4 +1,4 @@
-"""The gRPC port: shared by the replicas of one server, never with another server."""
+"""The gRPC port: shared by the replicas of one server, never with another server or with HTTP."""
 
 from __future__ import annotations
 
