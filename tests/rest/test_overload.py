@@ -137,8 +137,8 @@ def test_refusals_from_an_engine_behind_front_ends_are_paced_like_those_at_the_d
     front end's refusals have gone on for a second (the engine's used to say 1 for ever). Each
     front end paces its own refusals, and which one a new connection reaches is the kernel's
     choice: the client goes on until each has refused for over a second."""
-    # On one core: the engine's torch then runs one thread (an engine is given the host's cores,
-    # whatever OMP_NUM_THREADS says), so that the long batch takes its CPU time on the wall.
+    # One torch thread (ONE_THREAD, which the engine keeps) on one core: the long batch takes on
+    # the wall the CPU time it was sized by, whatever runs on the host's other cores.
     core = min(os.sched_getaffinity(0))
     server = serve(
         slow_model("max_queue_size = 1\ntimeout_ms = 120000").format(slow=artifacts["slow.pt"]),
