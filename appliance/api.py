@@ -7,18 +7,10 @@ serve(bind=["127.0.0.1:8080"])
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from appliance.config import AppConfig, load_config, with_binds
+from appliance.config import AppConfig, load_config, with_binds, with_extra_models
 from appliance.registry import ModelRegistry, registry
-
-
-def with_registered_models(config: AppConfig, models: ModelRegistry = registry) -> AppConfig:
-    """`config` plus the registry's model versions that the config does not declare itself."""
-    declared = {(model.name, model.version) for model in config.models}
-    extra = tuple(m for m in models.models() if (m.name, m.version) not in declared)
-    return replace(config, models=config.models + extra) if extra else config
 
 
 def serve(
@@ -33,7 +25,7 @@ def serve(
     path = None
     if isinstance(config, (str, Path)):
         path, config = str(config), load_config(config)
-    served = with_binds(with_registered_models(config or AppConfig(), models), bind, grpc_bind)
+    served = with_binds(with_extra_models(config or AppConfig(), models.models()), bind, grpc_bind)
     return serve_host(ConfigSource(served, path, models.models(), _tuple(bind), _tuple(grpc_bind)))
 
 

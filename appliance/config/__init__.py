@@ -6,7 +6,13 @@ operator never has to read a traceback to fix a typo.
 """
 
 from appliance.config.errors import ConfigError
-from appliance.config.file import DEFAULT_CONFIG_PATH, load_config, parse_config, with_binds
+from appliance.config.file import (
+    DEFAULT_CONFIG_PATH,
+    load_config,
+    parse_config,
+    with_binds,
+    with_extra_models,
+)
 from appliance.config.runtime_table import artifact_suffixes
 from appliance.config.schema import (
     AppConfig,
@@ -34,4 +40,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "with_binds",
+    "with_extra_models",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from appliance.config.errors import ConfigError, config_error
-from appliance.config.schema import AppConfig, ConfigFile, ServerConfig
+from appliance.config.schema import AppConfig, ConfigFile, DeclaredModel, ServerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,6 +77,14 @@ def load_config(path: str | Path) -> AppConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("(syntax)", f"not valid TOML: {error}", source) from None
     return parse_config(data, source)
+
+
+def with_extra_models(config: AppConfig, extra: Iterable[DeclaredModel]) -> AppConfig:
+    """`config` plus the model versions of `extra` (declared from Python) that it does not
+    declare itself: the file's declaration of a version wins."""
+    declared = {(model.name, model.version) for model in config.models}
+    added = tuple(m for m in extra if (m.name, m.version) not in declared)
+    return replace(config, models=config.models + added) if added else config
 
 
 def with_binds(

@@ -36,7 +36,14 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from appliance.channel import Arena, EngineLinks, EngineServer
-from appliance.config import AppConfig, DeclaredModel, ServerConfig, load_config, with_binds
+from appliance.config import (
+    AppConfig,
+    DeclaredModel,
+    ServerConfig,
+    load_config,
+    with_binds,
+    with_extra_models,
+)
 from appliance.errors import ModelNotReady
 from appliance.lifecycle.link import Link, LinkClosed, Message, raise_for_reply
 from appliance.lifecycle.models import ModelLifecycle
@@ -93,9 +100,7 @@ def reread_function(spec: ReplicaSpec) -> Callable[[], AppConfig]:
         fresh = with_binds(load_config(path), spec.bind, spec.grpc_bind)
         if spec.role == "engine":
             fresh = engine_config(fresh)
-        declared = {(m.name, m.version) for m in fresh.models}
-        extra = tuple(m for m in spec.extra_models if (m.name, m.version) not in declared)
-        return replace(fresh, models=fresh.models + extra)
+        return with_extra_models(fresh, spec.extra_models)
 
     return reread
 

@@ -54,6 +54,7 @@ from appliance.config import (
     XlaConfig,
     load_config,
     with_binds,
+    with_extra_models,
 )
 from appliance.lifecycle.child import FAILING_AFTER, STABLE_AFTER_S, Child, backoff_s
 from appliance.lifecycle.child_metrics import ChildrenCollector
@@ -97,9 +98,7 @@ class ConfigSource:
         if self.path is None:
             return self.config
         fresh = with_binds(load_config(self.path), self.bind, self.grpc_bind)
-        declared = {(m.name, m.version) for m in fresh.models}
-        extra = tuple(m for m in self.extra_models if (m.name, m.version) not in declared)
-        return replace(fresh, models=fresh.models + extra)
+        return with_extra_models(fresh, self.extra_models)
 
 
 def listening_sockets(config: AppConfig, binds: list[str]) -> list[socket.socket]:
